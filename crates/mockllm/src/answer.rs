@@ -1,0 +1,201 @@
+//! What the mock sends back for one request: a [`Script`] of status, headers and timed parts.
+
+use crate::directives::{self, Directives};
+use crate::wire::{self, Completion};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One timed piece of a response body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Part {
+    /// Sleep this long before sending the bytes.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// The bytes, as text (any line endings, any split point).
+    pub text: String,
+}
+
+/// The exact response for one request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Script {
+    #[serde(default = "ok")]
+    pub status: u16,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub parts: Vec<Part>,
+    /// After the parts, keep the connection open and send nothing.
+    #[serde(default)]
+    pub stall: bool,
+}
+
+fn ok() -> u16 {
+    200
+}
+
+impl Script {
+    /// A 200 `text/event-stream` response that sends `parts` back to back.
+    pub fn stream<I, S>(parts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream; charset=utf-8".into())],
+            parts: parts
+                .into_iter()
+                .map(|p| Part {
+                    delay_ms: 0,
+                    text: p.into(),
+                })
+                .collect(),
+            stall: false,
+        }
+    }
+
+    /// A refusal with `status` and the API's JSON error body.
+    pub fn refuse(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            parts: vec![Part {
+                delay_ms: 0,
+                text: body.into(),
+            }],
+            stall: false,
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Keep the connection open after the last part.
+    pub fn then_stall(mut self) -> Self {
+        self.stall = true;
+        self
+    }
+
+    /// Sleep `ms` before every part.
+    pub fn paced(mut self, ms: u64) -> Self {
+        for part in &mut self.parts {
+            part.delay_ms = ms;
+        }
+        self
+    }
+}
+
+/// The script for a request that no test scripted: follow the directives in the last user
+/// message, else echo it.
+pub fn plan(request: &Value, n: u64) -> Script {
+    let model = request["model"].as_str().unwrap_or("mock-model");
+    let last_user = request["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let (text, d) = directives::parse(last_user);
+    if let Some(status) = d.status {
+        let mut script = Script::refuse(status, wire::error_for_status(status));
+        if let Some(secs) = d.retry_after {
+            script = script.with_header("retry-after", &secs.to_string());
+        }
+        return script;
+    }
+    let include_usage = request["stream_options"]["include_usage"] == true;
+    stream_answer(&echo(&text, &d), model, n, &d, include_usage)
+}
+
+fn echo(text: &str, d: &Directives) -> String {
+    let mut answer = format!("Echo: {text}");
+    for i in 1..=d.words {
+        answer.push_str(&format!(" w{i}"));
+    }
+    answer
+}
+
+/// Splits `answer` into word-sized chunks ("Echo:", " hello", " there").
+pub fn word_chunks(answer: &str) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for (i, c) in answer.char_indices() {
+        if c == ' ' && i > start {
+            chunks.push(&answer[start..i]);
+            start = i;
+        }
+    }
+    if start < answer.len() {
+        chunks.push(&answer[start..]);
+    }
+    chunks
+}
+
+fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usage: bool) -> Script {
+    let c = Completion::new(model, n);
+    let mut parts = vec![Part {
+        delay_ms: d.first_delay_ms,
+        text: c.role(),
+    }];
+    if d.stall {
+        return Script {
+            parts,
+            ..Script::stream(Vec::<String>::new())
+        }
+        .then_stall();
+    }
+    let chunks = word_chunks(answer);
+    for (i, chunk) in chunks.iter().enumerate() {
+        if d.error_after == Some(i) {
+            let error = wire::error_body(
+                "The model crashed while generating (mock).",
+                "server_error",
+                "mock_mid_stream_error",
+            );
+            parts.push(Part {
+                delay_ms: d.delay_ms,
+                text: format!("data: {error}\n\n"),
+            });
+            return Script {
+                parts,
+                ..Script::stream(Vec::<String>::new())
+            };
+        }
+        parts.push(Part {
+            delay_ms: if i == 0 { 0 } else { d.delay_ms },
+            text: c.content(chunk),
+        });
+    }
+    parts.push(Part {
+        delay_ms: 0,
+        text: c.finish("stop"),
+    });
+    if include_usage {
+        parts.push(Part {
+            delay_ms: 0,
+            text: c.usage(10, chunks.len()),
+        });
+    }
+    parts.push(Part {
+        delay_ms: 0,
+        text: wire::DONE.to_owned(),
+    });
+    Script {
+        parts,
+        ..Script::stream(Vec::<String>::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_split_before_spaces_and_rejoin_exactly() {
+        let answer = "Echo: hello  there w1";
+        let chunks = word_chunks(answer);
+        assert_eq!(chunks, vec!["Echo:", " hello", " ", " there", " w1"]);
+        assert_eq!(chunks.concat(), answer);
+    }
+}

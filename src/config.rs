@@ -1,0 +1,284 @@
+//! Settings: every flag has an environment variable (the flag wins), parsed by clap and
+//! validated once into [`Settings`], which the rest of the code trusts.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// The raw command line and environment, as the contract names them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatgate",
+    version,
+    about = "An AI chat streaming gateway: any OpenAI-compatible LLM as ChatGPT-shaped Server-Sent Events, with conversations remembered."
+)]
+pub struct Cli {
+    /// Address to serve on.
+    #[arg(long, env = "CHATGATE_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+
+    /// An OpenAI-compatible API base URL; `/chat/completions` is appended.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub upstream_url: Option<String>,
+
+    /// Sent upstream as `Authorization: Bearer …`; never logged, never sent to a client.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub upstream_key: Option<String>,
+
+    /// Model used when a request names none [default: gpt-4o-mini, or `demo`].
+    #[arg(long, env = "CHATGATE_MODEL")]
+    pub model: Option<String>,
+
+    /// Where conversations live: `sqlite://PATH` or `memory`.
+    #[arg(long, env = "CHATGATE_STORE", default_value = "sqlite://chatgate.db")]
+    pub store: String,
+
+    /// Directory of prompt presets (`NAME.md`); the built-in presets are used when it does not exist.
+    #[arg(long, env = "CHATGATE_PROMPTS_DIR", default_value = "prompts")]
+    pub prompts_dir: PathBuf,
+
+    /// Comma list of allowed browser origins, or `*` [default: localhost and 127.0.0.1, any port].
+    #[arg(long, env = "CHATGATE_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+
+    /// Larger request bodies get 413.
+    #[arg(long, env = "CHATGATE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// The built chat page served at `/`.
+    #[arg(long, env = "CHATGATE_WEB_DIR", default_value = "web/dist")]
+    pub web_dir: PathBuf,
+
+    /// End a stream whose upstream sends no byte for this many seconds.
+    #[arg(long, env = "CHATGATE_UPSTREAM_IDLE_TIMEOUT", default_value_t = 60.0)]
+    pub upstream_idle_timeout: f64,
+
+    /// Seconds between SSE comment heartbeats while waiting for the first token.
+    #[arg(long, env = "CHATGATE_HEARTBEAT", default_value_t = 15.0)]
+    pub heartbeat: f64,
+
+    /// The model's context window in tokens; older turns are dropped to fit.
+    #[arg(long, env = "CHATGATE_CONTEXT_TOKENS", default_value_t = 16384)]
+    pub context_tokens: usize,
+
+    /// Tokens of the context window kept free for the answer.
+    #[arg(long, env = "CHATGATE_ANSWER_RESERVE_TOKENS", default_value_t = 2048)]
+    pub answer_reserve_tokens: usize,
+
+    /// Milliseconds between words of the demo provider's answer.
+    #[arg(long, env = "CHATGATE_DEMO_DELAY_MS", default_value_t = 45)]
+    pub demo_delay_ms: u64,
+}
+
+/// Where conversations live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite(PathBuf),
+    Memory,
+}
+
+/// Which browser origins may call the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `http(s)://localhost`, `127.0.0.1` and `[::1]`, any port.
+    Localhost,
+    Any,
+    List(Vec<String>),
+}
+
+/// Which upstream answers.
+#[derive(Debug, Clone)]
+pub enum UpstreamKind {
+    /// An OpenAI-compatible API.
+    OpenAi { base_url: String, key: Option<String> },
+    /// The built-in demo provider: no upstream was configured.
+    Demo { delay: Duration },
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub upstream: UpstreamKind,
+    pub model: String,
+    pub store: StoreKind,
+    pub prompts_dir: PathBuf,
+    pub cors: CorsOrigins,
+    pub max_body_bytes: usize,
+    pub web_dir: PathBuf,
+    pub upstream_idle_timeout: Duration,
+    pub heartbeat: Duration,
+    pub context_tokens: usize,
+    pub answer_reserve_tokens: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--store must be `sqlite://PATH` or `memory`, got {0:?}")]
+    Store(String),
+    #[error("--upstream-url must start with http:// or https://, got {0:?}")]
+    UpstreamUrl(String),
+    #[error("{0} must be a positive number of seconds")]
+    Seconds(&'static str),
+    #[error("--answer-reserve-tokens ({reserve}) must be smaller than --context-tokens ({context})")]
+    Budget { reserve: usize, context: usize },
+    #[error("--max-body-bytes must be at least 1")]
+    BodyLimit,
+}
+
+impl Settings {
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let key = cli.upstream_key.filter(|k| !k.trim().is_empty());
+        let url = cli.upstream_url.filter(|u| !u.trim().is_empty());
+        let upstream = match (url, key) {
+            (None, None) => UpstreamKind::Demo {
+                delay: Duration::from_millis(cli.demo_delay_ms),
+            },
+            (url, key) => {
+                let base_url = url.unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                    return Err(ConfigError::UpstreamUrl(base_url));
+                }
+                UpstreamKind::OpenAi {
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    key,
+                }
+            }
+        };
+        let model = cli.model.filter(|m| !m.trim().is_empty()).unwrap_or_else(|| {
+            match upstream {
+                UpstreamKind::Demo { .. } => "demo",
+                UpstreamKind::OpenAi { .. } => "gpt-4o-mini",
+            }
+            .to_owned()
+        });
+        if cli.answer_reserve_tokens >= cli.context_tokens {
+            return Err(ConfigError::Budget {
+                reserve: cli.answer_reserve_tokens,
+                context: cli.context_tokens,
+            });
+        }
+        if cli.max_body_bytes == 0 {
+            return Err(ConfigError::BodyLimit);
+        }
+        Ok(Self {
+            listen: cli.listen,
+            upstream,
+            model,
+            store: parse_store(&cli.store)?,
+            prompts_dir: cli.prompts_dir,
+            cors: parse_cors(cli.cors_origins.as_deref()),
+            max_body_bytes: cli.max_body_bytes,
+            web_dir: cli.web_dir,
+            upstream_idle_timeout: seconds(cli.upstream_idle_timeout, "--upstream-idle-timeout")?,
+            heartbeat: seconds(cli.heartbeat, "--heartbeat")?,
+            context_tokens: cli.context_tokens,
+            answer_reserve_tokens: cli.answer_reserve_tokens,
+        })
+    }
+
+    /// Settings for tests: memory store, demo provider, defaults elsewhere.
+    pub fn for_tests() -> Self {
+        // Built by hand, not by clap, so a developer's CHATGATE_* variables cannot leak in.
+        Self {
+            listen: "127.0.0.1:0".into(),
+            upstream: UpstreamKind::Demo {
+                delay: Duration::from_millis(1),
+            },
+            model: "demo".into(),
+            store: StoreKind::Memory,
+            prompts_dir: PathBuf::from("prompts"),
+            cors: CorsOrigins::Localhost,
+            max_body_bytes: 1 << 20,
+            web_dir: PathBuf::from("web/dist"),
+            upstream_idle_timeout: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(15),
+            context_tokens: 16384,
+            answer_reserve_tokens: 2048,
+        }
+    }
+}
+
+fn parse_store(raw: &str) -> Result<StoreKind, ConfigError> {
+    if raw == "memory" {
+        return Ok(StoreKind::Memory);
+    }
+    match raw.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Ok(StoreKind::Sqlite(PathBuf::from(path))),
+        _ => Err(ConfigError::Store(raw.to_owned())),
+    }
+}
+
+fn parse_cors(raw: Option<&str>) -> CorsOrigins {
+    match raw.map(str::trim) {
+        None | Some("") => CorsOrigins::Localhost,
+        Some("*") => CorsOrigins::Any,
+        Some(list) => CorsOrigins::List(
+            list.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        ),
+    }
+}
+
+fn seconds(value: f64, name: &'static str) -> Result<Duration, ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ConfigError::Seconds(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["chatgate"];
+        argv.extend_from_slice(args);
+        Settings::from_cli(Cli::try_parse_from(argv).expect("parses"))
+    }
+
+    #[test]
+    fn no_upstream_at_all_means_the_demo_provider() {
+        let s = settings(&["--upstream-url", "", "--upstream-key", ""]).unwrap();
+        assert!(matches!(s.upstream, UpstreamKind::Demo { .. }));
+        assert_eq!(s.model, "demo");
+    }
+
+    #[test]
+    fn a_key_alone_means_openai() {
+        let s = settings(&["--upstream-url", "", "--upstream-key", "sk-x"]).unwrap();
+        match s.upstream {
+            UpstreamKind::OpenAi { base_url, key } => {
+                assert_eq!(base_url, DEFAULT_BASE_URL);
+                assert_eq!(key.as_deref(), Some("sk-x"));
+            }
+            other => panic!("expected OpenAI, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn store_and_cors_forms_are_parsed() {
+        assert_eq!(parse_store("memory").unwrap(), StoreKind::Memory);
+        assert_eq!(
+            parse_store("sqlite://a/b.db").unwrap(),
+            StoreKind::Sqlite("a/b.db".into())
+        );
+        assert!(parse_store("postgres://x").is_err());
+        assert_eq!(parse_cors(Some("*")), CorsOrigins::Any);
+        assert_eq!(
+            parse_cors(Some("https://a.example/, http://b:3000")),
+            CorsOrigins::List(vec!["https://a.example".into(), "http://b:3000".into()])
+        );
+    }
+
+    #[test]
+    fn bad_numbers_are_refused() {
+        assert!(settings(&["--heartbeat", "0"]).is_err());
+        assert!(settings(&["--context-tokens", "100", "--answer-reserve-tokens", "100"]).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! The embedded default store: one SQLite file, created with its schema on first run and
+//! migrated forward by `PRAGMA user_version`. Every call runs on tokio's blocking pool, so
+//! disk waits never stall the threads that relay tokens.
+
+use super::store::{AnswerUpdate, NewTurn, Store, StoreError};
+use super::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status, Summary, now};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Schema versions, applied in order; `user_version` counts how many have run.
+/// Never edit a released entry: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: conversations and their message trees.
+    "CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL,
+        current_node TEXT NOT NULL
+    );
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        parent_id TEXT,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        status TEXT NOT NULL,
+        create_time REAL NOT NULL,
+        model TEXT,
+        finish_type TEXT,
+        error TEXT
+    );
+    CREATE INDEX messages_by_conversation ON messages(conversation_id, create_time);
+    CREATE INDEX conversations_by_update ON conversations(update_time DESC);",
+];
+
+pub struct SqliteStore {
+    // One connection: SQLite has one writer anyway, and turns write twice each.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = Connection::open(path)?;
+        // WAL lets readers run beside the writer; FULL makes each commit survive power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic inside `work` rolls its transaction back when the Transaction drops,
+            // so the connection behind a poisoned lock is still consistent.
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            work(&mut conn)
+        })
+        .await?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {version}, newer than this chatgate knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        log::info!("database migrated to schema version {}", i + 1);
+    }
+    Ok(())
+}
+
+fn insert_message(conn: &Connection, conversation: ConversationId, m: &Message) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, create_time, model, finish_type, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            m.id.to_string(),
+            conversation.to_string(),
+            m.parent.map(|p| p.to_string()),
+            m.role.as_str(),
+            m.content,
+            m.status.as_str(),
+            m.create_time,
+            m.model,
+            m.finish.map(FinishType::as_str),
+            m.error.as_ref().map(|e| e.to_string()),
+        ],
+    )?;
+    Ok(())
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+fn message_id(raw: &str) -> Result<MessageId, StoreError> {
+    MessageId::parse(raw).map_err(|_| corrupt("message id", raw))
+}
+
+type MessageRow = (
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    f64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn message_from_row(row: MessageRow) -> Result<Message, StoreError> {
+    let (id, parent, role, content, status, create_time, model, finish, error) = row;
+    Ok(Message {
+        id: message_id(&id)?,
+        parent: parent.as_deref().map(message_id).transpose()?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        content,
+        status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        create_time,
+        model,
+        finish: match finish {
+            Some(f) => Some(FinishType::parse(&f).ok_or_else(|| corrupt("finish type", &f))?),
+            None => None,
+        },
+        error: match error {
+            Some(e) => Some(serde_json::from_str(&e).map_err(|_| corrupt("error", &e))?),
+            None => None,
+        },
+    })
+}
+
+fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+    let key = id.to_string();
+    let head = conn
+        .query_row(
+            "SELECT title, create_time, update_time, current_node FROM conversations WHERE id = ?1",
+            [&key],
+            |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)),
+        )
+        .optional()?;
+    let Some((title, create_time, update_time, current_node)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, parent_id, role, content, status, create_time, model, finish_type, error
+         FROM messages WHERE conversation_id = ?1 ORDER BY create_time, rowid",
+    )?;
+    let rows = stmt.query_map([&key], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        ))
+    })?;
+    let mut messages = Vec::new();
+    for row in rows {
+        messages.push(message_from_row(row?)?);
+    }
+    Ok(Some(Conversation {
+        id,
+        title,
+        create_time,
+        update_time,
+        current_node: message_id(&current_node)?,
+        messages,
+    }))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        self.with_conn(move |conn| load(conn, id)).await
+    }
+
+    async fn begin_turn(&self, turn: NewTurn) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let key = turn.conversation_id.to_string();
+            if let Some((title, root)) = &turn.new_conversation {
+                tx.execute(
+                    "INSERT INTO conversations (id, title, create_time, update_time, current_node)
+                     VALUES (?1, ?2, ?3, ?3, ?4)",
+                    params![key, title, root.create_time, root.id.to_string()],
+                )?;
+                insert_message(&tx, turn.conversation_id, root)?;
+            }
+            let changed = tx.execute(
+                "UPDATE conversations SET current_node = ?2, update_time = ?3 WHERE id = ?1",
+                params![key, turn.assistant.id.to_string(), turn.assistant.create_time],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::UnknownConversation(turn.conversation_id));
+            }
+            insert_message(&tx, turn.conversation_id, &turn.user)?;
+            insert_message(&tx, turn.conversation_id, &turn.assistant)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5 WHERE id = ?1",
+                params![
+                    update.id.to_string(),
+                    update.content,
+                    update.status.as_str(),
+                    update.finish.map(FinishType::as_str),
+                    update.error.as_ref().map(|e| e.to_string()),
+                ],
+            )?;
+            tx.execute(
+                "UPDATE conversations SET update_time = ?2 WHERE id = ?1",
+                params![update.conversation_id.to_string(), now()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Summary>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT id, title, update_time FROM conversations ORDER BY update_time DESC")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+            let mut items = Vec::new();
+            for row in rows {
+                let (id, title, update_time) = row?;
+                let id = ConversationId::parse(&id).map_err(|_| corrupt("conversation id", &id))?;
+                items.push(Summary { id, title, update_time });
+            }
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: ConversationId) -> Result<bool, StoreError> {
+        self.with_conn(move |conn| {
+            let deleted = conn.execute("DELETE FROM conversations WHERE id = ?1", [id.to_string()])?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+}

@@ -1,0 +1,59 @@
+//! The storage interface. SQLite is the embedded default and memory is for tests; a
+//! networked store (Redis, Postgres) shared by several gateways implements the same trait.
+
+use super::{Conversation, ConversationId, FinishType, Message, MessageId, Status, Summary};
+use async_trait::async_trait;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the database worker stopped: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("conversation {0} does not exist")]
+    UnknownConversation(ConversationId),
+}
+
+/// A new turn: the user message and the (empty, in progress) answer to it, written together.
+#[derive(Debug, Clone)]
+pub struct NewTurn {
+    pub conversation_id: ConversationId,
+    /// Set when the turn starts a conversation: its title and root node.
+    pub new_conversation: Option<(String, Message)>,
+    pub user: Message,
+    pub assistant: Message,
+}
+
+/// The end state of an answer.
+#[derive(Debug, Clone)]
+pub struct AnswerUpdate {
+    pub conversation_id: ConversationId,
+    pub id: MessageId,
+    pub content: String,
+    pub status: Status,
+    pub finish: Option<FinishType>,
+    pub error: Option<Value>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The whole conversation, or `None` when there is no such conversation.
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError>;
+
+    /// Writes a turn durably; the assistant message becomes the conversation's current node.
+    async fn begin_turn(&self, turn: NewTurn) -> Result<(), StoreError>;
+
+    /// Writes an answer's final text and status durably.
+    async fn finish_answer(&self, update: AnswerUpdate) -> Result<(), StoreError>;
+
+    /// Every conversation, most recently updated first.
+    async fn list(&self) -> Result<Vec<Summary>, StoreError>;
+
+    /// Removes a conversation and its messages; `false` when there was none.
+    async fn delete(&self, id: ConversationId) -> Result<bool, StoreError>;
+}

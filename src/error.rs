@@ -1,0 +1,158 @@
+//! Every error a client can see: its HTTP status and its JSON body
+//! `{"error":{"message","type","code"}}`, decided in one place.
+
+use crate::conversation::{ConversationId, MessageId, StoreError};
+use crate::upstream::UpstreamError;
+use actix_web::http::StatusCode;
+use actix_web::http::header::RETRY_AFTER;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{Value, json};
+
+/// A request the gateway will not carry out as sent.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body could not be read: {0}")]
+    Unreadable(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    InvalidField(String),
+    #[error("there is no prompt preset named {0:?}; GET /prompts lists them")]
+    UnknownPrompt(String),
+    #[error("conversation {0} does not exist")]
+    UnknownConversation(ConversationId),
+    #[error("message {0} is not part of this conversation")]
+    UnknownParent(MessageId),
+    #[error("there is nothing at {0}")]
+    NoRoute(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl ApiError {
+    /// The HTTP status, and the `type` and `code` of the JSON body.
+    fn classify(&self) -> (StatusCode, &'static str, String) {
+        use RequestError as R;
+        use UpstreamError as U;
+        let invalid = "invalid_request_error";
+        let upstream = "upstream_error";
+        let (status, kind, code) = match self {
+            ApiError::Request(e) => match e {
+                R::MalformedJson(_) | R::Unreadable(_) => (StatusCode::BAD_REQUEST, invalid, "malformed_json"),
+                R::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, invalid, "body_too_large"),
+                R::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "invalid_field"),
+                R::UnknownPrompt(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "unknown_prompt"),
+                R::UnknownConversation(_) => (StatusCode::NOT_FOUND, invalid, "conversation_not_found"),
+                R::UnknownParent(_) => (StatusCode::NOT_FOUND, invalid, "message_not_found"),
+                R::NoRoute(_) => (StatusCode::NOT_FOUND, invalid, "not_found"),
+            },
+            ApiError::Upstream(e) => match e {
+                U::Refused { status: 429, code, .. } => {
+                    return (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_error",
+                        code.clone().unwrap_or_else(|| "rate_limit_exceeded".into()),
+                    );
+                }
+                U::Refused { status, code, .. } => {
+                    return (
+                        StatusCode::BAD_GATEWAY,
+                        upstream,
+                        code.clone().unwrap_or_else(|| format!("upstream_http_{status}")),
+                    );
+                }
+                U::InStream { code, .. } => {
+                    return (
+                        StatusCode::BAD_GATEWAY,
+                        upstream,
+                        code.clone().unwrap_or_else(|| "upstream_error".into()),
+                    );
+                }
+                U::Unreachable(_) => (StatusCode::BAD_GATEWAY, upstream, "upstream_unreachable"),
+                U::IdleTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, upstream, "upstream_timeout"),
+                U::Broken(_) => (StatusCode::BAD_GATEWAY, upstream, "upstream_disconnected"),
+                U::Truncated => (StatusCode::BAD_GATEWAY, upstream, "upstream_truncated"),
+                U::BadChunk(_) => (StatusCode::BAD_GATEWAY, upstream, "upstream_bad_chunk"),
+            },
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "store_error"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
+        };
+        (status, kind, code.to_owned())
+    }
+
+    /// The `{"message","type","code"}` object, for an error body or an in-stream frame.
+    pub fn object(&self) -> Value {
+        let (_, kind, code) = self.classify();
+        json!({"message": self.to_string(), "type": kind, "code": code})
+    }
+
+    fn retry_after(&self) -> Option<&str> {
+        match self {
+            ApiError::Upstream(UpstreamError::Refused { retry_after, .. }) => retry_after.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.classify().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header((RETRY_AFTER, seconds));
+        }
+        response.json(json!({"error": self.object()}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_refusals_keep_the_upstream_message_and_code() {
+        let e = ApiError::from(UpstreamError::Refused {
+            status: 401,
+            message: "Incorrect API key provided".into(),
+            code: Some("invalid_api_key".into()),
+            retry_after: None,
+        });
+        assert_eq!(e.status_code(), StatusCode::BAD_GATEWAY);
+        let object = e.object();
+        assert_eq!(object["code"], "invalid_api_key");
+        assert!(
+            object["message"]
+                .as_str()
+                .unwrap()
+                .contains("Incorrect API key provided")
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_stays_a_429_with_its_retry_hint() {
+        let e = ApiError::from(UpstreamError::Refused {
+            status: 429,
+            message: "slow down".into(),
+            code: None,
+            retry_after: Some("7".into()),
+        });
+        let response = e.error_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers().get(RETRY_AFTER).unwrap(), "7");
+    }
+}

@@ -1,0 +1,206 @@
+//! The path of a token: one task per answer reads the upstream's deltas, turns each into a
+//! frame and hands it to the client's response body through a channel, then stores the
+//! answer and ends the stream.
+//!
+//! Cancellation is explicit: the response body owns the channel's receiver, so when the
+//! client goes away actix drops the body, the channel closes, `tx.closed()` wakes the task,
+//! and the task drops the upstream stream at once, which closes the upstream connection:
+//! nobody pays for tokens nobody reads. (actix-web drops a streaming body on disconnect
+//! only once it notices the disconnect; the server is built with half-closed connections
+//! disallowed so that a client's FIN is noticed while the stream is quiet, too.)
+
+use crate::conversation::store::{AnswerUpdate, NewTurn};
+use crate::conversation::{FinishType, Status};
+use crate::error::ApiError;
+use crate::sse::{self, AnswerFrames, AnswerIdentity};
+use crate::startup::AppState;
+use crate::upstream::{ChunkStream, UpstreamError};
+use actix_web::web::Data;
+use bytes::Bytes;
+use futures::StreamExt;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep;
+
+/// Frames buffered between the task and a slow client before the task waits for it
+/// (and, through TCP, the upstream waits for the task).
+const CHANNEL_FRAMES: usize = 32;
+
+/// The task's answer to the handler, given once: stream, or fail with a real HTTP status.
+pub enum Verdict {
+    Stream(mpsc::Receiver<Bytes>),
+    Refuse(ApiError),
+}
+
+/// How an answer ended.
+enum Ending {
+    Finished(FinishType),
+    ClientGone,
+    Failed(ApiError),
+}
+
+/// Starts relaying an accepted upstream stream. The returned verdict arrives with the
+/// first token, or after one heartbeat interval without one (then the stream opens with a
+/// heartbeat comment), or as a refusal when the upstream fails before its first token.
+pub fn start(
+    state: Data<AppState>,
+    stream: ChunkStream,
+    new_turn: NewTurn,
+    identity: AnswerIdentity,
+) -> oneshot::Receiver<Verdict> {
+    let (verdict_tx, verdict_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+    let relay = Relay {
+        frames: AnswerFrames::new(&identity),
+        identity,
+        tx,
+        pending: Some((verdict_tx, rx)),
+        state,
+    };
+    tokio::spawn(relay.run(stream, new_turn));
+    verdict_rx
+}
+
+struct Relay {
+    state: Data<AppState>,
+    identity: AnswerIdentity,
+    frames: AnswerFrames,
+    tx: mpsc::Sender<Bytes>,
+    /// Until the verdict is given: where to give it, and the body's end of the channel.
+    pending: Option<(oneshot::Sender<Verdict>, mpsc::Receiver<Bytes>)>,
+}
+
+impl Relay {
+    async fn run(mut self, mut stream: ChunkStream, new_turn: NewTurn) {
+        let started = Instant::now();
+        if let Err(e) = self.state.store.begin_turn(new_turn).await {
+            log::error!(
+                "conversation {}: could not store the turn: {e}",
+                self.identity.conversation_id
+            );
+            self.refuse(e.into());
+            return;
+        }
+        let ending = self.relay(&mut stream).await;
+        // Drop the upstream before the final write: a gone client's tokens stop now.
+        drop(stream);
+        self.end(ending, started).await;
+    }
+
+    async fn relay(&mut self, stream: &mut ChunkStream) -> Ending {
+        let settings = &self.state.settings;
+        let (heartbeat_every, idle_limit) = (settings.heartbeat, settings.upstream_idle_timeout);
+        let heartbeat = sleep(heartbeat_every);
+        let idle = sleep(idle_limit);
+        tokio::pin!(heartbeat, idle);
+        let mut finish = None;
+        let mut has_text = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.tx.closed() => return Ending::ClientGone,
+                _ = &mut idle => {
+                    return match finish {
+                        Some(f) => Ending::Finished(f),
+                        None => Ending::Failed(UpstreamError::IdleTimeout(idle_limit).into()),
+                    };
+                }
+                _ = &mut heartbeat, if !has_text => {
+                    if !self.send(Bytes::from_static(sse::HEARTBEAT)).await {
+                        return Ending::ClientGone;
+                    }
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + heartbeat_every);
+                }
+                item = stream.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                    match item {
+                        Some(Ok(delta)) => {
+                            if !delta.text.is_empty() {
+                                has_text = true;
+                                self.frames.push(&delta.text);
+                                let frame = self.frames.progress();
+                                if !self.send(frame).await {
+                                    return Ending::ClientGone;
+                                }
+                            }
+                            finish = delta.finish.or(finish);
+                        }
+                        Some(Err(e)) => return Ending::Failed(e.into()),
+                        None => {
+                            return match finish {
+                                Some(f) => Ending::Finished(f),
+                                None => Ending::Failed(UpstreamError::Truncated.into()),
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends bytes to the client, opening the stream first if it is not open yet.
+    /// `false`: the client is gone.
+    async fn send(&mut self, bytes: Bytes) -> bool {
+        if let Some((verdict, rx)) = self.pending.take() {
+            if verdict.send(Verdict::Stream(rx)).is_err() {
+                return false;
+            }
+        }
+        self.tx.send(bytes).await.is_ok()
+    }
+
+    fn refuse(&mut self, error: ApiError) {
+        if let Some((verdict, _)) = self.pending.take() {
+            // The handler may be gone with its client; then there is nobody to tell.
+            let _ = verdict.send(Verdict::Refuse(error));
+        }
+    }
+
+    async fn end(mut self, ending: Ending, started: Instant) {
+        let (mut status, finish, mut error) = match ending {
+            Ending::Finished(f) => (Status::FinishedSuccessfully, f, None),
+            Ending::ClientGone => (Status::FinishedPartialCompletion, FinishType::Interrupted, None),
+            Ending::Failed(e) => (Status::Error, FinishType::Interrupted, Some(e)),
+        };
+        let update = AnswerUpdate {
+            conversation_id: self.identity.conversation_id,
+            id: self.identity.message_id,
+            content: self.frames.text().to_owned(),
+            status,
+            finish: Some(finish),
+            error: error.as_ref().map(ApiError::object),
+        };
+        let id = &self.identity;
+        log::info!(
+            "conversation {} answer {}: {} after {:.0} ms, {} bytes{}",
+            id.conversation_id,
+            id.message_id,
+            status.as_str(),
+            started.elapsed().as_secs_f64() * 1000.0,
+            self.frames.text().len(),
+            error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default(),
+        );
+        if let Err(e) = self.state.store.finish_answer(update).await {
+            log::error!("conversation {}: could not store the answer: {e}", id.conversation_id);
+            if status != Status::FinishedPartialCompletion {
+                status = Status::Error;
+                error = Some(e.into());
+            }
+        }
+        if status == Status::FinishedPartialCompletion {
+            return;
+        }
+        // Failed before anything was sent: the client gets a real HTTP status instead.
+        if self.pending.is_some() {
+            if let Some(e) = error {
+                self.refuse(e);
+                return;
+            }
+        }
+        let object = error.as_ref().map(ApiError::object);
+        let last = self.frames.last(status, Some(finish), object.as_ref());
+        let _ = self.send(last).await
+            && self.send(Bytes::from_static(sse::DONE)).await
+            && self.send(Bytes::from_static(sse::CLOSE)).await;
+    }
+}

@@ -1,0 +1,14 @@
+//! `GET /config`: what the chat page needs to know about this gateway (never the key).
+
+use crate::startup::AppState;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+pub async fn get(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "provider": state.provider.name(),
+        "demo": state.provider.is_demo(),
+        "default_model": state.settings.model,
+        "max_body_bytes": state.settings.max_body_bytes,
+    }))
+}

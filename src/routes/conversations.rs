@@ -1,0 +1,45 @@
+//! Reading and deleting stored conversations.
+
+use crate::conversation::{ConversationId, tree};
+use crate::error::{ApiError, RequestError};
+use crate::startup::AppState;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+/// `GET /conversations`: newest first.
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let items: Vec<_> = state
+        .store
+        .list()
+        .await?
+        .into_iter()
+        .map(|c| json!({"conversation_id": c.id.to_string(), "title": c.title, "update_time": c.update_time}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// `GET /conv/{id}`: the whole tree, shaped like ChatGPT's history endpoint.
+pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let conversation = state
+        .store
+        .conversation(id)
+        .await?
+        .ok_or(RequestError::UnknownConversation(id))?;
+    Ok(HttpResponse::Ok().json(tree::conversation_json(&conversation)))
+}
+
+/// `DELETE /conv/{id}`.
+pub async fn delete(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    if state.store.delete(id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(RequestError::UnknownConversation(id).into())
+    }
+}
+
+/// An id that is not a UUID names no conversation: 404, as for any unknown one.
+fn parse_id(raw: &str) -> Result<ConversationId, RequestError> {
+    ConversationId::parse(raw).map_err(|_| RequestError::NoRoute(format!("/conv/{raw}")))
+}

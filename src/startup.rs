@@ -1,0 +1,192 @@
+//! Building the application from its settings: the store, the provider, the presets, the
+//! routes; binding the listener and keeping the port it really got.
+
+use crate::config::{CorsOrigins, Settings, StoreKind, UpstreamKind};
+use crate::conversation::memory::MemoryStore;
+use crate::conversation::sqlite::SqliteStore;
+use crate::conversation::{Store, StoreError};
+use crate::prompts::Presets;
+use crate::routes;
+use crate::upstream::AnyProvider;
+use crate::upstream::demo::DemoProvider;
+use crate::upstream::openai::OpenAiProvider;
+use actix_cors::Cors;
+use actix_web::dev::Server;
+use actix_web::{App, HttpRequest, HttpServer, web};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub provider: AnyProvider,
+    pub presets: Presets,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("cannot open the conversation store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot read the prompt presets: {0}")]
+    Prompts(std::io::Error),
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let store: Arc<dyn Store> = match &settings.store {
+            StoreKind::Sqlite(path) => {
+                log::info!("conversations are stored in {}", path.display());
+                let path = path.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                        .await
+                        .map_err(StoreError::from)??,
+                )
+            }
+            StoreKind::Memory => {
+                log::warn!("conversations are kept in memory only: they are lost when chatgate stops");
+                Arc::new(MemoryStore::default())
+            }
+        };
+        let provider = match &settings.upstream {
+            UpstreamKind::OpenAi { base_url, key } => {
+                log::info!(
+                    "upstream: {base_url}/chat/completions, default model {}, {}",
+                    settings.model,
+                    if key.is_some() {
+                        "with an API key"
+                    } else {
+                        "without an API key"
+                    }
+                );
+                AnyProvider::OpenAi(OpenAiProvider::new(base_url, key.clone())?)
+            }
+            UpstreamKind::Demo { delay } => {
+                log::warn!("==============================================================");
+                log::warn!("DEMO MODE: no upstream is configured (OPENAI_API_KEY or OPENAI_BASE_URL),");
+                log::warn!("so every answer is a canned demo text, not a language model's.");
+                log::warn!("==============================================================");
+                AnyProvider::Demo(DemoProvider::new(*delay))
+            }
+        };
+        let presets = Presets::load(&settings.prompts_dir).map_err(StartupError::Prompts)?;
+
+        let listener = TcpListener::bind(&settings.listen).map_err(|source| StartupError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })?;
+        let state = web::Data::new(AppState {
+            settings,
+            store,
+            provider,
+            presets,
+        });
+        let server = HttpServer::new(move || {
+            let settings = &state.settings;
+            App::new()
+                .wrap(cors(&settings.cors))
+                .app_data(state.clone())
+                .route("/conv", web::post().to(routes::conv::post))
+                .route("/conv/{id}", web::get().to(routes::conversations::get))
+                .route("/conv/{id}", web::delete().to(routes::conversations::delete))
+                .route("/conversations", web::get().to(routes::conversations::list))
+                .route("/prompts", web::get().to(routes::prompts::list))
+                .route("/config", web::get().to(routes::config::get))
+                .route("/healthz", web::get().to(routes::health::get))
+                .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
+                .default_service(web::to(|req: HttpRequest| async move { routes::web::not_found(&req) }))
+        })
+        // A client that closes its side has gone away: notice it even while the stream is
+        // quiet, so its upstream request is cancelled (see relay.rs).
+        .h1_allow_half_closed(false)
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            addr: address.to_string(),
+            source,
+        })?
+        .run();
+        Ok(Self { address, server })
+    }
+
+    /// The address really bound (port 0 becomes a free port).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn cors(origins: &CorsOrigins) -> Cors {
+    let cors = Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE"])
+        .allow_any_header()
+        .expose_headers(["retry-after"])
+        .max_age(3600);
+    match origins {
+        CorsOrigins::Any => cors.allow_any_origin(),
+        CorsOrigins::Localhost => cors.allowed_origin_fn(|origin, _| origin.to_str().is_ok_and(is_local_origin)),
+        CorsOrigins::List(list) => list.iter().fold(cors, |cors, origin| cors.allowed_origin(origin)),
+    }
+}
+
+/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port.
+fn is_local_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = match rest.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => rest,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_origin;
+
+    #[test]
+    fn local_origins_with_any_port_and_nothing_else() {
+        for ok in [
+            "http://localhost",
+            "http://localhost:5173",
+            "https://127.0.0.1:8443",
+            "http://[::1]:3000",
+        ] {
+            assert!(is_local_origin(ok), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.com",
+            "http://evil.com",
+            "http://127.0.0.1.nip.io:80",
+            "file://localhost",
+            "null",
+            "http://localhost:80x",
+        ] {
+            assert!(!is_local_origin(bad), "{bad}");
+        }
+    }
+}

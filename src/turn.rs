@@ -1,0 +1,212 @@
+//! A `POST /conv` body, checked once into a [`TurnRequest`], then resolved against the
+//! stored conversation into everything the upstream call and the relay need.
+
+use crate::conversation::history::{self, Budget, TokenCounter};
+use crate::conversation::store::NewTurn;
+use crate::conversation::{ConversationId, Message, MessageId, Role, Status, now, title_from, tree};
+use crate::error::{ApiError, RequestError};
+use crate::sse::AnswerIdentity;
+use crate::startup::AppState;
+use crate::upstream::ChatRequest;
+use serde::Deserialize;
+
+/// The body as clients send it. Unknown fields are ignored: ChatGPT-web clients send more.
+#[derive(Deserialize)]
+struct Wire {
+    content: String,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    parent_message_id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    prompt: Option<String>,
+}
+
+/// A valid turn request: non-empty content, ids that are UUIDs, empty strings as absent.
+#[derive(Debug)]
+pub struct TurnRequest {
+    pub content: String,
+    pub conversation: Option<ConversationId>,
+    pub parent: Option<MessageId>,
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+}
+
+fn present(field: Option<String>) -> Option<String> {
+    field.filter(|v| !v.trim().is_empty())
+}
+
+impl TurnRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+        let wire: Wire = serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => RequestError::InvalidField(e.to_string()),
+            _ => RequestError::MalformedJson(e.to_string()),
+        })?;
+        if wire.content.trim().is_empty() {
+            return Err(RequestError::InvalidField("content must not be empty".into()));
+        }
+        let conversation = present(wire.conversation_id)
+            .map(|raw| {
+                ConversationId::parse(&raw)
+                    .map_err(|_| RequestError::InvalidField(format!("conversation_id must be a UUID, got {raw:?}")))
+            })
+            .transpose()?;
+        let parent = present(wire.parent_message_id)
+            .map(|raw| {
+                MessageId::parse(&raw)
+                    .map_err(|_| RequestError::InvalidField(format!("parent_message_id must be a UUID, got {raw:?}")))
+            })
+            .transpose()?;
+        if parent.is_some() && conversation.is_none() {
+            return Err(RequestError::InvalidField(
+                "parent_message_id needs the conversation_id it belongs to".into(),
+            ));
+        }
+        Ok(Self {
+            content: wire.content,
+            conversation,
+            parent,
+            model: present(wire.model).map(|m| m.trim().to_owned()),
+            prompt: present(wire.prompt),
+        })
+    }
+}
+
+/// A turn ready to send: the upstream request, the rows to store, the answer's identity.
+pub struct PreparedTurn {
+    pub upstream: ChatRequest,
+    pub new_turn: NewTurn,
+    pub identity: AnswerIdentity,
+}
+
+pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedTurn, ApiError> {
+    let preset = match &request.prompt {
+        Some(name) => Some(
+            state
+                .presets
+                .get(name)
+                .ok_or_else(|| RequestError::UnknownPrompt(name.clone()))?,
+        ),
+        None => state.presets.get(crate::prompts::DEFAULT),
+    };
+    let model = request.model.unwrap_or_else(|| state.settings.model.clone());
+    let time = now();
+
+    let (conversation_id, new_conversation, parent, branch) = match request.conversation {
+        Some(id) => {
+            let conversation = state
+                .store
+                .conversation(id)
+                .await?
+                .ok_or(RequestError::UnknownConversation(id))?;
+            let parent = request.parent.unwrap_or(conversation.current_node);
+            if conversation.message(parent).is_none() {
+                return Err(RequestError::UnknownParent(parent).into());
+            }
+            let branch: Vec<Message> = tree::branch(&conversation, parent).into_iter().cloned().collect();
+            (id, None, parent, branch)
+        }
+        None => {
+            let root = Message::root(time);
+            let parent = root.id;
+            (
+                ConversationId::new(),
+                Some((title_from(&request.content), root)),
+                parent,
+                Vec::new(),
+            )
+        }
+    };
+
+    let user = Message::new(
+        Some(parent),
+        Role::User,
+        request.content,
+        Status::FinishedSuccessfully,
+        time,
+    );
+    let mut assistant = Message::new(Some(user.id), Role::Assistant, String::new(), Status::InProgress, time);
+    assistant.model = Some(model.clone());
+
+    let budget = Budget {
+        context_tokens: state.settings.context_tokens,
+        answer_reserve_tokens: state.settings.answer_reserve_tokens,
+    };
+    let system = preset.map(|p| p.text.clone());
+    let new_text = user.content.clone();
+    let counted_model = model.clone();
+    // Tokenizing a long history is CPU work: keep it off the threads that relay tokens.
+    let assembled = tokio::task::spawn_blocking(move || {
+        let branch: Vec<&Message> = branch.iter().collect();
+        history::assemble(
+            system.as_deref(),
+            &branch,
+            &new_text,
+            TokenCounter::for_model(&counted_model),
+            budget,
+        )
+    })
+    .await
+    .map_err(crate::conversation::StoreError::from)?;
+    if assembled.dropped > 0 {
+        log::info!(
+            "conversation {conversation_id}: left out the {} oldest message(s) to fit {} prompt tokens",
+            assembled.dropped,
+            assembled.prompt_tokens
+        );
+    }
+
+    Ok(PreparedTurn {
+        identity: AnswerIdentity {
+            conversation_id,
+            message_id: assistant.id,
+            parent_id: user.id,
+            model: model.clone(),
+            create_time: time,
+        },
+        upstream: ChatRequest {
+            model,
+            messages: assembled.messages,
+        },
+        new_turn: NewTurn {
+            conversation_id,
+            new_conversation,
+            user,
+            assistant,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<TurnRequest, RequestError> {
+        TurnRequest::parse(body.as_bytes())
+    }
+
+    #[test]
+    fn the_seed_clients_first_turn_has_empty_ids() {
+        let t = parse(r#"{"content":"hi","parent_message_id":"","conversation_id":""}"#).unwrap();
+        assert!(t.conversation.is_none() && t.parent.is_none());
+        let t = parse(r#"{"content":"hi","parent_message_id":null,"conversation_id":null,"model":""}"#).unwrap();
+        assert!(t.conversation.is_none() && t.model.is_none());
+    }
+
+    #[test]
+    fn syntax_errors_and_field_errors_are_told_apart() {
+        assert!(matches!(parse("{"), Err(RequestError::MalformedJson(_))));
+        assert!(matches!(parse(r#"{"content": 5}"#), Err(RequestError::InvalidField(_))));
+        assert!(matches!(parse(r#"{}"#), Err(RequestError::InvalidField(_))));
+        assert!(matches!(
+            parse(r#"{"content":"  "}"#),
+            Err(RequestError::InvalidField(_))
+        ));
+        assert!(matches!(
+            parse(r#"{"content":"x","conversation_id":"nope"}"#),
+            Err(RequestError::InvalidField(_))
+        ));
+    }
+}

@@ -1,0 +1,240 @@
+//! Server-Sent Events in: turns the upstream's byte stream into events, whatever the reads'
+//! boundaries. Lines end in LF, CRLF or CR (a CRLF may be split across two reads); a line is
+//! decoded only once it is complete, so a UTF-8 character split across reads arrives whole;
+//! comment lines (`: keep-alive`) are skipped. Written here rather than taken from a crate
+//! because it is small, sits on the per-token path, and must never allocate per line when
+//! a read holds whole lines.
+
+/// One dispatched event. `data` joins multi-line data with `\n`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    /// The last read ended in CR: a LF at the start of the next read belongs to it.
+    skip_lf: bool,
+    started: bool,
+    data: String,
+    has_data: bool,
+    event: Option<String>,
+}
+
+impl SseDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds one read; complete events are appended to `out`.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+        while !bytes.is_empty() {
+            if self.skip_lf {
+                self.skip_lf = false;
+                if bytes[0] == b'\n' {
+                    bytes = &bytes[1..];
+                    continue;
+                }
+            }
+            let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.partial.extend_from_slice(bytes);
+                return;
+            };
+            self.skip_lf = bytes[end] == b'\r';
+            if self.partial.is_empty() {
+                self.line(&bytes[..end], out);
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&bytes[..end]);
+                self.line(&line, out);
+                line.clear();
+                self.partial = line;
+            }
+            bytes = &bytes[end + 1..];
+        }
+    }
+
+    /// The stream ended: a last line without its line end still counts, and so does a
+    /// last event without its blank line (lenient: some servers close right after it).
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line, out);
+        }
+        self.dispatch(out);
+    }
+
+    fn line(&mut self, raw: &[u8], out: &mut Vec<SseEvent>) {
+        let mut raw = raw;
+        if !self.started {
+            self.started = true;
+            raw = raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw);
+        }
+        if raw.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if raw[0] == b':' {
+            return;
+        }
+        let line = String::from_utf8_lossy(raw);
+        let (field, value) = match line.find(':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(' ').unwrap_or(value))
+            }
+            None => (&*line, ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            // `id` and `retry` matter to a browser reconnecting, not to a relay.
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
+        if self.has_data {
+            out.push(SseEvent {
+                event: self.event.take(),
+                data: std::mem::take(&mut self.data),
+            });
+        }
+        self.has_data = false;
+        self.event = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_in_pieces(input: &[u8], cuts: &[usize]) -> Vec<SseEvent> {
+        let mut decoder = SseDecoder::new();
+        let mut out = Vec::new();
+        let mut last = 0;
+        for &cut in cuts {
+            decoder.feed(&input[last..cut], &mut out);
+            last = cut;
+        }
+        decoder.feed(&input[last..], &mut out);
+        decoder.finish(&mut out);
+        out
+    }
+
+    fn data(d: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: d.to_owned(),
+        }
+    }
+
+    #[test]
+    fn every_line_ending_and_comments() {
+        let input = b": OPENROUTER PROCESSING\n\ndata: a\r\n\r\ndata: b\r\rdata:c\n\n: keep-alive\r\n\r\n";
+        assert_eq!(decode_in_pieces(input, &[]), vec![data("a"), data("b"), data("c")]);
+    }
+
+    #[test]
+    fn a_crlf_split_between_reads_is_one_line_end() {
+        let input = b"data: a\r\n\r\ndata: b\r\n\r\n";
+        assert_eq!(decode_in_pieces(input, &[8, 9, 10]), vec![data("a"), data("b")]);
+    }
+
+    #[test]
+    fn a_character_split_inside_its_bytes_arrives_whole() {
+        let input = "data: 你好🙂\n\n".as_bytes();
+        for cut in 1..input.len() {
+            assert_eq!(decode_in_pieces(input, &[cut]), vec![data("你好🙂")], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn multi_line_data_and_event_names() {
+        let input = b"event: error\ndata: {\ndata: }\n\n";
+        assert_eq!(
+            decode_in_pieces(input, &[]),
+            vec![SseEvent {
+                event: Some("error".into()),
+                data: "{\n}".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_last_event_without_its_blank_line_is_kept() {
+        assert_eq!(decode_in_pieces(b"data: a\n\ndata: b", &[]), vec![data("a"), data("b")]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        assert_eq!(
+            decode_in_pieces("\u{feff}data: a\n\n".as_bytes(), &[2]),
+            vec![data("a")]
+        );
+    }
+
+    fn line_end() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just("\n"), Just("\r\n"), Just("\r")]
+    }
+
+    proptest! {
+        #[test]
+        fn events_survive_any_line_ends_and_any_read_boundaries(
+            events in prop::collection::vec(
+                (prop::collection::vec("[^\r\n]{0,12}", 1..3), prop::option::of("[a-z]{1,6}"), any::<bool>()),
+                0..8,
+            ),
+            ends in prop::collection::vec(line_end(), 64),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let mut wire = String::new();
+            let mut expected = Vec::new();
+            // A CR line end followed by a LF line end reads as one CRLF, in the spec as
+            // here, so the generator never writes that pair.
+            let mut e = 0;
+            let mut prev = "";
+            let mut end = || {
+                e += 1;
+                let mut next = ends[e % ends.len()];
+                if prev == "\r" && next == "\n" {
+                    next = "\r";
+                }
+                prev = next;
+                next
+            };
+            for (lines, event, comment) in &events {
+                if *comment {
+                    wire.push_str(": keep-alive");
+                    wire.push_str(end());
+                }
+                if let Some(name) = event {
+                    wire.push_str("event: ");
+                    wire.push_str(name);
+                    wire.push_str(end());
+                }
+                for line in lines {
+                    wire.push_str("data: ");
+                    wire.push_str(line);
+                    wire.push_str(end());
+                }
+                wire.push_str(end());
+                expected.push(SseEvent { event: event.clone(), data: lines.join("\n") });
+            }
+            let bytes = wire.as_bytes();
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            prop_assert_eq!(decode_in_pieces(bytes, &cuts), expected);
+        }
+    }
+}
