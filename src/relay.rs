@@ -70,6 +70,18 @@ struct Relay {
     pending: Option<(oneshot::Sender<Verdict>, mpsc::Receiver<Bytes>)>,
 }
 
+/// Resolves when the client is gone: before the verdict, the handler (and with it the
+/// request) was dropped; after it, the response body was.
+async fn client_gone(
+    pending: &mut Option<(oneshot::Sender<Verdict>, mpsc::Receiver<Bytes>)>,
+    tx: &mpsc::Sender<Bytes>,
+) {
+    match pending {
+        Some((verdict, _)) => verdict.closed().await,
+        None => tx.closed().await,
+    }
+}
+
 impl Relay {
     async fn run(mut self, mut stream: ChunkStream, new_turn: NewTurn) {
         let started = Instant::now();
@@ -98,7 +110,7 @@ impl Relay {
         loop {
             tokio::select! {
                 biased;
-                _ = self.tx.closed() => return Ending::ClientGone,
+                _ = client_gone(&mut self.pending, &self.tx) => return Ending::ClientGone,
                 _ = &mut idle => {
                     return match finish {
                         Some(f) => Ending::Finished(f),
@@ -141,10 +153,10 @@ impl Relay {
     /// Sends bytes to the client, opening the stream first if it is not open yet.
     /// `false`: the client is gone.
     async fn send(&mut self, bytes: Bytes) -> bool {
-        if let Some((verdict, rx)) = self.pending.take() {
-            if verdict.send(Verdict::Stream(rx)).is_err() {
-                return false;
-            }
+        if let Some((verdict, rx)) = self.pending.take()
+            && verdict.send(Verdict::Stream(rx)).is_err()
+        {
+            return false;
         }
         self.tx.send(bytes).await.is_ok()
     }
@@ -191,11 +203,9 @@ impl Relay {
             return;
         }
         // Failed before anything was sent: the client gets a real HTTP status instead.
-        if self.pending.is_some() {
-            if let Some(e) = error {
-                self.refuse(e);
-                return;
-            }
+        if let Some(e) = error.take_if(|_| self.pending.is_some()) {
+            self.refuse(e);
+            return;
         }
         let object = error.as_ref().map(ApiError::object);
         let last = self.frames.last(status, Some(finish), object.as_ref());

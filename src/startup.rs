@@ -11,7 +11,7 @@ use crate::upstream::AnyProvider;
 use crate::upstream::demo::DemoProvider;
 use crate::upstream::openai::OpenAiProvider;
 use actix_cors::Cors;
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpRequest, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -79,6 +79,12 @@ impl Application {
                 AnyProvider::Demo(DemoProvider::new(*delay))
             }
         };
+        if !routes::web::is_built(&settings.web_dir) {
+            log::warn!(
+                "no chat page in {}: build it with `npm --prefix web ci && npm --prefix web run build`",
+                settings.web_dir.display()
+            );
+        }
         let presets = Presets::load(&settings.prompts_dir).map_err(StartupError::Prompts)?;
 
         let listener = TcpListener::bind(&settings.listen).map_err(|source| StartupError::Bind {
@@ -129,6 +135,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.address.port()
+    }
+
+    /// Stops the server from elsewhere (tests restart it on the same store).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -61,13 +61,9 @@ fn event_stream(mut frames: tokio::sync::mpsc::Receiver<Bytes>) -> HttpResponse 
         }
     };
     HttpResponse::Ok()
-        .insert_header(ContentType(mime_event_stream()))
+        .insert_header(ContentType(actix_web::mime::TEXT_EVENT_STREAM))
         .insert_header((CACHE_CONTROL, "no-cache"))
         // nginx buffers proxied responses unless told not to.
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body)
-}
-
-fn mime_event_stream() -> actix_web::mime::Mime {
-    actix_web::mime::TEXT_EVENT_STREAM
 }

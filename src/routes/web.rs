@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// The page's files, or, when the page has not been built, a note saying how to build it.
 pub fn configure(dir: &Path, cfg: &mut ServiceConfig) {
-    if dir.join("index.html").is_file() {
+    if is_built(dir) {
         cfg.service(
             Files::new("/", dir)
                 .index_file("index.html")
@@ -26,6 +26,10 @@ pub fn configure(dir: &Path, cfg: &mut ServiceConfig) {
         );
         cfg.route("/", actix_web::web::get().to(unbuilt));
     }
+}
+
+pub fn is_built(dir: &Path) -> bool {
+    dir.join("index.html").is_file()
 }
 
 pub fn not_found(req: &HttpRequest) -> HttpResponse {

@@ -2,7 +2,8 @@
 
 use crate::directives::{self, Directives};
 use crate::wire::{self, Completion};
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// One timed piece of a response body.
@@ -11,8 +12,22 @@ pub struct Part {
     /// Sleep this long before sending the bytes.
     #[serde(default)]
     pub delay_ms: u64,
-    /// The bytes, as text (any line endings, any split point).
-    pub text: String,
+    /// The bytes; over HTTP they are given as text, in `text`.
+    #[serde(rename = "text", deserialize_with = "text_bytes")]
+    pub bytes: Bytes,
+}
+
+impl Part {
+    fn new(delay_ms: u64, bytes: impl Into<Bytes>) -> Self {
+        Self {
+            delay_ms,
+            bytes: bytes.into(),
+        }
+    }
+}
+
+fn text_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    String::deserialize(d).map(Bytes::from)
 }
 
 /// The exact response for one request.
@@ -43,14 +58,16 @@ impl Script {
         Self {
             status: 200,
             headers: vec![("content-type".into(), "text/event-stream; charset=utf-8".into())],
-            parts: parts
-                .into_iter()
-                .map(|p| Part {
-                    delay_ms: 0,
-                    text: p.into(),
-                })
-                .collect(),
+            parts: parts.into_iter().map(|p| Part::new(0, p.into())).collect(),
             stall: false,
+        }
+    }
+
+    /// Like [`Script::stream`], with raw byte parts (which may split a character).
+    pub fn stream_bytes(parts: Vec<Vec<u8>>) -> Self {
+        Self {
+            parts: parts.into_iter().map(|p| Part::new(0, p)).collect(),
+            ..Self::stream(Vec::<String>::new())
         }
     }
 
@@ -59,10 +76,7 @@ impl Script {
         Self {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
-            parts: vec![Part {
-                delay_ms: 0,
-                text: body.into(),
-            }],
+            parts: vec![Part::new(0, body.into())],
             stall: false,
         }
     }
@@ -134,10 +148,7 @@ pub fn word_chunks(answer: &str) -> Vec<&str> {
 
 fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usage: bool) -> Script {
     let c = Completion::new(model, n);
-    let mut parts = vec![Part {
-        delay_ms: d.first_delay_ms,
-        text: c.role(),
-    }];
+    let mut parts = vec![Part::new(d.first_delay_ms, c.role())];
     if d.stall {
         return Script {
             parts,
@@ -146,41 +157,27 @@ fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usag
         .then_stall();
     }
     let chunks = word_chunks(answer);
-    for (i, chunk) in chunks.iter().enumerate() {
-        if d.error_after == Some(i) {
-            let error = wire::error_body(
-                "The model crashed while generating (mock).",
-                "server_error",
-                "mock_mid_stream_error",
-            );
-            parts.push(Part {
-                delay_ms: d.delay_ms,
-                text: format!("data: {error}\n\n"),
-            });
-            return Script {
-                parts,
-                ..Script::stream(Vec::<String>::new())
-            };
-        }
-        parts.push(Part {
-            delay_ms: if i == 0 { 0 } else { d.delay_ms },
-            text: c.content(chunk),
-        });
+    let sent = d.error_after.map_or(chunks.len(), |n| n.min(chunks.len()));
+    for (i, chunk) in chunks.iter().take(sent).enumerate() {
+        parts.push(Part::new(if i == 0 { 0 } else { d.delay_ms }, c.content(chunk)));
     }
-    parts.push(Part {
-        delay_ms: 0,
-        text: c.finish("stop"),
-    });
+    if d.error_after.is_some() {
+        let error = wire::error_body(
+            "The model crashed while generating (mock).",
+            "server_error",
+            "mock_mid_stream_error",
+        );
+        parts.push(Part::new(d.delay_ms, format!("data: {error}\n\n")));
+        return Script {
+            parts,
+            ..Script::stream(Vec::<String>::new())
+        };
+    }
+    parts.push(Part::new(0, c.finish("stop")));
     if include_usage {
-        parts.push(Part {
-            delay_ms: 0,
-            text: c.usage(10, chunks.len()),
-        });
+        parts.push(Part::new(0, c.usage(10, chunks.len())));
     }
-    parts.push(Part {
-        delay_ms: 0,
-        text: wire::DONE.to_owned(),
-    });
+    parts.push(Part::new(0, wire::DONE));
     Script {
         parts,
         ..Script::stream(Vec::<String>::new())

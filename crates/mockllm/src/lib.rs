@@ -16,7 +16,7 @@
 mod answer;
 mod directives;
 mod server;
-mod wire;
+pub mod wire;
 
 pub use answer::Script;
 pub use server::{MockLlm, Stats};

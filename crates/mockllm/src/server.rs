@@ -4,7 +4,6 @@ use crate::answer::{self, Script};
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -148,7 +147,7 @@ fn respond(script: Script, shared: Shared) -> HttpResponse {
             if part.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(part.delay_ms)).await;
             }
-            yield Ok::<_, std::convert::Infallible>(Bytes::from(part.text));
+            yield Ok::<_, std::convert::Infallible>(part.bytes);
         }
         if script.stall {
             std::future::pending::<()>().await;

@@ -1,0 +1,245 @@
+//! `spawn_app()` and a small SSE reader for what a client sees.
+
+use chatgate::config::{Settings, StoreKind, UpstreamKind};
+use chatgate::startup::Application;
+use futures::StreamExt;
+use mockllm::MockLlm;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+pub const KEY: &str = "sk-test-abcdefghijklmnopqrstuvwxyz0123";
+
+pub struct TestApp {
+    pub address: String,
+    pub mock: MockLlm,
+    pub client: reqwest::Client,
+    pub handle: actix_web::dev::ServerHandle,
+}
+
+/// The gateway on a free port, on the memory store, against a fresh mock upstream.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let mock = MockLlm::start("127.0.0.1:0").expect("the mock upstream starts");
+    let mut settings = Settings::for_tests();
+    settings.upstream = UpstreamKind::OpenAi {
+        base_url: mock.base_url(),
+        key: Some(KEY.to_owned()),
+    };
+    settings.model = "mock-model".into();
+    settings.prompts_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+    adjust(&mut settings);
+    start(settings, mock).await
+}
+
+/// The gateway on a SQLite file.
+pub async fn spawn_app_on(db: &Path, mock: MockLlm) -> TestApp {
+    let mut settings = Settings::for_tests();
+    settings.upstream = UpstreamKind::OpenAi {
+        base_url: mock.base_url(),
+        key: Some(KEY.to_owned()),
+    };
+    settings.store = StoreKind::Sqlite(db.to_owned());
+    start(settings, mock).await
+}
+
+async fn start(settings: Settings, mock: MockLlm) -> TestApp {
+    let app = Application::build(settings).await.expect("the gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        mock,
+        client: reqwest::Client::new(),
+        handle,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_conv(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/conv"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    /// A whole turn that is expected to stream.
+    pub async fn turn(&self, body: Value) -> Stream {
+        let response = self.post_conv(body).await;
+        assert_eq!(response.status(), 200, "body: {:?}", response.text().await);
+        read_stream(response).await
+    }
+
+    /// A first turn with just `content`.
+    pub async fn ask(&self, content: &str) -> Stream {
+        self.turn(json!({"content": content})).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the gateway answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// Waits until the stored answer `message_id` is no longer in progress.
+    pub async fn stored_message(&self, conversation_id: &str, message_id: &str) -> Value {
+        for _ in 0..200 {
+            let (status, conv) = self.get_json(&format!("/conv/{conversation_id}")).await;
+            if status == 200 {
+                let message = conv["mapping"][message_id]["message"].clone();
+                if message["status"] != "in_progress" && !message.is_null() {
+                    return message;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("message {message_id} was never stored as ended");
+    }
+}
+
+/// One event as a client sees it. A comment line is an event of its own here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub comment: Option<String>,
+}
+
+/// Everything a streamed response carried.
+#[derive(Debug)]
+pub struct Stream {
+    pub events: Vec<Event>,
+}
+
+pub async fn read_stream(response: reqwest::Response) -> Stream {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        body.extend_from_slice(&chunk.expect("the stream reads to its end"));
+    }
+    parse_events(std::str::from_utf8(&body).expect("UTF-8"))
+}
+
+pub fn parse_events(text: &str) -> Stream {
+    let mut events = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+        let mut event = Event {
+            id: None,
+            event: None,
+            data: String::new(),
+            comment: None,
+        };
+        for line in block.lines() {
+            if let Some(c) = line.strip_prefix(':') {
+                event.comment = Some(c.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                event.id = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event.event = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                event.data = v.to_owned();
+            } else {
+                panic!("unexpected line {line:?} in {block:?}");
+            }
+        }
+        events.push(event);
+    }
+    Stream { events }
+}
+
+impl Stream {
+    /// The JSON message frames, in order.
+    pub fn frames(&self) -> Vec<Value> {
+        self.events
+            .iter()
+            .filter(|e| e.comment.is_none() && e.event.is_none() && e.data != "[DONE]")
+            .map(|e| serde_json::from_str(&e.data).expect("a frame is JSON"))
+            .collect()
+    }
+
+    pub fn last(&self) -> Value {
+        self.frames().pop().expect("at least one frame")
+    }
+
+    pub fn text(&self) -> String {
+        self.last()["message"]["content"]["parts"][0]
+            .as_str()
+            .expect("parts[0]")
+            .to_owned()
+    }
+
+    pub fn conversation_id(&self) -> String {
+        self.last()["conversation_id"]
+            .as_str()
+            .expect("conversation_id")
+            .to_owned()
+    }
+
+    pub fn message_id(&self) -> String {
+        self.last()["message"]["id"].as_str().expect("message.id").to_owned()
+    }
+
+    /// Asserts the contract's ending: `[DONE]`, then `event: close` / `data: close`.
+    pub fn assert_closed_properly(&self) {
+        let n = self.events.len();
+        assert!(n >= 3, "too few events: {:?}", self.events);
+        assert_eq!(self.events[n - 2].data, "[DONE]", "{:?}", self.events);
+        assert_eq!(self.events[n - 1].event.as_deref(), Some("close"));
+        assert_eq!(self.events[n - 1].data, "close");
+    }
+
+    pub fn assert_finished(&self) {
+        let last = self.last();
+        assert_eq!(last["message"]["status"], "finished_successfully", "{last}");
+        assert_eq!(last["message"]["end_turn"], true);
+        assert_eq!(last["error"], Value::Null);
+        self.assert_closed_properly();
+    }
+}
+
+/// The messages of the `n`th request the mock received, as (role, content) pairs.
+pub fn sent_messages(mock: &MockLlm, n: usize) -> Vec<(String, String)> {
+    let requests = mock.requests();
+    requests[n]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts a JSON error response with the contract's shape.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let body: Value = response.json().await.expect("a JSON error body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["error"]["type"].is_string(), "{body}");
+    body
+}

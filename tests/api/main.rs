@@ -1,0 +1,13 @@
+//! Integration tests: the real server on port 0, against the mock upstream (crates/mockllm)
+//! speaking OpenAI's exact streaming format, driven over real sockets.
+
+mod bad_input;
+mod budget_and_prompts;
+mod cancellation;
+mod concurrency;
+mod conversations;
+mod cors;
+mod helpers;
+mod streaming;
+mod upstream_errors;
+mod upstream_formats;

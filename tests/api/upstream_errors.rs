@@ -1,0 +1,126 @@
+//! An upstream that refuses or cannot be reached gives a real HTTP status before any
+//! stream, with the upstream's own message and never the key; nothing is stored.
+
+use crate::helpers::*;
+use chatgate::config::UpstreamKind;
+use mockllm::Script;
+use serde_json::json;
+use std::time::Duration;
+
+async fn assert_nothing_stored(app: &TestApp) {
+    let (_, list) = app.get_json("/conversations").await;
+    assert_eq!(list["items"], json!([]), "a refused turn leaves no conversation");
+}
+
+#[tokio::test]
+async fn an_upstream_401_is_a_502_with_its_message_and_never_the_key() {
+    let app = spawn_app().await;
+    let response = app.post_conv(json!({"content": "hi [mock:status=401]"})).await;
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(KEY) && !text.contains(&KEY[..12]), "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(body["error"]["type"], "upstream_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Incorrect API key provided")
+    );
+    assert_nothing_stored(&app).await;
+    // and the key went upstream as a bearer token
+    assert_eq!(app.mock.stats().requests, 1);
+}
+
+#[tokio::test]
+async fn an_upstream_429_stays_a_429_with_its_retry_after() {
+    let app = spawn_app().await;
+    let response = app
+        .post_conv(json!({"content": "hi [mock:status=429] [mock:retry-after=7]"}))
+        .await;
+    assert_eq!(response.headers()["retry-after"], "7");
+    let body = assert_error(response, 429, "rate_limit_exceeded").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Rate limit reached")
+    );
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn an_upstream_500_is_a_502() {
+    let app = spawn_app().await;
+    let response = app.post_conv(json!({"content": "hi [mock:status=500]"})).await;
+    let body = assert_error(response, 502, "server_error").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("The server had an error")
+    );
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn a_non_json_error_page_is_carried_as_text() {
+    let app = spawn_app().await;
+    app.mock
+        .enqueue(Script::refuse(503, "<html>upstream maintenance</html>"));
+    let response = app.post_conv(json!({"content": "hi"})).await;
+    let body = assert_error(response, 502, "upstream_http_503").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream maintenance")
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    // a port that was free a moment ago and has nobody listening now
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app_with(|s| {
+        s.upstream = UpstreamKind::OpenAi {
+            base_url: format!("http://127.0.0.1:{closed}/v1"),
+            key: Some(KEY.into()),
+        }
+    })
+    .await;
+    let response = app.post_conv(json!({"content": "anyone?"})).await;
+    let body = assert_error(response, 502, "upstream_unreachable").await;
+    assert!(!body.to_string().contains(KEY));
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn an_upstream_silent_before_its_first_token_times_out_as_a_504() {
+    let app = spawn_app_with(|s| s.upstream_idle_timeout = Duration::from_millis(300)).await;
+    let response = app.post_conv(json!({"content": "hello? [mock:stall]"})).await;
+    assert_error(response, 504, "upstream_timeout").await;
+    let stats = app
+        .mock
+        .wait_for_stats(Duration::from_secs(2), |s| s.cancelled == 1)
+        .await;
+    assert_eq!(stats.cancelled, 1, "the silent upstream request is dropped");
+}
+
+#[tokio::test]
+async fn an_upstream_silent_mid_answer_ends_with_a_timeout_frame() {
+    let app = spawn_app_with(|s| s.upstream_idle_timeout = Duration::from_millis(300)).await;
+    let c = mockllm::wire::Completion::new("mock-model", 1);
+    app.mock
+        .enqueue(Script::stream([c.role(), c.content("so far")]).then_stall());
+    let stream = app.ask("go").await;
+    let last = stream.last();
+    assert_eq!(last["message"]["status"], "error");
+    assert_eq!(last["message"]["content"]["parts"][0], "so far");
+    assert_eq!(last["error"]["code"], "upstream_timeout");
+    stream.assert_closed_properly();
+}
