@@ -54,6 +54,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        recover_interrupted(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -89,6 +90,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
         log::info!("database migrated to schema version {}", i + 1);
+    }
+    Ok(())
+}
+
+/// Answers still `in_progress` when the database is opened were cut off by a crash or a
+/// kill: this process is the file's only user, so nobody is still writing them. They are
+/// marked as errors so that clients see what happened rather than a stream that never ends.
+fn recover_interrupted(conn: &Connection) -> Result<(), StoreError> {
+    let error = serde_json::json!({
+        "message": "chatgate stopped before this answer was finished",
+        "type": "server_error",
+        "code": "gateway_stopped",
+    });
+    let recovered = conn.execute(
+        "UPDATE messages SET status = 'error', finish_type = 'interrupted', error = ?1 WHERE status = 'in_progress'",
+        [error.to_string()],
+    )?;
+    if recovered > 0 {
+        log::warn!("{recovered} answer(s) were cut off when chatgate last stopped; they are marked as errors");
     }
     Ok(())
 }
@@ -275,5 +295,52 @@ impl Store for SqliteStore {
             Ok(deleted > 0)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::Role;
+
+    fn turn(conversation_id: ConversationId) -> NewTurn {
+        let root = Message::root(1.0);
+        let user = Message::new(Some(root.id), Role::User, "q".into(), Status::FinishedSuccessfully, 2.0);
+        let assistant = Message::new(Some(user.id), Role::Assistant, String::new(), Status::InProgress, 2.0);
+        NewTurn {
+            conversation_id,
+            new_conversation: Some(("q".into(), root)),
+            user,
+            assistant,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_by_a_crash_is_marked_as_an_error_on_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let id = ConversationId::new();
+        let t = turn(id);
+        let answer = t.assistant.id;
+        SqliteStore::open(&path).unwrap().begin_turn(t).await.unwrap();
+
+        let reopened = SqliteStore::open(&path).unwrap();
+        let conversation = reopened.conversation(id).await.unwrap().unwrap();
+        let m = conversation.message(answer).unwrap();
+        assert_eq!(m.status, Status::Error);
+        assert_eq!(m.finish, Some(FinishType::Interrupted));
+        assert_eq!(m.error.as_ref().unwrap()["code"], "gateway_stopped");
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_rather_than_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Corrupt(_))));
     }
 }
