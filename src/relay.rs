@@ -2,12 +2,13 @@
 //! frame and hands it to the client's response body through a channel, then stores the
 //! answer and ends the stream.
 //!
-//! Cancellation is explicit: the response body owns the channel's receiver, so when the
-//! client goes away actix drops the body, the channel closes, `tx.closed()` wakes the task,
-//! and the task drops the upstream stream at once, which closes the upstream connection:
-//! nobody pays for tokens nobody reads. (actix-web drops a streaming body on disconnect
-//! only once it notices the disconnect; the server is built with half-closed connections
-//! disallowed so that a client's FIN is noticed while the stream is quiet, too.)
+//! Cancellation is explicit. Before the stream opens, the handler awaits the task's
+//! verdict; after, the response body owns the channel's receiver. Either way, when the
+//! client goes away actix drops what it holds (the handler, or the body), the task sees
+//! its end of the oneshot or the channel closed, and it drops the upstream stream at
+//! once, which closes the upstream connection: nobody pays for tokens nobody reads.
+//! actix-web drops those only once it notices the disconnect, so the server disallows
+//! half-closed connections: a client's FIN is then noticed even while nothing is written.
 
 use crate::conversation::store::{AnswerUpdate, NewTurn};
 use crate::conversation::{FinishType, Status};
@@ -124,7 +125,6 @@ impl Relay {
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + heartbeat_every);
                 }
                 item = stream.next() => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                     match item {
                         Some(Ok(delta)) => {
                             if !delta.text.is_empty() {
@@ -136,6 +136,9 @@ impl Relay {
                                 }
                             }
                             finish = delta.finish.or(finish);
+                            // Idle time is time spent waiting on the upstream, so it starts
+                            // after a slow client has taken the frame.
+                            idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                         }
                         Some(Err(e)) => return Ending::Failed(e.into()),
                         None => {

@@ -1,0 +1,80 @@
+// Plain JSON calls to the gateway. Paths are relative to the page, so the page works
+// both at `/` and behind a reverse proxy that mounts the gateway under a sub-path.
+
+export function apiUrl(path) {
+  return new URL(path, document.baseURI).toString()
+}
+
+/** An error the gateway (or the network) reported, with what a person should read. */
+export class ApiError extends Error {
+  constructor(message, { status = 0, type = '', code = '', retryAfter = null } = {}) {
+    super(message)
+    this.status = status
+    this.type = type
+    this.code = code
+    this.retryAfter = retryAfter
+  }
+}
+
+/**
+ * Turns a non-2xx answer into an ApiError. `body` is the raw text; the gateway sends
+ * `{"error":{"message","type","code"}}`, anything else is shown as a generic failure.
+ */
+export function errorFromResponse(status, body, retryAfterHeader) {
+  let detail = null
+  try {
+    detail = JSON.parse(body || '')?.error ?? null
+  } catch {
+    detail = null
+  }
+  const retryAfter = parseRetryAfter(retryAfterHeader)
+  let message = detail?.message || fallbackMessage(status)
+  if (status === 429) {
+    message += retryAfter != null ? ` Try again in ${retryAfter} s.` : ' Try again in a moment.'
+  }
+  return new ApiError(message, {
+    status,
+    type: detail?.type || '',
+    code: detail?.code != null ? String(detail.code) : '',
+    retryAfter,
+  })
+}
+
+function parseRetryAfter(value) {
+  if (!value) return null
+  const seconds = Number(value)
+  if (Number.isFinite(seconds)) return Math.max(0, Math.round(seconds))
+  const at = Date.parse(value)
+  return Number.isNaN(at) ? null : Math.max(0, Math.round((at - Date.now()) / 1000))
+}
+
+function fallbackMessage(status) {
+  if (status === 0) return 'Could not reach the gateway. Is it running?'
+  if (status === 404) return 'Not found.'
+  if (status === 413) return 'That message is too large.'
+  if (status === 429) return 'The model is rate limited.'
+  if (status >= 500) return `The gateway failed (HTTP ${status}).`
+  return `The request failed (HTTP ${status}).`
+}
+
+async function request(method, path) {
+  let response
+  try {
+    response = await fetch(apiUrl(path), { method, headers: { Accept: 'application/json' } })
+  } catch {
+    throw errorFromResponse(0, '', null)
+  }
+  const text = await response.text()
+  if (!response.ok) {
+    throw errorFromResponse(response.status, text, response.headers.get('Retry-After'))
+  }
+  return text ? JSON.parse(text) : null
+}
+
+export const api = {
+  config: () => request('GET', 'config'),
+  prompts: () => request('GET', 'prompts'),
+  conversations: () => request('GET', 'conversations'),
+  conversation: (id) => request('GET', `conv/${encodeURIComponent(id)}`),
+  deleteConversation: (id) => request('DELETE', `conv/${encodeURIComponent(id)}`),
+}
