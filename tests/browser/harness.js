@@ -89,8 +89,10 @@ function mockControl(base) {
  * `after`). With `demo`, the gateway gets no upstream at all and runs its demo provider.
  */
 export async function startStack({ demo = false } = {}) {
-  const mockBin = join(ROOT, 'target/debug/mockllm')
-  const gatewayBin = process.env.CHATGATE_BIN || join(ROOT, 'target/debug/chatgate')
+  // cargo's target directory, wherever CARGO_TARGET_DIR puts it
+  const debug = join(resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target'), 'debug')
+  const mockBin = join(debug, 'mockllm')
+  const gatewayBin = process.env.CHATGATE_BIN || join(debug, 'chatgate')
   for (const bin of [mockBin, gatewayBin]) {
     if (!existsSync(bin)) throw new Error(`${bin} is missing: run \`cargo build --bins --workspace\` first`)
   }
