@@ -1,0 +1,304 @@
+//! `cargo run --release -p chatgate-bench`: measures chatgate (and optionally a peer
+//! gateway) against a direct-to-mock baseline on loopback, and prints a table.
+
+mod client;
+mod clock;
+mod gateway;
+mod mock;
+mod scenarios;
+mod stats;
+
+use clap::Parser;
+use client::{Protocol, Target};
+use mock::{Mock, Shape};
+use stats::Samples;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "chatgate's streaming benchmark: gateway vs a direct-to-mock baseline, on loopback")]
+struct Args {
+    /// The chatgate binary to start (build it with `cargo build --release` first).
+    #[arg(long, default_value = "target/release/chatgate")]
+    gateway_bin: PathBuf,
+    /// Where the gateway keeps conversations: `sqlite://PATH` or `memory` [default: a fresh SQLite file].
+    #[arg(long)]
+    store: Option<String>,
+    /// Port for the mock upstream (fixed, so a peer gateway can be configured to use it; 0 = any).
+    #[arg(long, default_value_t = 0)]
+    mock_port: u16,
+    /// A peer OpenAI-compatible gateway to measure too, e.g. http://127.0.0.1:4000/v1, pointed at the mock.
+    #[arg(long)]
+    peer: Option<String>,
+    /// The peer's name in the table.
+    #[arg(long, default_value = "peer")]
+    peer_name: String,
+    /// The model name to ask the peer for (its route to the mock).
+    #[arg(long, default_value = "bench")]
+    peer_model: String,
+    /// The peer's process id, for its CPU and memory.
+    #[arg(long)]
+    peer_pid: Option<u32>,
+    /// Largest step of the concurrency ramp.
+    #[arg(long, default_value_t = 9000)]
+    max_streams: usize,
+    /// Fewer rounds and a shorter ramp: a quick look, not numbers to publish.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    clock::now_ns();
+    let mock = Mock::start(args.mock_port).await?;
+    eprintln!("mock upstream on http://127.0.0.1:{}/v1", mock.port);
+
+    let dir = std::env::temp_dir().join(format!("chatgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let store = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.join("bench.db").display()));
+    let gw = gateway::Gateway::start(&args.gateway_bin, mock.port, &store).await?;
+    eprintln!("chatgate on http://{} (pid {}, store {store})", gw.addr, gw.pid);
+
+    let direct = Target {
+        name: "direct".into(),
+        addr: SocketAddr::from(([127, 0, 0, 1], mock.port)),
+        path: "/v1/chat/completions".into(),
+        protocol: Protocol::OpenAi,
+        model: "bench".into(),
+    };
+    let chatgate = Target {
+        name: "chatgate".into(),
+        addr: gw.addr,
+        path: "/conv".into(),
+        protocol: Protocol::Conv { delta: false },
+        model: "bench".into(),
+    };
+    let mut targets = vec![direct.clone(), chatgate.clone()];
+    let mut pids = vec![None, Some(gw.pid)];
+    if let Some(peer) = &args.peer {
+        let (addr, path) = parse_base(peer)?;
+        targets.push(Target {
+            name: args.peer_name.clone(),
+            addr,
+            path: format!("{path}/chat/completions"),
+            protocol: Protocol::OpenAi,
+            model: args.peer_model.clone(),
+        });
+        pids.push(args.peer_pid);
+    }
+    let gateways = &targets[1..];
+    let q = |full: usize, quick: usize| if args.quick { quick } else { full };
+
+    // warm up every path (connection pools, the allocator, the page cache)
+    scenarios::ttft(&mock, &targets, 4, 20).await;
+    let idle_rss = gw.rss_kib();
+
+    let mut table = Table::new(gateways);
+
+    eprintln!("time to first token…");
+    for (workers, rounds) in [(1, q(2000, 200)), (100, q(20, 5))] {
+        let s = scenarios::ttft(&mock, &targets, workers, rounds).await;
+        table.added(&format!("added TTFT p50, {workers} stream(s)"), &s, 50.0, "µs", "");
+        table.added(
+            &format!("added TTFT p99, {workers} stream(s)"),
+            &s,
+            99.0,
+            "µs",
+            if workers == 1 { "≤ 150 µs" } else { "" },
+        );
+    }
+
+    eprintln!("per-chunk latency…");
+    let mut cpu_per_k = vec![f64::NAN; gateways.len()];
+    for (streams, chunks, delay) in [(1, q(2000, 300), 2), (1000, q(50, 20), 20)] {
+        let shape = Shape {
+            chunks,
+            delay: Duration::from_millis(delay),
+            ..Shape::default()
+        };
+        let r = scenarios::relay(&mock, &targets, &pids, streams, shape, 2).await;
+        table.added(
+            &format!("added chunk latency p50, {streams} stream(s)"),
+            &r.latency,
+            50.0,
+            "µs",
+            "",
+        );
+        let goal = if streams == 1000 { "≤ 50 µs" } else { "" };
+        table.added(
+            &format!("added chunk latency p99, {streams} stream(s)"),
+            &r.latency,
+            99.0,
+            "µs",
+            goal,
+        );
+        table.row(
+            &format!("faithful streams, {streams} stream(s)"),
+            r.faithful[1..].iter().map(|(ok, all)| format!("{ok}/{all}")).collect(),
+            "every chunk one frame",
+        );
+        if streams == 1000 {
+            for (g, cpu) in r.cpu_ms[1..].iter().enumerate() {
+                cpu_per_k[g] = cpu / (r.chunks[g + 1] as f64 / 1000.0);
+            }
+        }
+    }
+    table.row(
+        "CPU per 1,000 relayed chunks",
+        cpu_per_k.iter().map(|c| fmt(*c, "ms")).collect(),
+        "≤ 5 ms",
+    );
+
+    eprintln!("memory per open stream…");
+    let mut points = Vec::new();
+    for held in [0, q(1000, 200), q(2000, 400), q(4000, 800)] {
+        points.push((
+            held as f64,
+            scenarios::rss_with_open_streams(&mock, &chatgate, gw.pid, held).await,
+        ));
+    }
+    table.row("gateway RSS idle", vec![fmt(idle_rss / 1024.0, "MiB")], "");
+    table.row(
+        "gateway RSS per open stream",
+        vec![fmt(slope(&points), "KiB")],
+        "≤ 8 KiB",
+    );
+
+    eprintln!("long answers…");
+    let chunks = 2000;
+    let (full, _) = scenarios::long_answer_bytes(&mock, &chatgate, chunks).await;
+    let delta_target = Target {
+        protocol: Protocol::Conv { delta: true },
+        ..chatgate.clone()
+    };
+    let (delta, _) = scenarios::long_answer_bytes(&mock, &delta_target, chunks).await;
+    let (direct_bytes, _) = scenarios::long_answer_bytes(&mock, &direct, chunks).await;
+    table.row(
+        &format!(
+            "bytes for a {chunks}-chunk answer (direct: {} KiB)",
+            direct_bytes / 1024
+        ),
+        vec![format!("{} KiB full, {} KiB delta", full / 1024, delta / 1024)],
+        "linear in delta mode",
+    );
+
+    eprintln!("concurrency ramp…");
+    let mut conns = Vec::new();
+    let mut held = (0, 0.0);
+    let mut steps = vec![1000, 2000, 4000, 8000];
+    steps.push(args.max_streams);
+    steps.retain(|&n| n <= args.max_streams);
+    steps.dedup();
+    if args.quick {
+        steps = vec![500, 1000];
+    }
+    for n in steps {
+        let step = scenarios::paced(&mock, &chatgate, &mut conns, n, Duration::from_millis(500)).await;
+        eprintln!(
+            "  {n} streams: {} ok, worst chunk latency {:.1} ms, {:.0} frames/s{}",
+            step.ok,
+            step.worst_latency_ms,
+            step.frames_per_s,
+            if step.stalled { " — stalled" } else { "" }
+        );
+        if step.stalled {
+            break;
+        }
+        held = (n, step.frames_per_s);
+    }
+    drop(conns);
+    table.row(
+        "paced streams held without stalls",
+        vec![format!("{} ({:.0} frames/s)", held.0, held.1)],
+        "≥ 8,000",
+    );
+
+    table.print();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn parse_base(url: &str) -> Result<(SocketAddr, String), Box<dyn std::error::Error>> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("the peer URL must start with http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, String::new()));
+    let host = host.replace("localhost", "127.0.0.1");
+    Ok((host.parse()?, path.trim_end_matches('/').to_owned()))
+}
+
+/// Least-squares slope of RSS (KiB) over open streams.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    num / den
+}
+
+fn fmt(value: f64, unit: &str) -> String {
+    if value.is_nan() {
+        "n/a".into()
+    } else if value.abs() >= 100.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}
+
+struct Table {
+    names: Vec<String>,
+    rows: Vec<(String, Vec<String>, String)>,
+}
+
+impl Table {
+    fn new(gateways: &[Target]) -> Self {
+        Self {
+            names: gateways.iter().map(|t| t.name.clone()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// A gateway-minus-direct row from per-target samples (index 0 is direct).
+    fn added(&mut self, label: &str, samples: &[Samples], p: f64, unit: &str, goal: &str) {
+        let base = samples[0].p(p);
+        let cells = samples[1..].iter().map(|s| fmt(s.p(p) - base, unit)).collect();
+        self.row(&format!("{label} (direct {})", fmt(base, unit)), cells, goal);
+    }
+
+    fn row(&mut self, label: &str, cells: Vec<String>, goal: &str) {
+        self.rows.push((label.to_owned(), cells, goal.to_owned()));
+    }
+
+    fn print(&self) {
+        let width = self.rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
+        let mut header = format!("| {:width$} |", "measure");
+        for name in &self.names {
+            header.push_str(&format!(" {name:>24} |"));
+        }
+        header.push_str(" target |");
+        println!("{header}");
+        let mut rule = format!("|{}|", "-".repeat(width + 2));
+        for _ in &self.names {
+            rule.push_str(&format!("{}|", "-".repeat(26)));
+        }
+        println!("{rule}--------|");
+        for (label, cells, goal) in &self.rows {
+            let mut line = format!("| {label:width$} |");
+            for i in 0..self.names.len() {
+                line.push_str(&format!(" {:>24} |", cells.get(i).map(String::as_str).unwrap_or("")));
+            }
+            line.push_str(&format!(" {goal} |"));
+            println!("{line}");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The measurements. Every scenario that compares runs the direct baseline and the targets
+//! in the same run, interleaved, so that a noisy moment hurts both alike.
+
+use crate::client::{Answer, Conn, Target};
+use crate::gateway;
+use crate::mock::{Mock, Shape};
+use crate::stats::Samples;
+use std::time::{Duration, Instant};
+
+/// Time to first token, in µs, for each target: `workers` clients at once, each asking
+/// `rounds` times of every target in turn.
+pub async fn ttft(mock: &Mock, targets: &[Target], workers: usize, rounds: usize) -> Vec<Samples> {
+    mock.set(Shape {
+        chunks: 4,
+        ..Shape::default()
+    });
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let targets = targets.to_vec();
+            tokio::spawn(async move {
+                let mut conns: Vec<Conn> = targets.iter().map(Conn::new).collect();
+                let mut out = vec![Vec::new(); targets.len()];
+                for round in 0..rounds {
+                    for k in 0..targets.len() {
+                        let t = (k + round + w) % targets.len();
+                        if let Ok(answer) = conns[t].ask().await
+                            && let Some(ns) = answer.ttft_ns()
+                        {
+                            out[t].push(ns as f64 / 1000.0);
+                        }
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = vec![Vec::new(); targets.len()];
+    for task in tasks {
+        if let Ok(out) = task.await {
+            for (t, samples) in out.into_iter().enumerate() {
+                all[t].extend(samples);
+            }
+        }
+    }
+    all.into_iter().map(Samples::new).collect()
+}
+
+/// Per-chunk latency (mock wrote it → client read it), in µs, per target; and whether
+/// every stream through each target was faithful (one frame per chunk, in order).
+pub struct Relay {
+    pub latency: Vec<Samples>,
+    pub faithful: Vec<(usize, usize)>,
+    pub chunks: Vec<usize>,
+    pub cpu_ms: Vec<f64>,
+}
+
+pub async fn relay(
+    mock: &Mock,
+    targets: &[Target],
+    pids: &[Option<u32>],
+    streams: usize,
+    shape: Shape,
+    rounds: usize,
+) -> Relay {
+    mock.set(shape);
+    let mut latency = vec![Vec::new(); targets.len()];
+    let mut faithful = vec![(0, 0); targets.len()];
+    let mut chunks = vec![0; targets.len()];
+    let mut cpu_ms = vec![0.0; targets.len()];
+    let mut conns: Vec<Vec<Conn>> = targets
+        .iter()
+        .map(|t| (0..streams).map(|_| Conn::new(t)).collect())
+        .collect();
+    for round in 0..rounds {
+        for k in 0..targets.len() {
+            let t = (k + round) % targets.len();
+            let cpu_before = pids[t].map(gateway::cpu_ms);
+            let answers = run_all(std::mem::take(&mut conns[t])).await;
+            if let (Some(pid), Some(before)) = (pids[t], cpu_before) {
+                cpu_ms[t] += gateway::cpu_ms(pid) - before;
+            }
+            let mut back = Vec::with_capacity(streams);
+            for (conn, answer) in answers {
+                back.push(conn);
+                let Ok(answer) = answer else {
+                    faithful[t].1 += 1;
+                    continue;
+                };
+                faithful[t].1 += 1;
+                if answer.faithful && answer.chunks.len() == shape.chunks {
+                    faithful[t].0 += 1;
+                }
+                chunks[t] += answer.chunks.len();
+                latency[t].extend(
+                    answer
+                        .chunks
+                        .iter()
+                        .map(|(_, sent, arrived)| (arrived - sent) as f64 / 1000.0),
+                );
+            }
+            conns[t] = back;
+        }
+    }
+    Relay {
+        latency: latency.into_iter().map(Samples::new).collect(),
+        faithful,
+        chunks,
+        cpu_ms,
+    }
+}
+
+/// Runs one answer on every connection at once.
+pub async fn run_all(conns: Vec<Conn>) -> Vec<(Conn, std::io::Result<Answer>)> {
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            tokio::spawn(async move {
+                let answer = conn.ask().await;
+                (conn, answer)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(pair) = task.await {
+            out.push(pair);
+        }
+    }
+    out
+}
+
+/// One step of the concurrency ramp.
+pub struct Step {
+    pub ok: usize,
+    pub worst_latency_ms: f64,
+    pub frames_per_s: f64,
+    pub stalled: bool,
+}
+
+/// Opens `streams` paced answers at once through `target`; a stream stalls when one of
+/// its chunks arrives more than `stall` after the mock wrote it.
+pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams: usize, stall: Duration) -> Step {
+    let shape = Shape {
+        chunks: 20,
+        delay: Duration::from_millis(250),
+        ..Shape::default()
+    };
+    mock.set(shape);
+    while conns.len() < streams {
+        conns.push(Conn::new(target));
+    }
+    let batch: Vec<Conn> = conns.drain(..streams).collect();
+    let started = Instant::now();
+    let answers = run_all(batch).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut step = Step {
+        ok: 0,
+        worst_latency_ms: 0.0,
+        frames_per_s: 0.0,
+        stalled: false,
+    };
+    let mut frames = 0;
+    for (conn, answer) in answers {
+        conns.push(conn);
+        let Ok(answer) = answer else { continue };
+        if answer.status == 200 && answer.chunks.len() == shape.chunks {
+            step.ok += 1;
+        }
+        frames += answer.frames;
+        for (_, sent, arrived) in &answer.chunks {
+            step.worst_latency_ms = step.worst_latency_ms.max((arrived - sent) as f64 / 1e6);
+        }
+    }
+    step.frames_per_s = frames as f64 / elapsed;
+    step.stalled = step.ok < streams || step.worst_latency_ms > stall.as_secs_f64() * 1000.0;
+    step
+}
+
+/// Gateway RSS with `held` streams open, each having received two chunks.
+pub async fn rss_with_open_streams(mock: &Mock, target: &Target, pid: u32, held: usize) -> f64 {
+    mock.set(Shape {
+        chunks: 4,
+        hold_after: Some(2),
+        ..Shape::default()
+    });
+    let conns: Vec<Conn> = (0..held).map(|_| Conn::new(target)).collect();
+    let running = tokio::spawn(run_all(conns));
+    // give every stream time to open and take its first chunks
+    tokio::time::sleep(Duration::from_millis(1500 + held as u64 / 2)).await;
+    let rss = gateway::rss_kib(pid);
+    mock.release();
+    let _ = running.await;
+    rss
+}
+
+/// Bytes of response body for one long answer.
+pub async fn long_answer_bytes(mock: &Mock, target: &Target, chunks: usize) -> (usize, usize) {
+    mock.set(Shape {
+        chunks,
+        ..Shape::default()
+    });
+    match Conn::new(target).ask().await {
+        Ok(answer) => (answer.bytes, answer.chunks.len()),
+        Err(_) => (0, 0),
+    }
+}
