@@ -13,23 +13,19 @@
 use crate::conversation::store::{AnswerUpdate, NewTurn};
 use crate::conversation::{FinishType, Status};
 use crate::error::ApiError;
-use crate::sse::{self, AnswerFrames, AnswerIdentity};
+use crate::live::{self, Body, LiveAnswer};
+use crate::sse::AnswerIdentity;
 use crate::startup::AppState;
 use crate::upstream::{ChunkStream, UpstreamError};
 use actix_web::web::Data;
-use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::sleep;
-
-/// Frames buffered between the task and a slow client before the task waits for it
-/// (and, through TCP, the upstream waits for the task).
-const CHANNEL_FRAMES: usize = 32;
 
 /// The task's answer to the handler, given once: stream, or fail with a real HTTP status.
 pub enum Verdict {
-    Stream(mpsc::Receiver<Bytes>),
+    Stream(Body),
     Refuse(ApiError),
 }
 
@@ -43,19 +39,20 @@ enum Ending {
 /// Starts relaying an accepted upstream stream. The returned verdict arrives with the
 /// first token, or after one heartbeat interval without one (then the stream opens with a
 /// heartbeat comment), or as a refusal when the upstream fails before its first token.
+/// `delta`: frames carry only new text (see `live`).
 pub fn start(
     state: Data<AppState>,
     stream: ChunkStream,
     new_turn: NewTurn,
     identity: AnswerIdentity,
+    delta: bool,
 ) -> oneshot::Receiver<Verdict> {
     let (verdict_tx, verdict_rx) = oneshot::channel();
-    let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+    let (live, body) = live::answer(&identity, delta);
     let relay = Relay {
-        frames: AnswerFrames::new(&identity),
         identity,
-        tx,
-        pending: Some((verdict_tx, rx)),
+        live,
+        pending: Some((verdict_tx, body)),
         state,
     };
     tokio::spawn(relay.run(stream, new_turn));
@@ -65,22 +62,9 @@ pub fn start(
 struct Relay {
     state: Data<AppState>,
     identity: AnswerIdentity,
-    frames: AnswerFrames,
-    tx: mpsc::Sender<Bytes>,
-    /// Until the verdict is given: where to give it, and the body's end of the channel.
-    pending: Option<(oneshot::Sender<Verdict>, mpsc::Receiver<Bytes>)>,
-}
-
-/// Resolves when the client is gone: before the verdict, the handler (and with it the
-/// request) was dropped; after it, the response body was.
-async fn client_gone(
-    pending: &mut Option<(oneshot::Sender<Verdict>, mpsc::Receiver<Bytes>)>,
-    tx: &mpsc::Sender<Bytes>,
-) {
-    match pending {
-        Some((verdict, _)) => verdict.closed().await,
-        None => tx.closed().await,
-    }
+    live: LiveAnswer,
+    /// Until the verdict is given: where to give it, and the response body.
+    pending: Option<(oneshot::Sender<Verdict>, Body)>,
 }
 
 impl Relay {
@@ -100,6 +84,15 @@ impl Relay {
         self.end(ending, started).await;
     }
 
+    /// Resolves when the client is gone: before the verdict, the handler (and with it the
+    /// request) was dropped; after it, the response body was.
+    async fn client_gone(&mut self) {
+        match &mut self.pending {
+            Some((verdict, _)) => verdict.closed().await,
+            None => self.live.gone().await,
+        }
+    }
+
     async fn relay(&mut self, stream: &mut ChunkStream) -> Ending {
         let settings = &self.state.settings;
         let (heartbeat_every, idle_limit) = (settings.heartbeat, settings.upstream_idle_timeout);
@@ -111,7 +104,7 @@ impl Relay {
         loop {
             tokio::select! {
                 biased;
-                _ = client_gone(&mut self.pending, &self.tx) => return Ending::ClientGone,
+                _ = self.client_gone() => return Ending::ClientGone,
                 _ = &mut idle => {
                     return match finish {
                         Some(f) => Ending::Finished(f),
@@ -119,9 +112,10 @@ impl Relay {
                     };
                 }
                 _ = &mut heartbeat, if !has_text => {
-                    if !self.send(Bytes::from_static(sse::HEARTBEAT)).await {
+                    if !self.open() {
                         return Ending::ClientGone;
                     }
+                    self.live.heartbeat();
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + heartbeat_every);
                 }
                 item = stream.next() => {
@@ -129,15 +123,12 @@ impl Relay {
                         Some(Ok(delta)) => {
                             if !delta.text.is_empty() {
                                 has_text = true;
-                                self.frames.push(&delta.text);
-                                let frame = self.frames.progress();
-                                if !self.send(frame).await {
+                                if !self.open() {
                                     return Ending::ClientGone;
                                 }
+                                self.live.push(&delta.text);
                             }
                             finish = delta.finish.or(finish);
-                            // Idle time is time spent waiting on the upstream, so it starts
-                            // after a slow client has taken the frame.
                             idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                         }
                         Some(Err(e)) => return Ending::Failed(e.into()),
@@ -153,15 +144,12 @@ impl Relay {
         }
     }
 
-    /// Sends bytes to the client, opening the stream first if it is not open yet.
-    /// `false`: the client is gone.
-    async fn send(&mut self, bytes: Bytes) -> bool {
-        if let Some((verdict, rx)) = self.pending.take()
-            && verdict.send(Verdict::Stream(rx)).is_err()
-        {
-            return false;
+    /// Opens the stream if it is not open yet. `false`: the client is gone.
+    fn open(&mut self) -> bool {
+        match self.pending.take() {
+            Some((verdict, body)) => verdict.send(Verdict::Stream(body)).is_ok(),
+            None => true,
         }
-        self.tx.send(bytes).await.is_ok()
     }
 
     fn refuse(&mut self, error: ApiError) {
@@ -177,14 +165,7 @@ impl Relay {
             Ending::ClientGone => (Status::FinishedPartialCompletion, FinishType::Interrupted, None),
             Ending::Failed(e) => (Status::Error, FinishType::Interrupted, Some(e)),
         };
-        let update = AnswerUpdate {
-            conversation_id: self.identity.conversation_id,
-            id: self.identity.message_id,
-            content: self.frames.text().to_owned(),
-            status,
-            finish: Some(finish),
-            error: error.as_ref().map(ApiError::object),
-        };
+        let text = self.live.text();
         let id = &self.identity;
         log::info!(
             "conversation {} answer {}: {} after {:.0} ms, {} bytes{}",
@@ -192,9 +173,17 @@ impl Relay {
             id.message_id,
             status.as_str(),
             started.elapsed().as_secs_f64() * 1000.0,
-            self.frames.text().len(),
+            text.len(),
             error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default(),
         );
+        let update = AnswerUpdate {
+            conversation_id: id.conversation_id,
+            id: id.message_id,
+            content: text,
+            status,
+            finish: Some(finish),
+            error: error.as_ref().map(ApiError::object),
+        };
         if let Err(e) = self.state.store.finish_answer(update).await {
             log::error!("conversation {}: could not store the answer: {e}", id.conversation_id);
             if status != Status::FinishedPartialCompletion {
@@ -202,18 +191,15 @@ impl Relay {
                 error = Some(e.into());
             }
         }
-        if status == Status::FinishedPartialCompletion {
-            return;
-        }
         // Failed before anything was sent: the client gets a real HTTP status instead.
         if let Some(e) = error.take_if(|_| self.pending.is_some()) {
             self.refuse(e);
             return;
         }
-        let object = error.as_ref().map(ApiError::object);
-        let last = self.frames.last(status, Some(finish), object.as_ref());
-        let _ = self.send(last).await
-            && self.send(Bytes::from_static(sse::DONE)).await
-            && self.send(Bytes::from_static(sse::CLOSE)).await;
+        // Ended in every case, so that no body can wait forever (after a client left,
+        // nobody reads it).
+        if self.open() || status == Status::FinishedPartialCompletion {
+            self.live.end(status, finish, error.as_ref().map(ApiError::object));
+        }
     }
 }

@@ -34,7 +34,23 @@ pub struct AnswerFrames {
     tail: String,
     text: String,
     escaped: String,
-    next_id: u64,
+    deltas: u64,
+}
+
+/// How a frame describes the answer: in progress, or its end.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameState<'a> {
+    pub status: Status,
+    pub finish: Option<FinishType>,
+    pub error: Option<&'a Value>,
+}
+
+impl FrameState<'_> {
+    pub const IN_PROGRESS: FrameState<'static> = FrameState {
+        status: Status::InProgress,
+        finish: None,
+        error: None,
+    };
 }
 
 impl AnswerFrames {
@@ -53,60 +69,53 @@ impl AnswerFrames {
             tail: format!(r#"}}}},"conversation_id":"{}","error":"#, who.conversation_id),
             text: String::new(),
             escaped: String::new(),
-            next_id: 1,
+            deltas: 0,
         }
     }
 
     pub fn push(&mut self, delta: &str) {
         self.text.push_str(delta);
         escape_into(&mut self.escaped, delta);
+        self.deltas += 1;
     }
 
     pub fn text(&self) -> &str {
         &self.text
     }
 
-    pub fn into_text(self) -> String {
-        self.text
+    /// How many deltas the answer holds so far.
+    pub fn deltas(&self) -> u64 {
+        self.deltas
     }
 
-    /// The id of the next event: events of one answer are numbered from 1.
-    pub fn next_id(&self) -> u64 {
-        self.next_id
+    /// Where the text ends now: an offset for [`AnswerFrames::frame`]'s `range`.
+    pub fn end(&self) -> usize {
+        self.escaped.len()
     }
 
-    /// An `in_progress` frame with the whole answer so far.
-    pub fn progress(&mut self) -> Bytes {
-        self.frame(Status::InProgress, None, None)
-    }
-
-    /// The last data frame: finished, cut short, or failed with `error`.
-    pub fn last(&mut self, status: Status, finish: Option<FinishType>, error: Option<&Value>) -> Bytes {
-        self.frame(status, finish, error)
-    }
-
-    fn frame(&mut self, status: Status, finish: Option<FinishType>, error: Option<&Value>) -> Bytes {
-        let id = self.next_id;
-        self.next_id += 1;
-        let end_turn = if status == Status::FinishedSuccessfully {
+    /// An event `id: {id}` whose `parts[0]` is the text in `range`, given as offsets taken
+    /// from [`AnswerFrames::end`] (from 0 for the whole answer up to then).
+    pub fn frame(&self, id: u64, range: std::ops::Range<usize>, state: FrameState<'_>) -> Bytes {
+        let text = &self.escaped[range];
+        let end_turn = if state.status == Status::FinishedSuccessfully {
             "true"
         } else {
             "null"
         };
-        let error = error.map_or_else(|| "null".to_owned(), Value::to_string);
+        let error = state.error.map_or_else(|| "null".to_owned(), Value::to_string);
         let mut out =
-            BytesMut::with_capacity(self.head.len() + self.escaped.len() + self.metadata.len() + self.tail.len() + 160);
+            BytesMut::with_capacity(self.head.len() + text.len() + self.metadata.len() + self.tail.len() + 160);
         out.put_slice(b"id: ");
         out.put_slice(id.to_string().as_bytes());
         out.put_slice(b"\ndata: ");
         out.put_slice(self.head.as_bytes());
-        out.put_slice(self.escaped.as_bytes());
+        out.put_slice(text.as_bytes());
         out.put_slice(br#""]},"status":""#);
-        out.put_slice(status.as_str().as_bytes());
+        out.put_slice(state.status.as_str().as_bytes());
         out.put_slice(br#"","end_turn":"#);
         out.put_slice(end_turn.as_bytes());
         out.put_slice(self.metadata.as_bytes());
-        match finish {
+        match state.finish {
             Some(f) => {
                 out.put_slice(br#"{"type":""#);
                 out.put_slice(f.as_str().as_bytes());
@@ -178,8 +187,8 @@ mod tests {
         let mut frames = AnswerFrames::new(&who);
         frames.push("Hello, ");
         frames.push("\"world\"\n\u{1}");
-        let (id, progress) = data_of(&frames.progress());
-        assert_eq!(id, 1);
+        let (id, progress) = data_of(&frames.frame(frames.deltas(), 0..frames.end(), FrameState::IN_PROGRESS));
+        assert_eq!(id, 2);
         let mut stored = Message::new(
             Some(who.parent_id),
             Role::Assistant,
@@ -194,8 +203,13 @@ mod tests {
         assert_eq!(progress["error"], Value::Null);
         assert_eq!(progress["message"]["content"]["parts"][0], "Hello, \"world\"\n\u{1}");
 
-        let (id, last) = data_of(&frames.last(Status::FinishedSuccessfully, Some(FinishType::Stop), None));
-        assert_eq!(id, 2);
+        let finished = FrameState {
+            status: Status::FinishedSuccessfully,
+            finish: Some(FinishType::Stop),
+            error: None,
+        };
+        let (id, last) = data_of(&frames.frame(3, 0..frames.end(), finished));
+        assert_eq!(id, 3);
         stored.status = Status::FinishedSuccessfully;
         stored.finish = Some(FinishType::Stop);
         assert_eq!(last["message"], message_json(&stored));
@@ -208,10 +222,26 @@ mod tests {
         let mut frames = AnswerFrames::new(&identity());
         frames.push("partial");
         let error = json!({"message": "boom", "type": "upstream_error", "code": "x"});
-        let (_, frame) = data_of(&frames.last(Status::Error, Some(FinishType::Interrupted), Some(&error)));
+        let failed = FrameState {
+            status: Status::Error,
+            finish: Some(FinishType::Interrupted),
+            error: Some(&error),
+        };
+        let (_, frame) = data_of(&frames.frame(2, 0..frames.end(), failed));
         assert_eq!(frame["error"], error);
         assert_eq!(frame["message"]["status"], "error");
         assert_eq!(frame["message"]["content"]["parts"][0], "partial");
+    }
+
+    #[test]
+    fn a_delta_frame_carries_only_the_text_after_its_offset() {
+        let mut frames = AnswerFrames::new(&identity());
+        frames.push("one ");
+        let since = frames.end();
+        frames.push("\"two\" ");
+        frames.push("three");
+        let (_, frame) = data_of(&frames.frame(3, since..frames.end(), FrameState::IN_PROGRESS));
+        assert_eq!(frame["message"]["content"]["parts"][0], "\"two\" three");
     }
 
     proptest! {

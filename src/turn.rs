@@ -22,6 +22,8 @@ struct Wire {
     model: Option<String>,
     #[serde(default)]
     prompt: Option<String>,
+    #[serde(default)]
+    delta: Option<bool>,
 }
 
 /// A valid turn request: non-empty content, ids that are UUIDs, empty strings as absent.
@@ -32,6 +34,8 @@ pub struct TurnRequest {
     pub parent: Option<MessageId>,
     pub model: Option<String>,
     pub prompt: Option<String>,
+    /// Frames carry only the text added since the previous frame.
+    pub delta: bool,
 }
 
 fn present(field: Option<String>) -> Option<String> {
@@ -70,12 +74,14 @@ impl TurnRequest {
             parent,
             model: present(wire.model).map(|m| m.trim().to_owned()),
             prompt: present(wire.prompt),
+            delta: wire.delta.unwrap_or(false),
         })
     }
 }
 
 /// A turn ready to send: the upstream request, the rows to store, the answer's identity.
 pub struct PreparedTurn {
+    pub delta: bool,
     pub upstream: ChatRequest,
     pub new_turn: NewTurn,
     pub identity: AnswerIdentity,
@@ -159,6 +165,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
     }
 
     Ok(PreparedTurn {
+        delta: request.delta,
         identity: AnswerIdentity {
             conversation_id,
             message_id: assistant.id,

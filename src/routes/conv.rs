@@ -1,6 +1,7 @@
 //! `POST /conv`: one conversation turn, answered as a Server-Sent Events stream.
 
 use crate::error::{ApiError, RequestError};
+use crate::live::Body;
 use crate::relay::{self, Verdict};
 use crate::startup::AppState;
 use crate::turn::{self, TurnRequest};
@@ -9,7 +10,6 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use std::convert::Infallible;
 
 pub async fn post(
     state: web::Data<AppState>,
@@ -26,8 +26,8 @@ pub async fn post(
         .await
         .map_err(|_| UpstreamError::IdleTimeout(idle))??;
 
-    match relay::start(state.clone(), stream, turn.new_turn, turn.identity).await {
-        Ok(Verdict::Stream(frames)) => Ok(event_stream(frames)),
+    match relay::start(state.clone(), stream, turn.new_turn, turn.identity, turn.delta).await {
+        Ok(Verdict::Stream(body)) => Ok(event_stream(body)),
         Ok(Verdict::Refuse(error)) => Err(error),
         Err(_) => Err(ApiError::Internal("the relay stopped before answering")),
     }
@@ -54,16 +54,11 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
     Ok(body.freeze())
 }
 
-fn event_stream(mut frames: tokio::sync::mpsc::Receiver<Bytes>) -> HttpResponse {
-    let body = async_stream::stream! {
-        while let Some(frame) = frames.recv().await {
-            yield Ok::<_, Infallible>(frame);
-        }
-    };
+fn event_stream(body: Body) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType(actix_web::mime::TEXT_EVENT_STREAM))
         .insert_header((CACHE_CONTROL, "no-cache"))
         // nginx buffers proxied responses unless told not to.
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
+        .streaming(body.into_stream())
 }

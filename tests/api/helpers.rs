@@ -129,12 +129,19 @@ pub struct Stream {
     pub events: Vec<Event>,
 }
 
+/// Reads a response to its end; a stream that never ends fails the test instead of hanging it.
 pub async fn read_stream(response: reqwest::Response) -> Stream {
-    let mut body = Vec::new();
-    let mut chunks = response.bytes_stream();
-    while let Some(chunk) = chunks.next().await {
-        body.extend_from_slice(&chunk.expect("the stream reads to its end"));
-    }
+    let read = async {
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            body.extend_from_slice(&chunk.expect("the stream reads to its end"));
+        }
+        body
+    };
+    let body = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the stream ends within a minute");
     parse_events(std::str::from_utf8(&body).expect("UTF-8"))
 }
 
