@@ -11,7 +11,7 @@
 //! half-closed connections: a client's FIN is then noticed even while nothing is written.
 
 use crate::conversation::store::{AnswerUpdate, NewTurn};
-use crate::conversation::{FinishType, Status};
+use crate::conversation::{FinishType, Status, StoreError};
 use crate::error::ApiError;
 use crate::live::{self, Body, LiveAnswer};
 use crate::sse::AnswerIdentity;
@@ -19,8 +19,10 @@ use crate::startup::AppState;
 use crate::upstream::{ChunkStream, UpstreamError};
 use actix_web::web::Data;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 /// The task's answer to the handler, given once: stream, or fail with a real HTTP status.
@@ -70,18 +72,14 @@ struct Relay {
 impl Relay {
     async fn run(mut self, mut stream: ChunkStream, new_turn: NewTurn) {
         let started = Instant::now();
-        if let Err(e) = self.state.store.begin_turn(new_turn).await {
-            log::error!(
-                "conversation {}: could not store the turn: {e}",
-                self.identity.conversation_id
-            );
-            self.refuse(e.into());
-            return;
-        }
+        // The turn is written while the answer streams, so the first token does not wait
+        // for the disk; the end of the answer waits for both writes (see `end`).
+        let store = Arc::clone(&self.state.store);
+        let begun = tokio::spawn(async move { store.begin_turn(new_turn).await });
         let ending = self.relay(&mut stream).await;
         // Drop the upstream before the final write: a gone client's tokens stop now.
         drop(stream);
-        self.end(ending, started).await;
+        self.end(ending, begun, started).await;
     }
 
     /// Resolves when the client is gone: before the verdict, the handler (and with it the
@@ -159,7 +157,7 @@ impl Relay {
         }
     }
 
-    async fn end(mut self, ending: Ending, started: Instant) {
+    async fn end(mut self, ending: Ending, begun: JoinHandle<Result<(), StoreError>>, started: Instant) {
         let (mut status, finish, mut error) = match ending {
             Ending::Finished(f) => (Status::FinishedSuccessfully, f, None),
             Ending::ClientGone => (Status::FinishedPartialCompletion, FinishType::Interrupted, None),
@@ -184,7 +182,12 @@ impl Relay {
             finish: Some(finish),
             error: error.as_ref().map(ApiError::object),
         };
-        if let Err(e) = self.state.store.finish_answer(update).await {
+        let stored = match begun.await {
+            Ok(Ok(())) => self.state.store.finish_answer(update).await,
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = stored {
             log::error!("conversation {}: could not store the answer: {e}", id.conversation_id);
             if status != Status::FinishedPartialCompletion {
                 status = Status::Error;

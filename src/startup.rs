@@ -2,6 +2,7 @@
 //! routes; binding the listener and keeping the port it really got.
 
 use crate::config::{CorsOrigins, Settings, StoreKind, UpstreamKind};
+use crate::conversation::history::TokenCounter;
 use crate::conversation::memory::MemoryStore;
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
@@ -85,6 +86,10 @@ impl Application {
                 settings.web_dir.display()
             );
         }
+        // Load the default model's tokenizer now, off the runtime's threads, rather than
+        // in the middle of the first turn.
+        let model = settings.model.clone();
+        tokio::task::spawn_blocking(move || TokenCounter::for_model(&model).count("warm up"));
         let presets = Presets::load(&settings.prompts_dir).map_err(StartupError::Prompts)?;
 
         let listener = TcpListener::bind(&settings.listen).map_err(|source| StartupError::Bind {

@@ -79,6 +79,9 @@ impl TurnRequest {
     }
 }
 
+/// Histories shorter than this are fitted to the budget on the calling thread.
+const INLINE_HISTORY_BYTES: usize = 16 * 1024;
+
 /// A turn ready to send: the upstream request, the rows to store, the answer's identity.
 pub struct PreparedTurn {
     pub delta: bool,
@@ -126,6 +129,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
         }
     };
 
+    let history_bytes = request.content.len() + branch.iter().map(|m| m.content.len()).sum::<usize>();
     let user = Message::new(
         Some(parent),
         Role::User,
@@ -143,19 +147,20 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
     let system = preset.map(|p| p.text.clone());
     let new_text = user.content.clone();
     let counted_model = model.clone();
-    // Tokenizing a long history is CPU work: keep it off the threads that relay tokens.
-    let assembled = tokio::task::spawn_blocking(move || {
+    let assemble = move || {
         let branch: Vec<&Message> = branch.iter().collect();
-        history::assemble(
-            system.as_deref(),
-            &branch,
-            &new_text,
-            TokenCounter::for_model(&counted_model),
-            budget,
-        )
-    })
-    .await
-    .map_err(crate::conversation::StoreError::from)?;
+        let counter = TokenCounter::for_model(&counted_model);
+        history::assemble(system.as_deref(), &branch, &new_text, counter, budget)
+    };
+    // Tokenizing a long history is CPU work: keep it off the threads that relay tokens.
+    // A short one costs less than the hop to the blocking pool.
+    let assembled = if history_bytes < INLINE_HISTORY_BYTES {
+        assemble()
+    } else {
+        tokio::task::spawn_blocking(assemble)
+            .await
+            .map_err(crate::conversation::StoreError::from)?
+    };
     if assembled.dropped > 0 {
         log::info!(
             "conversation {conversation_id}: left out the {} oldest message(s) to fit {} prompt tokens",

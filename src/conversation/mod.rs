@@ -1,6 +1,7 @@
 //! Conversations as a message tree: the domain types, the [`Store`] trait and its
 //! SQLite and in-memory implementations, and history assembly for the upstream.
 
+mod group_commit;
 pub mod history;
 pub mod memory;
 pub mod sqlite;

@@ -2,6 +2,7 @@
 //! migrated forward by `PRAGMA user_version`. Every call runs on tokio's blocking pool, so
 //! disk waits never stall the threads that relay tokens.
 
+use super::group_commit::Writer;
 use super::store::{AnswerUpdate, NewTurn, Store, StoreError};
 use super::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status, Summary, now};
 use async_trait::async_trait;
@@ -37,8 +38,9 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub struct SqliteStore {
-    // One connection: SQLite has one writer anyway, and turns write twice each.
-    conn: Arc<Mutex<Connection>>,
+    /// Reads run on tokio's blocking pool beside the writer (WAL allows that).
+    reader: Arc<Mutex<Connection>>,
+    writer: Writer,
 }
 
 impl SqliteStore {
@@ -47,33 +49,38 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut conn = Connection::open(path)?;
-        // WAL lets readers run beside the writer; FULL makes each commit survive power loss.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut conn = connect(path)?;
         migrate(&mut conn)?;
         recover_interrupted(&conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(connect(path)?)),
+            writer: Writer::start(conn)?,
         })
     }
 
-    async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let conn = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
-            // A panic inside `work` rolls its transaction back when the Transaction drops,
-            // so the connection behind a poisoned lock is still consistent.
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            work(&mut conn)
+            // Reads change nothing, so the connection behind a poisoned lock is still good.
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            work(&conn)
         })
         .await?
     }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // WAL lets readers run beside the writer; FULL makes each commit survive power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -220,61 +227,59 @@ fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, S
 #[async_trait]
 impl Store for SqliteStore {
     async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
-        self.with_conn(move |conn| load(conn, id)).await
+        self.read(move |conn| load(conn, id)).await
     }
 
     async fn begin_turn(&self, turn: NewTurn) -> Result<(), StoreError> {
-        self.with_conn(move |conn| {
-            let tx = conn.transaction()?;
-            let key = turn.conversation_id.to_string();
-            if let Some((title, root)) = &turn.new_conversation {
-                tx.execute(
-                    "INSERT INTO conversations (id, title, create_time, update_time, current_node)
+        self.writer
+            .write(move |tx| {
+                let key = turn.conversation_id.to_string();
+                if let Some((title, root)) = &turn.new_conversation {
+                    tx.execute(
+                        "INSERT INTO conversations (id, title, create_time, update_time, current_node)
                      VALUES (?1, ?2, ?3, ?3, ?4)",
-                    params![key, title, root.create_time, root.id.to_string()],
+                        params![key, title, root.create_time, root.id.to_string()],
+                    )?;
+                    insert_message(tx, turn.conversation_id, root)?;
+                }
+                let changed = tx.execute(
+                    "UPDATE conversations SET current_node = ?2, update_time = ?3 WHERE id = ?1",
+                    params![key, turn.assistant.id.to_string(), turn.assistant.create_time],
                 )?;
-                insert_message(&tx, turn.conversation_id, root)?;
-            }
-            let changed = tx.execute(
-                "UPDATE conversations SET current_node = ?2, update_time = ?3 WHERE id = ?1",
-                params![key, turn.assistant.id.to_string(), turn.assistant.create_time],
-            )?;
-            if changed == 0 {
-                return Err(StoreError::UnknownConversation(turn.conversation_id));
-            }
-            insert_message(&tx, turn.conversation_id, &turn.user)?;
-            insert_message(&tx, turn.conversation_id, &turn.assistant)?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+                if changed == 0 {
+                    return Err(StoreError::UnknownConversation(turn.conversation_id));
+                }
+                insert_message(tx, turn.conversation_id, &turn.user)?;
+                insert_message(tx, turn.conversation_id, &turn.assistant)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn finish_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
-        self.with_conn(move |conn| {
-            let tx = conn.transaction()?;
-            tx.execute(
-                "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5 WHERE id = ?1",
-                params![
-                    update.id.to_string(),
-                    update.content,
-                    update.status.as_str(),
-                    update.finish.map(FinishType::as_str),
-                    update.error.as_ref().map(|e| e.to_string()),
-                ],
-            )?;
-            tx.execute(
-                "UPDATE conversations SET update_time = ?2 WHERE id = ?1",
-                params![update.conversation_id.to_string(), now()],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.writer
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5 WHERE id = ?1",
+                    params![
+                        update.id.to_string(),
+                        update.content,
+                        update.status.as_str(),
+                        update.finish.map(FinishType::as_str),
+                        update.error.as_ref().map(|e| e.to_string()),
+                    ],
+                )?;
+                tx.execute(
+                    "UPDATE conversations SET update_time = ?2 WHERE id = ?1",
+                    params![update.conversation_id.to_string(), now()],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     async fn list(&self) -> Result<Vec<Summary>, StoreError> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT id, title, update_time FROM conversations ORDER BY update_time DESC")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
@@ -290,11 +295,15 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, id: ConversationId) -> Result<bool, StoreError> {
-        self.with_conn(move |conn| {
-            let deleted = conn.execute("DELETE FROM conversations WHERE id = ?1", [id.to_string()])?;
-            Ok(deleted > 0)
-        })
-        .await
+        let (found, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .write(move |conn| {
+                let deleted = conn.execute("DELETE FROM conversations WHERE id = ?1", [id.to_string()])?;
+                let _ = found.send(deleted > 0);
+                Ok(())
+            })
+            .await?;
+        Ok(answer.await.unwrap_or(false))
     }
 }
 

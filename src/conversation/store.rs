@@ -13,6 +13,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("the database worker stopped: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    #[error("could not commit: {0}")]
+    Commit(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("conversation {0} does not exist")]
