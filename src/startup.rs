@@ -124,6 +124,10 @@ impl Application {
         // A client that closes its side has gone away: notice it even while the stream is
         // quiet, so its upstream request is cancelled (see relay.rs).
         .h1_allow_half_closed(false)
+        // Frames are small writes: with Nagle's algorithm on, a frame can wait for the ACK
+        // of the previous one (tens of ms with delayed ACKs). actix keeps the OS default
+        // (on) unless told.
+        .tcp_nodelay(true)
         .listen(listener)
         .map_err(|source| StartupError::Bind {
             addr: address.to_string(),

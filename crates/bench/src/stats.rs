@@ -9,6 +9,10 @@ impl Samples {
         Self(values)
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The `p`th percentile (0–100), nearest rank.
     pub fn p(&self, p: f64) -> f64 {
         if self.0.is_empty() {
