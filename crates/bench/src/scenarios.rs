@@ -111,10 +111,19 @@ pub async fn relay(
 
 /// Runs one answer on every connection at once.
 pub async fn run_all(conns: Vec<Conn>) -> Vec<(Conn, std::io::Result<Answer>)> {
+    run_spread(conns, Duration::ZERO).await
+}
+
+/// Runs one answer on every connection, the starts spread evenly over `over`.
+pub async fn run_spread(conns: Vec<Conn>, over: Duration) -> Vec<(Conn, std::io::Result<Answer>)> {
+    let n = conns.len().max(1) as u32;
     let tasks: Vec<_> = conns
         .into_iter()
-        .map(|mut conn| {
+        .enumerate()
+        .map(|(i, mut conn)| {
+            let wait = over * i as u32 / n;
             tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
                 let answer = conn.ask().await;
                 (conn, answer)
             })
@@ -137,8 +146,8 @@ pub struct Step {
     pub stalled: bool,
 }
 
-/// Opens `streams` paced answers at once through `target`; a stream stalls when one of
-/// its chunks arrives more than `stall` after the mock wrote it.
+/// Opens `streams` paced answers (20 chunks, 250 ms apart) through `target`; a stream
+/// stalls when one of its chunks arrives more than `stall` after the mock wrote it.
 pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams: usize, stall: Duration) -> Step {
     let shape = Shape {
         chunks: 20,
@@ -151,7 +160,9 @@ pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams:
     }
     let batch: Vec<Conn> = conns.drain(..streams).collect();
     let started = Instant::now();
-    let answers = run_all(batch).await;
+    // Streams open over two seconds, as clients do, and then all run together for three:
+    // the ramp measures holding streams, not a thousand turns set up in one instant.
+    let answers = run_spread(batch, Duration::from_secs(2)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let mut step = Step {
         ok: 0,
