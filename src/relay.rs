@@ -199,10 +199,10 @@ impl Relay {
             self.refuse(e);
             return;
         }
-        // Ended in every case, so that no body can wait forever (after a client left,
-        // nobody reads it).
-        if self.open() || status == Status::FinishedPartialCompletion {
-            self.live.end(status, finish, error.as_ref().map(ApiError::object));
-        }
+        // Opened (an answer that ended before any text still streams its last frame) and
+        // ended in every case, so that no body can wait forever; after a client left,
+        // both are no-ops that nobody reads.
+        let _ = self.open();
+        self.live.end(status, finish, error.as_ref().map(ApiError::object));
     }
 }
