@@ -40,6 +40,9 @@ pub struct Answer {
     pub bytes: usize,
     /// Every chunk came as its own frame, in order, none twice.
     pub faithful: bool,
+    /// Some frames carried several new chunks (the gateway coalesced them for a client
+    /// that fell behind): text arrived in order, with no chunk of its own for some.
+    pub coalesced: bool,
 }
 
 impl Answer {
@@ -76,7 +79,13 @@ impl Conn {
 
     /// Sends one turn and reads its whole streamed answer.
     pub async fn ask(&mut self) -> io::Result<Answer> {
-        let result = self.exchange().await;
+        let reused = self.socket.is_some();
+        let mut result = self.exchange().await;
+        // A kept-alive connection the server has closed meanwhile: reconnect once.
+        if reused && matches!(&result, Err(e) if is_closed(e)) {
+            self.socket = None;
+            result = self.exchange().await;
+        }
         if result.is_err() {
             self.socket = None;
         }
@@ -182,8 +191,11 @@ impl Conn {
             }
             return;
         }
-        if last_seq.map_or(seq != 0, |prev| seq != prev + 1) {
-            answer.faithful = false;
+        match *last_seq {
+            Some(prev) if seq > prev + 1 => answer.coalesced = true,
+            None if seq > 0 => answer.coalesced = true,
+            Some(prev) if seq <= prev => answer.faithful = false,
+            _ => {}
         }
         *last_seq = Some(seq);
         answer.chunks.push((seq, sent, arrived));
@@ -199,4 +211,11 @@ impl Conn {
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
+}
+
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }

@@ -150,7 +150,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "µs",
             goal,
         );
-        let faithful = r.faithful[1..].iter().map(|(ok, all)| format!("{ok}/{all}")).collect();
+        let faithful = r.faithful[1..]
+            .iter()
+            .map(|(ok, coalesced, all)| match coalesced {
+                0 => format!("{ok}/{all}"),
+                c => format!("{ok}/{all} ({c} coalesced)"),
+            })
+            .collect();
         table.row(
             &format!("faithful streams, {streams} stream(s)"),
             faithful,

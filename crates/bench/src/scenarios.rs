@@ -49,7 +49,8 @@ pub async fn ttft(mock: &Mock, targets: &[Target], workers: usize, rounds: usize
 /// every stream through each target was faithful (one frame per chunk, in order).
 pub struct Relay {
     pub latency: Vec<Samples>,
-    pub faithful: Vec<(usize, usize)>,
+    /// Per target: (faithful, coalesced, all) streams.
+    pub faithful: Vec<(usize, usize, usize)>,
     pub chunks: Vec<usize>,
     pub cpu_ms: Vec<f64>,
 }
@@ -64,7 +65,7 @@ pub async fn relay(
 ) -> Relay {
     mock.set(shape);
     let mut latency = vec![Vec::new(); targets.len()];
-    let mut faithful = vec![(0, 0); targets.len()];
+    let mut faithful = vec![(0, 0, 0); targets.len()];
     let mut chunks = vec![0; targets.len()];
     let mut cpu_ms = vec![0.0; targets.len()];
     let mut conns: Vec<Vec<Conn>> = targets
@@ -83,12 +84,14 @@ pub async fn relay(
             for (conn, answer) in answers {
                 back.push(conn);
                 let Ok(answer) = answer else {
-                    faithful[t].1 += 1;
+                    faithful[t].2 += 1;
                     continue;
                 };
-                faithful[t].1 += 1;
-                if answer.faithful && answer.chunks.len() == shape.chunks {
+                faithful[t].2 += 1;
+                if answer.faithful && !answer.coalesced && answer.chunks.len() == shape.chunks {
                     faithful[t].0 += 1;
+                } else if answer.faithful && answer.coalesced {
+                    faithful[t].1 += 1;
                 }
                 chunks[t] += answer.chunks.len();
                 latency[t].extend(
