@@ -1,6 +1,7 @@
 //! The embedded default store: one SQLite file, created with its schema on first run and
-//! migrated forward by `PRAGMA user_version`. Every call runs on tokio's blocking pool, so
-//! disk waits never stall the threads that relay tokens.
+//! migrated forward by `PRAGMA user_version`. Writes go to a writer thread that commits
+//! them in groups (`group_commit.rs`); reads run on tokio's blocking pool. Either way disk
+//! waits never stall the threads that relay tokens.
 
 use super::group_commit::Writer;
 use super::store::{AnswerUpdate, NewTurn, Store, StoreError};
