@@ -122,22 +122,22 @@ fn recover_interrupted(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn insert_message(conn: &Connection, conversation: ConversationId, m: &Message) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, create_time, model, finish_type, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            m.id.to_string(),
-            conversation.to_string(),
-            m.parent.map(|p| p.to_string()),
-            m.role.as_str(),
-            m.content,
-            m.status.as_str(),
-            m.create_time,
-            m.model,
-            m.finish.map(FinishType::as_str),
-            m.error.as_ref().map(|e| e.to_string()),
-        ],
-    )?;
+    const INSERT: &str = "INSERT INTO messages
+        (id, conversation_id, parent_id, role, content, status, create_time, model, finish_type, error)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    // Cached: statements are parsed once per connection, not once per write.
+    conn.prepare_cached(INSERT)?.execute(params![
+        m.id.to_string(),
+        conversation.to_string(),
+        m.parent.map(|p| p.to_string()),
+        m.role.as_str(),
+        m.content,
+        m.status.as_str(),
+        m.create_time,
+        m.model,
+        m.finish.map(FinishType::as_str),
+        m.error.as_ref().map(|e| e.to_string()),
+    ])?;
     Ok(())
 }
 
@@ -236,17 +236,16 @@ impl Store for SqliteStore {
             .write(move |tx| {
                 let key = turn.conversation_id.to_string();
                 if let Some((title, root)) = &turn.new_conversation {
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO conversations (id, title, create_time, update_time, current_node)
                      VALUES (?1, ?2, ?3, ?3, ?4)",
-                        params![key, title, root.create_time, root.id.to_string()],
-                    )?;
+                    )?
+                    .execute(params![key, title, root.create_time, root.id.to_string()])?;
                     insert_message(tx, turn.conversation_id, root)?;
                 }
-                let changed = tx.execute(
-                    "UPDATE conversations SET current_node = ?2, update_time = ?3 WHERE id = ?1",
-                    params![key, turn.assistant.id.to_string(), turn.assistant.create_time],
-                )?;
+                let changed = tx
+                    .prepare_cached("UPDATE conversations SET current_node = ?2, update_time = ?3 WHERE id = ?1")?
+                    .execute(params![key, turn.assistant.id.to_string(), turn.assistant.create_time])?;
                 if changed == 0 {
                     return Err(StoreError::UnknownConversation(turn.conversation_id));
                 }
@@ -260,20 +259,18 @@ impl Store for SqliteStore {
     async fn finish_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
         self.writer
             .write(move |tx| {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5 WHERE id = ?1",
-                    params![
-                        update.id.to_string(),
-                        update.content,
-                        update.status.as_str(),
-                        update.finish.map(FinishType::as_str),
-                        update.error.as_ref().map(|e| e.to_string()),
-                    ],
-                )?;
-                tx.execute(
-                    "UPDATE conversations SET update_time = ?2 WHERE id = ?1",
-                    params![update.conversation_id.to_string(), now()],
-                )?;
+                )?
+                .execute(params![
+                    update.id.to_string(),
+                    update.content,
+                    update.status.as_str(),
+                    update.finish.map(FinishType::as_str),
+                    update.error.as_ref().map(|e| e.to_string()),
+                ])?;
+                tx.prepare_cached("UPDATE conversations SET update_time = ?2 WHERE id = ?1")?
+                    .execute(params![update.conversation_id.to_string(), now()])?;
                 Ok(())
             })
             .await
