@@ -62,6 +62,7 @@ pub async fn relay(
     streams: usize,
     shape: Shape,
     rounds: usize,
+    spread: Duration,
 ) -> Relay {
     mock.set(shape);
     let mut latency = vec![Vec::new(); targets.len()];
@@ -76,7 +77,7 @@ pub async fn relay(
         for k in 0..targets.len() {
             let t = (k + round) % targets.len();
             let cpu_before = pids[t].map(gateway::cpu_ms);
-            let answers = run_all(std::mem::take(&mut conns[t])).await;
+            let answers = run_spread(std::mem::take(&mut conns[t]), spread).await;
             if let (Some(pid), Some(before)) = (pids[t], cpu_before) {
                 cpu_ms[t] += gateway::cpu_ms(pid) - before;
             }
