@@ -7,6 +7,7 @@
 use crate::conversation::{ConversationId, FinishType, MessageId, Status};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
+use std::fmt::Write;
 
 /// The end of the stream, after the last data frame.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -102,11 +103,11 @@ impl AnswerFrames {
         } else {
             "null"
         };
-        let error = state.error.map_or_else(|| "null".to_owned(), Value::to_string);
         let mut out =
             BytesMut::with_capacity(self.head.len() + text.len() + self.metadata.len() + self.tail.len() + 160);
         out.put_slice(b"id: ");
-        out.put_slice(id.to_string().as_bytes());
+        // Formatting into the frame's own buffer: nothing else is allocated per frame.
+        let _ = write!(out, "{id}");
         out.put_slice(b"\ndata: ");
         out.put_slice(self.head.as_bytes());
         out.put_slice(text.as_bytes());
@@ -124,7 +125,12 @@ impl AnswerFrames {
             None => out.put_slice(b"null"),
         }
         out.put_slice(self.tail.as_bytes());
-        out.put_slice(error.as_bytes());
+        match state.error {
+            Some(error) => {
+                let _ = write!(out, "{error}");
+            }
+            None => out.put_slice(b"null"),
+        }
         out.put_slice(b"}\n\n");
         out.freeze()
     }

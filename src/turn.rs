@@ -159,7 +159,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
     } else {
         tokio::task::spawn_blocking(assemble)
             .await
-            .map_err(crate::conversation::StoreError::from)?
+            .map_err(|_| ApiError::Internal("fitting the history into the context window failed"))?
     };
     if assembled.dropped > 0 {
         log::info!(
