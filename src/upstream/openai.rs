@@ -9,32 +9,55 @@ use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::thread::ThreadId;
 use std::time::Duration;
 
 /// Most of an error body worth reading; bodies are short, a proxy's HTML page is not.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
 
 pub struct OpenAiProvider {
-    client: reqwest::Client,
+    /// One HTTP client, and so one connection pool, per thread. hyper drives a connection
+    /// on a task of the runtime that opened it, and actix runs a single-threaded runtime
+    /// per worker: a connection opened on one worker and reused from another would wake
+    /// the first worker's thread for every chunk of every answer.
+    clients: Mutex<HashMap<ThreadId, reqwest::Client>>,
+    /// Built at start-up, so that settings that cannot make a client fail there; shared
+    /// by any thread whose own client could not be built after all.
+    fallback: reqwest::Client,
     url: String,
     key: Option<String>,
 }
 
 impl OpenAiProvider {
     pub fn new(base_url: &str, key: Option<String>) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            // Nagle's algorithm would hold the request's last segment for the ACK of the
-            // previous one, adding ~40 ms to every turn.
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
         Ok(Self {
-            client,
+            clients: Mutex::default(),
+            fallback: build_client()?,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             key,
         })
     }
+
+    /// This thread's client.
+    fn client(&self) -> reqwest::Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(std::thread::current().id())
+            .or_insert_with(|| build_client().unwrap_or_else(|_| self.fallback.clone()))
+            .clone()
+    }
+}
+
+fn build_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // Nagle's algorithm would hold the request's last segment for the ACK of the
+        // previous one, adding ~40 ms to every turn.
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
 }
 
 #[derive(Serialize)]
@@ -54,7 +77,7 @@ impl Provider for OpenAiProvider {
         };
         let body = serde_json::to_vec(&body).map_err(|e| UpstreamError::BadChunk(e.to_string()))?;
         let mut builder = self
-            .client
+            .client()
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "text/event-stream")
