@@ -46,6 +46,18 @@ struct Args {
     /// Fewer rounds and a shorter ramp: a quick look, not numbers to publish.
     #[arg(long)]
     quick: bool,
+    /// Run only these parts (for profiling one path): memory, ttft, chunks, bytes, ramp.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    Memory,
+    Ttft,
+    Chunks,
+    Bytes,
+    Ramp,
 }
 
 #[tokio::main]
@@ -78,8 +90,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         protocol: Protocol::Conv { delta: false },
         model: "bench".into(),
     };
-    let mut targets = vec![direct.clone(), chatgate.clone()];
-    let mut pids = vec![None, Some(gw.pid)];
+    // The same gateway asked for delta frames: the gateway's own cost, without the
+    // whole-text frames that grow with the answer.
+    let chatgate_delta = Target {
+        name: "chatgate delta".into(),
+        protocol: Protocol::Conv { delta: true },
+        ..chatgate.clone()
+    };
+    let mut targets = vec![direct.clone(), chatgate.clone(), chatgate_delta];
+    let mut pids = vec![None, Some(gw.pid), Some(gw.pid)];
     if let Some(peer) = &args.peer {
         let (addr, path) = parse_base(peer)?;
         targets.push(Target {
@@ -93,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let gateways = &targets[1..];
     let q = |full: usize, quick: usize| if args.quick { quick } else { full };
+    let run = |part: Part| args.only.is_empty() || args.only.contains(&part);
 
     // warm up every path (connection pools, the allocator, the page cache)
     scenarios::ttft(&mock, &targets, 4, 20).await;
@@ -100,25 +120,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut table = Table::new(gateways);
 
     // Memory first: later scenarios leave freed memory resident, which would hide growth.
-    eprintln!("memory per open stream…");
-    let mut points = Vec::new();
-    for held in [0, q(1000, 200), q(2000, 400), q(4000, 800)] {
-        let rss = scenarios::rss_with_open_streams(&mock, &chatgate, gw.pid, held).await;
-        points.push((held as f64, rss));
-    }
     table.row("gateway RSS idle", vec![fmt(idle_rss / 1024.0, "MiB")], "");
-    table.row(
-        "gateway RSS per open stream",
-        vec![fmt(slope(&points), "KiB")],
-        "≤ 8 KiB",
-    );
+    if run(Part::Memory) {
+        eprintln!("memory per open stream…");
+        let mut points = Vec::new();
+        for held in [0, q(1000, 200), q(2000, 400), q(4000, 800)] {
+            let rss = scenarios::rss_with_open_streams(&mock, &chatgate, gw.pid, held).await;
+            points.push((held as f64, rss));
+        }
+        table.row(
+            "gateway RSS per open stream",
+            vec![fmt(slope(&points), "KiB")],
+            "≤ 8 KiB",
+        );
+    }
 
-    eprintln!("time to first token…");
-    for (workers, rounds) in [(1, q(2000, 200)), (100, q(20, 5))] {
+    let ttft_runs = match run(Part::Ttft) {
+        true => vec![(1, q(2000, 200)), (100, q(20, 5))],
+        false => vec![],
+    };
+    for (workers, rounds) in ttft_runs {
+        eprintln!("time to first token, {workers} stream(s)…");
         let cpu_before = gateway::cpu_ms(gw.pid);
         let s = scenarios::ttft(&mock, &targets, workers, rounds).await;
         if workers == 1 {
-            let per_turn = (gateway::cpu_ms(gw.pid) - cpu_before) * 1000.0 / s[1].len().max(1) as f64;
+            // both chatgate columns are turns of the same process
+            let turns = s[1].len() + s[2].len();
+            let per_turn = (gateway::cpu_ms(gw.pid) - cpu_before) * 1000.0 / turns.max(1) as f64;
             table.row("gateway CPU per turn (4 chunks, stored)", vec![fmt(per_turn, "µs")], "");
         }
         let goal = if workers == 1 { "≤ 150 µs" } else { "" };
@@ -126,16 +154,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         table.added(&format!("added TTFT p99, {workers} stream(s)"), &s, 99.0, "µs", goal);
     }
 
-    eprintln!("per-chunk latency…");
     let mut cpu_per_k = vec![f64::NAN; gateways.len()];
     // The 1,000 streams open over a second and then run together for another, so that the
     // steady state is measured rather than a thousand turns set up in one instant.
-    let scenarios = [
-        (1, q(2000, 300), 2, 0),
-        (100, q(400, 100), 1, 0),
-        (1000, q(100, 60), 20, 1000),
-    ];
-    for (streams, chunks, delay, spread_ms) in scenarios {
+    let chunk_runs = match run(Part::Chunks) {
+        true => vec![
+            (1, q(2000, 300), 2, 0),
+            (100, q(400, 100), 1, 0),
+            (1000, q(100, 60), 20, 1000),
+        ],
+        false => vec![],
+    };
+    for (streams, chunks, delay, spread_ms) in chunk_runs {
+        eprintln!("per-chunk latency, {streams} stream(s)…");
         let shape = Shape {
             chunks,
             delay: Duration::from_millis(delay),
@@ -144,6 +175,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let spread = Duration::from_millis(spread_ms);
         let r = scenarios::relay(&mock, &targets, &pids, streams, shape, 2, spread).await;
         let goal = if streams == 1000 { "≤ 50 µs" } else { "" };
+        table.added(
+            &format!("added inter-chunk gap p50, {streams} stream(s)"),
+            &r.gaps,
+            50.0,
+            "µs",
+            "",
+        );
+        table.added(
+            &format!("added inter-chunk gap p99, {streams} stream(s)"),
+            &r.gaps,
+            99.0,
+            "µs",
+            goal,
+        );
         table.added(
             &format!("added chunk latency p50, {streams} stream(s)"),
             &r.latency,
@@ -156,7 +201,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &r.latency,
             99.0,
             "µs",
-            goal,
+            "",
         );
         let faithful = r.faithful[1..]
             .iter()
@@ -177,18 +222,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let cpu = cpu_per_k.iter().map(|c| fmt(*c, "ms")).collect();
-    table.row("CPU per 1,000 relayed chunks (100 streams × 400)", cpu, "≤ 5 ms");
+    if run(Part::Chunks) {
+        let cpu = cpu_per_k.iter().map(|c| fmt(*c, "ms")).collect();
+        table.row("CPU per 1,000 relayed chunks (100 streams × 400)", cpu, "≤ 5 ms");
+    }
+    if run(Part::Bytes) {
+        long_answers(&mock, &chatgate, &direct, &mut table).await;
+    }
+    if run(Part::Ramp) {
+        ramp(&mock, &chatgate, &args, &mut table).await;
+    }
 
+    table.print();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn long_answers(mock: &Mock, chatgate: &Target, direct: &Target, table: &mut Table) {
     eprintln!("long answers…");
     let chunks = 2000;
-    let (full, _) = scenarios::long_answer_bytes(&mock, &chatgate, chunks).await;
+    let (full, _) = scenarios::long_answer_bytes(mock, chatgate, chunks).await;
     let delta_target = Target {
         protocol: Protocol::Conv { delta: true },
         ..chatgate.clone()
     };
-    let (delta, _) = scenarios::long_answer_bytes(&mock, &delta_target, chunks).await;
-    let (direct_bytes, _) = scenarios::long_answer_bytes(&mock, &direct, chunks).await;
+    let (delta, _) = scenarios::long_answer_bytes(mock, &delta_target, chunks).await;
+    let (direct_bytes, _) = scenarios::long_answer_bytes(mock, direct, chunks).await;
     table.row(
         &format!(
             "bytes for a {chunks}-chunk answer (direct: {} KiB)",
@@ -197,7 +256,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![format!("{} KiB full, {} KiB delta", full / 1024, delta / 1024)],
         "linear in delta mode",
     );
+}
 
+async fn ramp(mock: &Mock, chatgate: &Target, args: &Args, table: &mut Table) {
     eprintln!("concurrency ramp…");
     let mut conns = Vec::new();
     let mut held = (0, 0.0);
@@ -209,7 +270,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         steps = vec![500, 1000];
     }
     for n in steps {
-        let step = scenarios::paced(&mock, &chatgate, &mut conns, n, Duration::from_millis(500)).await;
+        let step = scenarios::paced(mock, chatgate, &mut conns, n, Duration::from_millis(500)).await;
         eprintln!(
             "  {n} streams: {} ok, worst chunk latency {:.1} ms, {:.0} frames/s{}",
             step.ok,
@@ -228,10 +289,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![format!("{} ({:.0} frames/s)", held.0, held.1)],
         "≥ 8,000",
     );
-
-    table.print();
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 fn parse_base(url: &str) -> Result<(SocketAddr, String), Box<dyn std::error::Error>> {

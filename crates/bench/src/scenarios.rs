@@ -49,6 +49,8 @@ pub async fn ttft(mock: &Mock, targets: &[Target], workers: usize, rounds: usize
 /// every stream through each target was faithful (one frame per chunk, in order).
 pub struct Relay {
     pub latency: Vec<Samples>,
+    /// Time between consecutive chunks' arrivals, in µs, per target.
+    pub gaps: Vec<Samples>,
     /// Per target: (faithful, coalesced, all) streams.
     pub faithful: Vec<(usize, usize, usize)>,
     pub chunks: Vec<usize>,
@@ -66,6 +68,7 @@ pub async fn relay(
 ) -> Relay {
     mock.set(shape);
     let mut latency = vec![Vec::new(); targets.len()];
+    let mut gaps = vec![Vec::new(); targets.len()];
     let mut faithful = vec![(0, 0, 0); targets.len()];
     let mut chunks = vec![0; targets.len()];
     let mut cpu_ms = vec![0.0; targets.len()];
@@ -101,12 +104,20 @@ pub async fn relay(
                         .iter()
                         .map(|(_, sent, arrived)| (arrived - sent) as f64 / 1000.0),
                 );
+                gaps[t].extend(
+                    answer
+                        .chunks
+                        .windows(2)
+                        .filter(|w| w[1].0 == w[0].0 + 1)
+                        .map(|w| (w[1].2 - w[0].2) as f64 / 1000.0),
+                );
             }
             conns[t] = back;
         }
     }
     Relay {
         latency: latency.into_iter().map(Samples::new).collect(),
+        gaps: gaps.into_iter().map(Samples::new).collect(),
         faithful,
         chunks,
         cpu_ms,
