@@ -7,6 +7,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// A process under test, started as a child of the benchmark.
 pub struct Gateway {
     pub addr: SocketAddr,
     pub pid: u32,
@@ -14,26 +15,40 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `bin` on a free port against the mock on `mock_port`.
+    /// Starts the chatgate binary `bin` on a free port against the mock on `mock_port`.
     pub async fn start(bin: &Path, mock_port: u16, store: &str) -> io::Result<Self> {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream-url", &format!("http://127.0.0.1:{mock_port}/v1")])
             .args(["--upstream-key", "bench-key"])
             .args(["--store", store])
             .args(["--upstream-idle-timeout", "600"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        Self::spawn(command, "chatgate listening on http://").await
+    }
+
+    /// Starts this benchmark's own TCP pump (see `pump`) in front of the mock.
+    pub async fn start_pump(mock_port: u16) -> io::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["--pump-to", &format!("127.0.0.1:{mock_port}")]);
+        Self::spawn(command, crate::pump::READY).await
+    }
+
+    /// Runs `command` and waits for the line `ready` followed by the address it serves on.
+    async fn spawn(mut command: Command, ready: &str) -> io::Result<Self> {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()?;
         let pid = child
             .id()
-            .ok_or_else(|| io::Error::other("the gateway exited at once"))?;
+            .ok_or_else(|| io::Error::other("the process exited at once"))?;
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix("chatgate listening on http://") {
+            if let Some(addr) = line.strip_prefix(ready) {
                 let addr = addr.trim().parse().map_err(io::Error::other)?;
                 // keep draining stdout so the child never blocks on a full pipe
                 tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -44,12 +59,7 @@ impl Gateway {
                 });
             }
         }
-        Err(io::Error::other("the gateway never said where it listens"))
-    }
-
-    /// Resident memory, in KiB.
-    pub fn rss_kib(&self) -> f64 {
-        rss_kib(self.pid)
+        Err(io::Error::other("the process never said where it listens"))
     }
 }
 

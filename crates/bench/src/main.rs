@@ -5,6 +5,7 @@ mod client;
 mod clock;
 mod gateway;
 mod mock;
+mod pump;
 mod scenarios;
 mod stats;
 
@@ -49,6 +50,12 @@ struct Args {
     /// Run only these parts (for profiling one path): memory, ttft, chunks, bytes, ramp.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Leave out the TCP pump (the floor column).
+    #[arg(long)]
+    no_pump: bool,
+    /// Internal: run as the TCP pump in front of this address (the benchmark starts it).
+    #[arg(long, hide = true)]
+    pump_to: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -60,9 +67,15 @@ enum Part {
     Ramp,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(upstream) = args.pump_to {
+        return Ok(pump::run(upstream)?);
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench(args))
+}
+
+async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     clock::now_ns();
     let mock = Mock::start(args.mock_port).await?;
     eprintln!("mock upstream on http://127.0.0.1:{}/v1", mock.port);
@@ -110,29 +123,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         pids.push(args.peer_pid);
     }
+    // The floor: what one read and one write per chunk cost, with no HTTP in between.
+    let pump = match args.no_pump {
+        true => None,
+        false => Some(gateway::Gateway::start_pump(mock.port).await?),
+    };
+    if let Some(pump) = &pump {
+        targets.push(Target {
+            name: "tcp pump (floor)".into(),
+            addr: pump.addr,
+            ..direct.clone()
+        });
+        pids.push(Some(pump.pid));
+    }
     let gateways = &targets[1..];
     let q = |full: usize, quick: usize| if args.quick { quick } else { full };
     let run = |part: Part| args.only.is_empty() || args.only.contains(&part);
 
     // warm up every path (connection pools, the allocator, the page cache)
     scenarios::ttft(&mock, &targets, 4, 20).await;
-    let idle_rss = gw.rss_kib();
     let mut table = Table::new(gateways);
 
     // Memory first: later scenarios leave freed memory resident, which would hide growth.
-    table.row("gateway RSS idle", vec![fmt(idle_rss / 1024.0, "MiB")], "");
-    if run(Part::Memory) {
-        eprintln!("memory per open stream…");
+    // Measured for each process once (the delta column is chatgate's process again).
+    let mut measured = Vec::new();
+    let mut idle = Vec::new();
+    let mut per_stream = Vec::new();
+    for (target, pid) in gateways.iter().zip(&pids[1..]) {
+        let pid = pid.filter(|p| !measured.contains(p) && run(Part::Memory));
+        let Some(pid) = pid else {
+            idle.push(String::new());
+            per_stream.push(String::new());
+            continue;
+        };
+        measured.push(pid);
+        eprintln!("memory per open stream, {}…", target.name);
         let mut points = Vec::new();
         for held in [0, q(1000, 200), q(2000, 400), q(4000, 800)] {
-            let rss = scenarios::rss_with_open_streams(&mock, &chatgate, gw.pid, held).await;
+            let rss = scenarios::rss_with_open_streams(&mock, target, pid, held).await;
             points.push((held as f64, rss));
         }
-        table.row(
-            "gateway RSS per open stream",
-            vec![fmt(slope(&points), "KiB")],
-            "≤ 8 KiB",
-        );
+        // with nothing open, after every start-up load (chatgate's tokenizer) is done
+        idle.push(fmt(points[0].1 / 1024.0, "MiB"));
+        per_stream.push(fmt(slope(&points), "KiB"));
+    }
+    if run(Part::Memory) {
+        table.row("RSS idle", idle, "");
+        table.row("RSS per open stream", per_stream, "≤ 8 KiB");
     }
 
     let ttft_runs = match run(Part::Ttft) {

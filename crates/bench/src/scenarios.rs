@@ -161,12 +161,18 @@ pub struct Step {
     pub stalled: bool,
 }
 
-/// Opens `streams` paced answers (20 chunks, 250 ms apart) through `target`; a stream
-/// stalls when one of its chunks arrives more than `stall` after the mock wrote it.
+/// Streams opened per second in the ramp, as clients arriving; a stream lasts until the
+/// last one has opened and five seconds more, so that all are open together.
+const OPEN_PER_SECOND: usize = 1000;
+const PACE: Duration = Duration::from_millis(250);
+
+/// Opens `streams` paced answers (a chunk every 250 ms) through `target`; a stream stalls
+/// when one of its chunks arrives more than `stall` after the mock wrote it.
 pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams: usize, stall: Duration) -> Step {
+    let opening = Duration::from_secs_f64(streams as f64 / OPEN_PER_SECOND as f64);
     let shape = Shape {
-        chunks: 20,
-        delay: Duration::from_millis(250),
+        chunks: ((opening + Duration::from_secs(5)).as_millis() / PACE.as_millis()) as usize,
+        delay: PACE,
         ..Shape::default()
     };
     mock.set(shape);
@@ -175,9 +181,8 @@ pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams:
     }
     let batch: Vec<Conn> = conns.drain(..streams).collect();
     let started = Instant::now();
-    // Streams open over two seconds, as clients do, and then all run together for three:
-    // the ramp measures holding streams, not a thousand turns set up in one instant.
-    let answers = run_spread(batch, Duration::from_secs(2)).await;
+    // The ramp measures holding streams, not a thousand turns set up in one instant.
+    let answers = run_spread(batch, opening).await;
     let elapsed = started.elapsed().as_secs_f64();
     let mut step = Step {
         ok: 0,
