@@ -157,6 +157,8 @@ pub async fn run_spread(conns: Vec<Conn>, over: Duration) -> Vec<(Conn, std::io:
 pub struct Step {
     pub ok: usize,
     pub worst_latency_ms: f64,
+    /// 99.9% of chunks arrived within this.
+    pub p999_latency_ms: f64,
     pub frames_per_s: f64,
     pub stalled: bool,
 }
@@ -187,10 +189,12 @@ pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams:
     let mut step = Step {
         ok: 0,
         worst_latency_ms: 0.0,
+        p999_latency_ms: 0.0,
         frames_per_s: 0.0,
         stalled: false,
     };
     let mut frames = 0;
+    let mut latencies = Vec::new();
     for (conn, answer) in answers {
         conns.push(conn);
         let Ok(answer) = answer else { continue };
@@ -198,10 +202,16 @@ pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams:
             step.ok += 1;
         }
         frames += answer.frames;
-        for (_, sent, arrived) in &answer.chunks {
-            step.worst_latency_ms = step.worst_latency_ms.max((arrived - sent) as f64 / 1e6);
-        }
+        latencies.extend(
+            answer
+                .chunks
+                .iter()
+                .map(|(_, sent, arrived)| (arrived - sent) as f64 / 1e6),
+        );
     }
+    let latencies = Samples::new(latencies);
+    step.worst_latency_ms = latencies.p(100.0);
+    step.p999_latency_ms = latencies.p(99.9);
     step.frames_per_s = frames as f64 / elapsed;
     step.stalled = step.ok < streams || step.worst_latency_ms > stall.as_secs_f64() * 1000.0;
     step
