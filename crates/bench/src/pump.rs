@@ -16,7 +16,10 @@ pub fn run(upstream: String) -> io::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         println!("{READY}{}", listener.local_addr()?);
         loop {
-            let (mut client, _) = listener.accept().await?;
+            // a failed accept (out of file descriptors, say) ends one connection, not the pump
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
             let upstream = upstream.clone();
             tokio::spawn(async move {
                 let Ok(mut server) = TcpStream::connect(&upstream).await else {
