@@ -67,6 +67,16 @@ pub struct Cli {
     #[arg(long, env = "CHATGATE_ANSWER_RESERVE_TOKENS", default_value_t = 2048)]
     pub answer_reserve_tokens: usize,
 
+    /// Seconds an answer keeps generating after its last reader left, so that a reload
+    /// picks it up again; 0 cancels it at once.
+    #[arg(long, env = "CHATGATE_DETACHED_GRACE", default_value_t = 10.0)]
+    pub detached_grace: f64,
+
+    /// On SIGTERM/SIGINT, seconds that running answers may take to finish before they are
+    /// ended with the code `gateway_stopping`.
+    #[arg(long, env = "CHATGATE_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+
     /// Milliseconds between words of the demo provider's answer.
     #[arg(long, env = "CHATGATE_DEMO_DELAY_MS", default_value_t = 45)]
     pub demo_delay_ms: u64,
@@ -112,6 +122,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub context_tokens: usize,
     pub answer_reserve_tokens: usize,
+    pub detached_grace: Duration,
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +134,8 @@ pub enum ConfigError {
     UpstreamUrl(String),
     #[error("{0} must be a positive number of seconds")]
     Seconds(&'static str),
+    #[error("{0} must be a number of seconds, 0 or more")]
+    SecondsOrZero(&'static str),
     #[error("--answer-reserve-tokens ({reserve}) must be smaller than --context-tokens ({context})")]
     Budget { reserve: usize, context: usize },
     #[error("--max-body-bytes must be at least 1")]
@@ -176,6 +190,8 @@ impl Settings {
             heartbeat: seconds(cli.heartbeat, "--heartbeat")?,
             context_tokens: cli.context_tokens,
             answer_reserve_tokens: cli.answer_reserve_tokens,
+            detached_grace: seconds_or_zero(cli.detached_grace, "--detached-grace")?,
+            shutdown_grace: seconds_or_zero(cli.shutdown_grace, "--shutdown-grace")?,
         })
     }
 
@@ -197,6 +213,8 @@ impl Settings {
             heartbeat: Duration::from_secs(15),
             context_tokens: 16384,
             answer_reserve_tokens: 2048,
+            detached_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -225,10 +243,20 @@ fn parse_cors(raw: Option<&str>) -> CorsOrigins {
 }
 
 fn seconds(value: f64, name: &'static str) -> Result<Duration, ConfigError> {
-    if value.is_finite() && value > 0.0 {
+    // At most a year: Duration::from_secs_f64 panics on values it cannot hold.
+    if value.is_finite() && value > 0.0 && value <= 31_536_000.0 {
         Ok(Duration::from_secs_f64(value))
     } else {
         Err(ConfigError::Seconds(name))
+    }
+}
+
+fn seconds_or_zero(value: f64, name: &'static str) -> Result<Duration, ConfigError> {
+    // A day at most: Duration::from_secs_f64 panics on values it cannot hold.
+    if value.is_finite() && (0.0..=86_400.0).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ConfigError::SecondsOrZero(name))
     }
 }
 
@@ -279,6 +307,12 @@ mod tests {
     #[test]
     fn bad_numbers_are_refused() {
         assert!(settings(&["--heartbeat", "0"]).is_err());
+        assert!(settings(&["--detached-grace=-1"]).is_err());
+        assert_eq!(
+            settings(&["--detached-grace", "0"]).unwrap().detached_grace,
+            Duration::ZERO
+        );
+        assert_eq!(settings(&[]).unwrap().shutdown_grace, Duration::from_secs(30));
         assert!(settings(&["--context-tokens", "100", "--answer-reserve-tokens", "100"]).is_err());
     }
 }

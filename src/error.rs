@@ -24,9 +24,15 @@ pub enum RequestError {
     #[error("conversation {0} does not exist")]
     UnknownConversation(ConversationId),
     #[error("message {0} is not part of this conversation")]
-    UnknownParent(MessageId),
+    UnknownMessage(MessageId),
     #[error("there is nothing at {0}")]
     NoRoute(String),
+    #[error("conversation {0} has no answer to stream")]
+    NoAnswer(ConversationId),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("the resume point must be a frame id (a whole number from 0), got {0:?}")]
+    BadResumePoint(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +43,39 @@ pub enum ApiError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("chatgate is shutting down: this answer was ended before it was finished")]
+    Stopping,
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+/// An error as a client gets it: status, `{message,type,code}` object and retry hint,
+/// detached from its cause so that it can be kept and handed to every reader of an answer.
+#[derive(Debug, Clone)]
+pub struct ErrorBody {
+    pub status: StatusCode,
+    pub object: Value,
+    pub retry_after: Option<String>,
+}
+
+impl From<&ApiError> for ErrorBody {
+    fn from(e: &ApiError) -> Self {
+        Self {
+            status: e.status_code(),
+            object: e.object(),
+            retry_after: e.retry_after().map(str::to_owned),
+        }
+    }
+}
+
+impl ErrorBody {
+    pub fn response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = &self.retry_after {
+            response.insert_header((RETRY_AFTER, seconds.as_str()));
+        }
+        response.json(json!({"error": self.object}))
+    }
 }
 
 impl ApiError {
@@ -55,8 +92,11 @@ impl ApiError {
                 R::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "invalid_field"),
                 R::UnknownPrompt(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "unknown_prompt"),
                 R::UnknownConversation(_) => (StatusCode::NOT_FOUND, invalid, "conversation_not_found"),
-                R::UnknownParent(_) => (StatusCode::NOT_FOUND, invalid, "message_not_found"),
+                R::UnknownMessage(_) => (StatusCode::NOT_FOUND, invalid, "message_not_found"),
                 R::NoRoute(_) => (StatusCode::NOT_FOUND, invalid, "not_found"),
+                R::NoAnswer(_) => (StatusCode::NOT_FOUND, invalid, "message_not_found"),
+                R::InvalidQuery(_) => (StatusCode::BAD_REQUEST, invalid, "invalid_query"),
+                R::BadResumePoint(_) => (StatusCode::BAD_REQUEST, invalid, "invalid_last_event_id"),
             },
             ApiError::Upstream(e) => match e {
                 U::Refused { status: 429, code, .. } => {
@@ -86,7 +126,8 @@ impl ApiError {
                 U::Truncated => (StatusCode::BAD_GATEWAY, upstream, "upstream_truncated"),
                 U::BadChunk(_) => (StatusCode::BAD_GATEWAY, upstream, "upstream_bad_chunk"),
             },
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "store_error"),
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "store_failed"),
+            ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "gateway_stopping"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
         };
         (status, kind, code.to_owned())
@@ -112,11 +153,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        if let Some(seconds) = self.retry_after() {
-            response.insert_header((RETRY_AFTER, seconds));
-        }
-        response.json(json!({"error": self.object()}))
+        ErrorBody::from(self).response()
     }
 }
 

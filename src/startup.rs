@@ -1,13 +1,17 @@
 //! Building the application from its settings: the store, the provider, the presets, the
-//! routes; binding the listener and keeping the port it really got.
+//! routes; binding the listener and keeping the port it really got; and stopping it on
+//! SIGTERM or SIGINT without losing an answer.
 
 use crate::config::{CorsOrigins, Settings, StoreKind, UpstreamKind};
-use crate::conversation::history::TokenCounter;
 use crate::conversation::memory::MemoryStore;
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
+use crate::generation::Generations;
+use crate::generation::lane::Unsaved;
+use crate::generation::local::LocalGenerations;
 use crate::prompts::Presets;
 use crate::routes;
+use crate::state::AppState;
 use crate::upstream::AnyProvider;
 use crate::upstream::demo::DemoProvider;
 use crate::upstream::openai::OpenAiProvider;
@@ -16,14 +20,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpRequest, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-
-/// What every handler shares.
-pub struct AppState {
-    pub settings: Settings,
-    pub store: Arc<dyn Store>,
-    pub provider: AnyProvider,
-    pub presets: Presets,
-}
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -40,6 +37,7 @@ pub enum StartupError {
 pub struct Application {
     address: SocketAddr,
     server: Server,
+    state: web::Data<AppState>,
 }
 
 impl Application {
@@ -86,10 +84,6 @@ impl Application {
                 settings.web_dir.display()
             );
         }
-        // Load the default model's tokenizer now, off the runtime's threads, rather than
-        // in the middle of the first turn.
-        let model = settings.model.clone();
-        tokio::task::spawn_blocking(move || TokenCounter::for_model(&model).count("warm up"));
         let presets = Presets::load(&settings.prompts_dir).map_err(StartupError::Prompts)?;
 
         let listener = TcpListener::bind(&settings.listen).map_err(|source| StartupError::Bind {
@@ -100,12 +94,16 @@ impl Application {
             addr: settings.listen.clone(),
             source,
         })?;
+        let shutdown_grace = settings.shutdown_grace;
         let state = web::Data::new(AppState {
             settings,
             store,
             provider,
             presets,
+            generations: Arc::new(LocalGenerations::default()),
+            unsaved: Arc::new(Unsaved::default()),
         });
+        let app_state = state.clone();
         let server = HttpServer::new(move || {
             let settings = &state.settings;
             App::new()
@@ -114,6 +112,8 @@ impl Application {
                 .route("/conv", web::post().to(routes::conv::post))
                 .route("/conv/{id}", web::get().to(routes::conversations::get))
                 .route("/conv/{id}", web::delete().to(routes::conversations::delete))
+                .route("/conv/{id}/stream", web::get().to(routes::stream::get))
+                .route("/conv/{id}/stop", web::post().to(routes::stop::post))
                 .route("/conversations", web::get().to(routes::conversations::list))
                 .route("/prompts", web::get().to(routes::prompts::list))
                 .route("/config", web::get().to(routes::config::get))
@@ -122,8 +122,13 @@ impl Application {
                 .default_service(web::to(|req: HttpRequest| async move { routes::web::not_found(&req) }))
         })
         // A client that closes its side has gone away: notice it even while the stream is
-        // quiet, so its upstream request is cancelled (see relay.rs).
+        // quiet, so that its answer's grace starts (see generation/runner.rs).
         .h1_allow_half_closed(false)
+        // SIGTERM and SIGINT are handled in `run_until_stopped`: actix's own handling would
+        // drop running answers (SIGINT) or hold them past the grace without a last frame.
+        .disable_signals()
+        // Connections get the shutdown grace, then a little more to send their last frames.
+        .shutdown_timeout(shutdown_grace.as_secs() + LAST_FRAMES_SECS)
         // Frames are small writes: with Nagle's algorithm on, a frame can wait for the ACK
         // of the previous one (tens of ms with delayed ACKs). actix keeps the OS default
         // (on) unless told.
@@ -134,7 +139,11 @@ impl Application {
             source,
         })?
         .run();
-        Ok(Self { address, server })
+        Ok(Self {
+            address,
+            server,
+            state: app_state,
+        })
     }
 
     /// The address really bound (port 0 becomes a free port).
@@ -151,8 +160,68 @@ impl Application {
         self.server.handle()
     }
 
+    /// The live generations (tests look at them to see that none is left behind).
+    pub fn generations(&self) -> Arc<dyn Generations> {
+        Arc::clone(&self.state.generations)
+    }
+
+    /// Serves until stopped: by [`Application::handle`], or by SIGTERM or SIGINT, which
+    /// stop accepting at once, let running answers finish for the shutdown grace, then end
+    /// each with a last frame (code `gateway_stopping`) after storing its text.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        let on_signal = tokio::spawn(async move {
+            let signal = stop_signal().await?;
+            let grace = state.settings.shutdown_grace;
+            let live = state.generations.live();
+            log::info!(
+                "{signal}: no new connections; {live} running answer(s) have {} s to finish",
+                grace.as_secs_f64()
+            );
+            // Sent at once; the returned future only waits for the workers to be done.
+            let stopped = handle.stop(true);
+            if tokio::time::timeout(grace, state.generations.drained()).await.is_err() {
+                log::warn!(
+                    "shutdown grace over: ending {} running answer(s)",
+                    state.generations.live()
+                );
+                state.generations.shutdown();
+            }
+            // Each ended answer is stored before its readers get the last frame.
+            let last = Duration::from_secs(LAST_FRAMES_SECS);
+            if tokio::time::timeout(last, state.generations.drained()).await.is_err() {
+                log::error!("{} answer(s) did not end in time", state.generations.live());
+            }
+            stopped.await;
+            Some(())
+        });
+        let served = self.server.await;
+        if on_signal.is_finished() {
+            let _ = on_signal.await;
+        } else {
+            on_signal.abort();
+        }
+        served
+    }
+}
+
+/// Seconds given to answers ended at the end of the shutdown grace to be stored and sent.
+const LAST_FRAMES_SECS: u64 = 10;
+
+/// Resolves with the name of the first SIGTERM or SIGINT; `None` if they cannot be watched.
+async fn stop_signal() -> Option<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            log::error!("cannot watch for SIGTERM and SIGINT: {e}");
+            return None;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => Some("SIGTERM"),
+        _ = int.recv() => Some("SIGINT"),
     }
 }
 

@@ -47,7 +47,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn finish_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
+    async fn update_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
         let mut all = self.lock();
         let conversation = all
             .get_mut(&update.conversation_id)
@@ -55,6 +55,7 @@ impl Store for MemoryStore {
         conversation.update_time = now();
         if let Some(m) = conversation.messages.iter_mut().find(|m| m.id == update.id) {
             m.content = update.content;
+            m.chunk_ends = update.chunk_ends;
             m.status = update.status;
             m.finish = update.finish;
             m.error = update.error;

@@ -1,8 +1,7 @@
 //! Conversations as a message tree: the domain types, the [`Store`] trait and its
-//! SQLite and in-memory implementations, and history assembly for the upstream.
+//! SQLite and in-memory implementations.
 
 mod group_commit;
-pub mod history;
 pub mod memory;
 pub mod sqlite;
 pub mod store;
@@ -82,7 +81,7 @@ impl Role {
 pub enum Status {
     InProgress,
     FinishedSuccessfully,
-    /// The client went away (a Stop button) before the answer ended.
+    /// Stopped before the answer ended: a Stop, or nobody left reading it.
     FinishedPartialCompletion,
     Error,
 }
@@ -113,7 +112,7 @@ impl Status {
 pub enum FinishType {
     Stop,
     MaxTokens,
-    /// Cut short by the client or by an error.
+    /// Cut short by a Stop, by nobody reading, or by an error.
     Interrupted,
 }
 
@@ -150,6 +149,9 @@ pub struct Message {
     pub finish: Option<FinishType>,
     /// The `{message,type,code}` object of an answer that ended in error.
     pub error: Option<Value>,
+    /// Where each upstream chunk of an answer's text ends (byte offsets into `content`), so
+    /// that a reader resuming after frame `N` gets exactly the text after chunk `N`.
+    pub chunk_ends: Vec<u32>,
 }
 
 impl Message {
@@ -174,6 +176,7 @@ impl Message {
             model: None,
             finish: None,
             error: None,
+            chunk_ends: Vec::new(),
         }
     }
 }

@@ -36,6 +36,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX messages_by_conversation ON messages(conversation_id, create_time);
     CREATE INDEX conversations_by_update ON conversations(update_time DESC);",
+    // 2: where each upstream chunk of an answer ends, for resuming after a frame id.
+    "ALTER TABLE messages ADD COLUMN chunk_ends BLOB;",
 ];
 
 pub struct SqliteStore {
@@ -123,8 +125,8 @@ fn recover_interrupted(conn: &Connection) -> Result<(), StoreError> {
 
 fn insert_message(conn: &Connection, conversation: ConversationId, m: &Message) -> Result<(), StoreError> {
     const INSERT: &str = "INSERT INTO messages
-        (id, conversation_id, parent_id, role, content, status, create_time, model, finish_type, error)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+        (id, conversation_id, parent_id, role, content, status, create_time, model, finish_type, error, chunk_ends)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
     // Cached: statements are parsed once per connection, not once per write.
     conn.prepare_cached(INSERT)?.execute(params![
         m.id.to_string(),
@@ -137,8 +139,21 @@ fn insert_message(conn: &Connection, conversation: ConversationId, m: &Message) 
         m.model,
         m.finish.map(FinishType::as_str),
         m.error.as_ref().map(|e| e.to_string()),
+        encode_ends(&m.chunk_ends),
     ])?;
     Ok(())
+}
+
+/// Chunk ends as little-endian `u32`s: four bytes a chunk.
+fn encode_ends(ends: &[u32]) -> Vec<u8> {
+    ends.iter().flat_map(|e| e.to_le_bytes()).collect()
+}
+
+fn decode_ends(raw: Option<Vec<u8>>) -> Vec<u32> {
+    raw.unwrap_or_default()
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -159,10 +174,11 @@ type MessageRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<Vec<u8>>,
 );
 
 fn message_from_row(row: MessageRow) -> Result<Message, StoreError> {
-    let (id, parent, role, content, status, create_time, model, finish, error) = row;
+    let (id, parent, role, content, status, create_time, model, finish, error, ends) = row;
     Ok(Message {
         id: message_id(&id)?,
         parent: parent.as_deref().map(message_id).transpose()?,
@@ -179,6 +195,7 @@ fn message_from_row(row: MessageRow) -> Result<Message, StoreError> {
             Some(e) => Some(serde_json::from_str(&e).map_err(|_| corrupt("error", &e))?),
             None => None,
         },
+        chunk_ends: decode_ends(ends),
     })
 }
 
@@ -195,7 +212,7 @@ fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, S
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT id, parent_id, role, content, status, create_time, model, finish_type, error
+        "SELECT id, parent_id, role, content, status, create_time, model, finish_type, error, chunk_ends
          FROM messages WHERE conversation_id = ?1 ORDER BY create_time, rowid",
     )?;
     let rows = stmt.query_map([&key], |r| {
@@ -209,6 +226,7 @@ fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, S
             r.get(6)?,
             r.get(7)?,
             r.get(8)?,
+            r.get(9)?,
         ))
     })?;
     let mut messages = Vec::new();
@@ -256,11 +274,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn finish_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
+    async fn update_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
         self.writer
             .write(move |tx| {
                 tx.prepare_cached(
-                    "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5 WHERE id = ?1",
+                    "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5, chunk_ends = ?6
+                     WHERE id = ?1",
                 )?
                 .execute(params![
                     update.id.to_string(),
@@ -268,6 +287,7 @@ impl Store for SqliteStore {
                     update.status.as_str(),
                     update.finish.map(FinishType::as_str),
                     update.error.as_ref().map(|e| e.to_string()),
+                    encode_ends(&update.chunk_ends),
                 ])?;
                 tx.prepare_cached("UPDATE conversations SET update_time = ?2 WHERE id = ?1")?
                     .execute(params![update.conversation_id.to_string(), now()])?;

@@ -19,6 +19,25 @@ pub enum StoreError {
     Corrupt(String),
     #[error("conversation {0} does not exist")]
     UnknownConversation(ConversationId),
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    /// Whether the same write may succeed later (the database was busy, the disk full or
+    /// unreachable), as opposed to a write that can never succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code != rusqlite::ErrorCode::ConstraintViolation
+            }
+            StoreError::Sqlite(_)
+            | StoreError::Corrupt(_)
+            | StoreError::UnknownConversation(_)
+            | StoreError::Rejected(_) => false,
+            StoreError::Io(_) | StoreError::Worker(_) | StoreError::Commit(_) => true,
+        }
+    }
 }
 
 /// A new turn: the user message and the (empty, in progress) answer to it, written together.
@@ -31,12 +50,14 @@ pub struct NewTurn {
     pub assistant: Message,
 }
 
-/// The end state of an answer.
+/// An answer's text and state: a checkpoint while it runs (`status` in progress), or its end.
 #[derive(Debug, Clone)]
 pub struct AnswerUpdate {
     pub conversation_id: ConversationId,
     pub id: MessageId,
     pub content: String,
+    /// See [`crate::conversation::Message::chunk_ends`].
+    pub chunk_ends: Vec<u32>,
     pub status: Status,
     pub finish: Option<FinishType>,
     pub error: Option<Value>,
@@ -50,8 +71,8 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a turn durably; the assistant message becomes the conversation's current node.
     async fn begin_turn(&self, turn: NewTurn) -> Result<(), StoreError>;
 
-    /// Writes an answer's final text and status durably.
-    async fn finish_answer(&self, update: AnswerUpdate) -> Result<(), StoreError>;
+    /// Writes an answer's text and status durably: a checkpoint, or its end.
+    async fn update_answer(&self, update: AnswerUpdate) -> Result<(), StoreError>;
 
     /// Every conversation, most recently updated first.
     async fn list(&self) -> Result<Vec<Summary>, StoreError>;

@@ -1,6 +1,6 @@
 //! `GET /config`: what the chat page needs to know about this gateway (never the key).
 
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 

@@ -1,15 +1,19 @@
-//! `POST /conv`: one conversation turn, answered as a Server-Sent Events stream.
+//! `POST /conv`: one conversation turn. The answer becomes a generation that runs in the
+//! gateway; this request is its first reader (or, with `"background": true`, none).
 
 use crate::error::{ApiError, RequestError};
-use crate::live::Body;
-use crate::relay::{self, Verdict};
-use crate::startup::AppState;
+use crate::generation::runner::{self, Run};
+use crate::generation::{ReadFrom, Reader, ReaderItem, Target};
+use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
 use crate::upstream::{Provider, UpstreamError};
+use crate::wire::sse;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt, stream};
+use serde_json::json;
+use std::convert::Infallible;
 
 pub async fn post(
     state: web::Data<AppState>,
@@ -17,7 +21,15 @@ pub async fn post(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&request, payload, state.settings.max_body_bytes).await?;
-    let turn = turn::prepare(&state, TurnRequest::parse(&body)?).await?;
+    let turn_request = TurnRequest::parse(&body)?;
+    let read = ReadFrom {
+        after: None,
+        delta: turn_request.delta,
+        refuse_early: true,
+        final_only: !turn_request.stream,
+    };
+    let background = turn_request.background;
+    let turn = turn::prepare(&state, turn_request).await?;
 
     // Wait for the upstream's status before answering, so that a refusal reaches the
     // client as a real HTTP status with the upstream's own message.
@@ -26,15 +38,45 @@ pub async fn post(
         .await
         .map_err(|_| UpstreamError::IdleTimeout(idle))??;
 
-    match relay::start(state.clone(), stream, turn.new_turn, turn.identity, turn.delta).await {
-        Ok(Verdict::Stream(body)) => Ok(event_stream(body)),
-        Ok(Verdict::Refuse(error)) => Err(error),
-        Err(_) => Err(ApiError::Internal("the relay stopped before answering")),
+    let identity = turn.identity;
+    let producer = state.generations.start(identity.clone(), background);
+    // Subscribed before the runner starts, so that this reader sees the answer from its
+    // first chunk and an early failure as a refusal.
+    let target = Target {
+        conversation: identity.conversation_id,
+        message: Some(identity.message_id),
+    };
+    let reader = match background {
+        true => None,
+        false => state.generations.subscribe(target, read).map(|(_, reader)| reader),
+    };
+    runner::spawn(Run {
+        identity: identity.clone(),
+        stream,
+        turn: turn.new_turn,
+        producer,
+        store: state.store.clone(),
+        unsaved: state.unsaved.clone(),
+        timing: state.timing(),
+    });
+    let Some(mut reader) = reader else {
+        return Ok(HttpResponse::Accepted().json(json!({
+            "conversation_id": identity.conversation_id.to_string(),
+            "message_id": identity.message_id.to_string(),
+            "parent_message_id": identity.parent_id.to_string(),
+            "stream_url": format!("/conv/{}/stream?message_id={}", identity.conversation_id, identity.message_id),
+        })));
+    };
+    match reader.next().await {
+        Some(ReaderItem::Bytes(first)) => Ok(event_stream(Some(first), reader)),
+        Some(ReaderItem::Final(object)) => Ok(HttpResponse::Ok().content_type(ContentType::json()).body(object)),
+        Some(ReaderItem::Refused(error)) => Ok(error.response()),
+        None => Err(ApiError::Internal("the answer ended without a last frame")),
     }
 }
 
 /// Reads the whole body, refusing it as soon as it passes `limit`.
-async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, RequestError> {
+pub async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, RequestError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -54,11 +96,22 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
     Ok(body.freeze())
 }
 
-fn event_stream(body: Body) -> HttpResponse {
+/// The `text/event-stream` response: `retry: 1000`, then what the reader renders.
+pub fn event_stream(first: Option<Bytes>, reader: Reader) -> HttpResponse {
+    let head = stream::iter([Some(Bytes::from_static(sse::RETRY)), first].into_iter().flatten());
+    // Refusals and final objects are only yielded to readers that asked for them.
+    let rest = reader.map(|item| match item {
+        ReaderItem::Bytes(bytes) => bytes,
+        ReaderItem::Refused(_) | ReaderItem::Final(_) => Bytes::new(),
+    });
+    sse_response(head.chain(rest).map(Ok::<_, Infallible>))
+}
+
+pub fn sse_response(body: impl Stream<Item = Result<Bytes, Infallible>> + 'static) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType(actix_web::mime::TEXT_EVENT_STREAM))
         .insert_header((CACHE_CONTROL, "no-cache"))
         // nginx buffers proxied responses unless told not to.
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body.into_stream())
+        .streaming(body)
 }

@@ -1,8 +1,9 @@
 //! Reading and deleting stored conversations.
 
-use crate::conversation::{ConversationId, tree};
+use super::conversation_id as parse_id;
 use crate::error::{ApiError, RequestError};
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::wire::chatgpt;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
@@ -22,11 +23,10 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     let conversation = state
-        .store
         .conversation(id)
         .await?
         .ok_or(RequestError::UnknownConversation(id))?;
-    Ok(HttpResponse::Ok().json(tree::conversation_json(&conversation)))
+    Ok(HttpResponse::Ok().json(chatgpt::conversation_json(&conversation)))
 }
 
 /// `DELETE /conv/{id}`.
@@ -37,9 +37,4 @@ pub async fn delete(state: web::Data<AppState>, path: web::Path<String>) -> Resu
     } else {
         Err(RequestError::UnknownConversation(id).into())
     }
-}
-
-/// An id that is not a UUID names no conversation: 404, as for any unknown one.
-fn parse_id(raw: &str) -> Result<ConversationId, RequestError> {
-    ConversationId::parse(raw).map_err(|_| RequestError::NoRoute(format!("/conv/{raw}")))
 }

@@ -1,6 +1,6 @@
 //! `GET /prompts`: the presets a request can name in `prompt`.
 
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 

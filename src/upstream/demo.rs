@@ -2,7 +2,7 @@
 //! clearly labelled canned answer, word by word at a human pace, so a new user sees
 //! streaming and memory work before owning a key.
 
-use super::{ChatRequest, ChunkStream, Delta, Provider, UpstreamError};
+use super::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
 use crate::conversation::FinishType;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -56,12 +56,12 @@ impl Provider for DemoProvider {
             for (i, c) in text.char_indices() {
                 if c == ' ' && i > start {
                     tokio::time::sleep(delay).await;
-                    yield Ok(Delta { text: text[start..i].to_owned(), finish: None });
+                    yield Ok(Chunk { text: text[start..i].to_owned(), finish: None });
                     start = i;
                 }
             }
             tokio::time::sleep(delay).await;
-            yield Ok(Delta { text: text[start..].to_owned(), finish: Some(FinishType::Stop) });
+            yield Ok(Chunk { text: text[start..].to_owned(), finish: Some(FinishType::Stop) });
         }))
     }
 }

@@ -37,14 +37,14 @@ pub struct ChatRequest {
 
 /// A piece of the answer: new text, and, on the last piece, why the answer ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Delta {
+pub struct Chunk {
     pub text: String,
     pub finish: Option<FinishType>,
 }
 
 /// The answer as it arrives. It ends after the piece that carries `finish`, or with an
 /// error; dropping it cancels the upstream request.
-pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Delta, UpstreamError>> + Send>>;
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> + Send>>;
 
 /// Everything that can go wrong between the gateway and the upstream.
 #[derive(Debug, thiserror::Error)]

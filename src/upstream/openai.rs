@@ -2,7 +2,7 @@
 //! DeepSeek, routers), streamed.
 
 use super::sse_decode::{SseDecoder, SseEvent};
-use super::{ChatMessage, ChatRequest, ChunkStream, Delta, Provider, UpstreamError};
+use super::{ChatMessage, ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
 use crate::conversation::FinishType;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -206,7 +206,7 @@ struct DeltaWire {
 
 /// What one upstream event means.
 enum Parsed {
-    Delta(Delta),
+    Chunk(Chunk),
     Done,
 }
 
@@ -241,7 +241,7 @@ fn parse_event(event: &SseEvent, key: Option<&str>) -> Result<Option<Parsed>, Up
     if text.is_empty() && finish.is_none() {
         return Ok(None); // the role chunk
     }
-    Ok(Some(Parsed::Delta(Delta { text, finish })))
+    Ok(Some(Parsed::Chunk(Chunk { text, finish })))
 }
 
 /// The response body as deltas. Ends after `[DONE]`; a body that ends without `[DONE]` is
@@ -268,13 +268,13 @@ fn decode(response: reqwest::Response, key: Option<String>) -> ChunkStream {
             for event in events.drain(..) {
                 match parse_event(&event, key.as_deref()) {
                     Ok(None) => {}
-                    Ok(Some(Parsed::Delta(delta))) => {
+                    Ok(Some(Parsed::Chunk(delta))) => {
                         finished |= delta.finish.is_some();
                         yield Ok(delta);
                     }
                     Ok(Some(Parsed::Done)) => {
                         if !finished {
-                            yield Ok(Delta { text: String::new(), finish: Some(FinishType::Stop) });
+                            yield Ok(Chunk { text: String::new(), finish: Some(FinishType::Stop) });
                         }
                         finished = true;
                         break 'read;
@@ -332,7 +332,7 @@ mod tests {
             data: data.into(),
         };
         let delta = |d: &str| match parse_event(&event(d), None) {
-            Ok(Some(Parsed::Delta(delta))) => Some(delta),
+            Ok(Some(Parsed::Chunk(delta))) => Some(delta),
             Ok(_) => None,
             Err(e) => panic!("{e}"),
         };

@@ -121,6 +121,7 @@ pub struct Event {
     pub event: Option<String>,
     pub data: String,
     pub comment: Option<String>,
+    pub retry: Option<String>,
 }
 
 /// Everything a streamed response carried.
@@ -153,6 +154,7 @@ pub fn parse_events(text: &str) -> Stream {
             event: None,
             data: String::new(),
             comment: None,
+            retry: None,
         };
         for line in block.lines() {
             if let Some(c) = line.strip_prefix(':') {
@@ -161,6 +163,8 @@ pub fn parse_events(text: &str) -> Stream {
                 event.id = Some(v.to_owned());
             } else if let Some(v) = line.strip_prefix("event: ") {
                 event.event = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("retry: ") {
+                event.retry = Some(v.to_owned());
             } else if let Some(v) = line.strip_prefix("data: ") {
                 event.data = v.to_owned();
             } else {
@@ -177,7 +181,7 @@ impl Stream {
     pub fn frames(&self) -> Vec<Value> {
         self.events
             .iter()
-            .filter(|e| e.comment.is_none() && e.event.is_none() && e.data != "[DONE]")
+            .filter(|e| e.comment.is_none() && e.retry.is_none() && e.event.is_none() && e.data != "[DONE]")
             .map(|e| serde_json::from_str(&e.data).expect("a frame is JSON"))
             .collect()
     }

@@ -1,19 +1,14 @@
-//! Server-Sent Events out: the ChatGPT-shaped message frame, and the event framing.
-//!
-//! A frame is rendered by hand from pieces fixed for the whole answer plus the answer's
-//! text, which is JSON-escaped once as it arrives rather than again for every frame: each
-//! frame carries the whole answer so far, so re-encoding it would cost O(n²) per answer.
+//! The ChatGPT-shaped message, in its two forms: the live frame, rendered by hand from
+//! pieces fixed for the whole answer plus the answer's JSON-escaped text (escaped once as it
+//! arrives, not again for every frame: each frame carries the whole answer so far, so
+//! re-encoding it would cost O(n²) per answer); and the stored message and conversation of
+//! `GET /conv/{id}`, built with serde_json. A test keeps the two forms equal.
 
-use crate::conversation::{ConversationId, FinishType, MessageId, Status};
+use crate::conversation::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status};
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::Value;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::fmt::Write;
-
-/// The end of the stream, after the last data frame.
-pub const DONE: &[u8] = b"data: [DONE]\n\n";
-pub const CLOSE: &[u8] = b"event: close\ndata: close\n\n";
-/// A comment: ignored by clients, it keeps proxies from closing a quiet connection.
-pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
 /// What identifies one answer on the wire.
 #[derive(Debug, Clone)]
@@ -25,17 +20,14 @@ pub struct AnswerIdentity {
     pub create_time: f64,
 }
 
-/// The answer so far, raw and JSON-escaped, and the frames it makes.
-pub struct AnswerFrames {
+/// The parts of an answer's frames that stay the same from its first frame to its last.
+pub struct FrameTemplate {
     /// `{"message":{"id":…,"content":{"content_type":"text","parts":["`
     head: String,
     /// `,"metadata":{"model_slug":…,"parent_id":…,"finish_details":`
     metadata: String,
     /// `}},"conversation_id":"…","error":`
     tail: String,
-    text: String,
-    escaped: String,
-    deltas: u64,
 }
 
 /// How a frame describes the answer: in progress, or its end.
@@ -54,7 +46,7 @@ impl FrameState<'_> {
     };
 }
 
-impl AnswerFrames {
+impl FrameTemplate {
     pub fn new(who: &AnswerIdentity) -> Self {
         let model = Value::String(who.model.clone());
         Self {
@@ -68,49 +60,38 @@ impl AnswerFrames {
                 who.parent_id
             ),
             tail: format!(r#"}}}},"conversation_id":"{}","error":"#, who.conversation_id),
-            text: String::new(),
-            escaped: String::new(),
-            deltas: 0,
         }
     }
 
-    pub fn push(&mut self, delta: &str) {
-        self.text.push_str(delta);
-        escape_into(&mut self.escaped, delta);
-        self.deltas += 1;
+    /// An event `id: {id}` whose `parts[0]` is `escaped`, text already JSON-escaped by
+    /// [`escape_into`].
+    pub fn frame(&self, id: u64, escaped: &str, state: FrameState<'_>) -> Bytes {
+        let mut out =
+            BytesMut::with_capacity(self.head.len() + escaped.len() + self.metadata.len() + self.tail.len() + 160);
+        out.put_slice(b"id: ");
+        // Formatting into the frame's own buffer: nothing else is allocated per frame.
+        let _ = write!(out, "{id}");
+        out.put_slice(b"\ndata: ");
+        self.object_into(&mut out, escaped, state);
+        out.put_slice(b"\n\n");
+        out.freeze()
     }
 
-    pub fn text(&self) -> &str {
-        &self.text
+    /// The frame's JSON object alone, as `"stream": false` answers it.
+    pub fn object(&self, escaped: &str, state: FrameState<'_>) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.head.len() + escaped.len() + self.metadata.len() + 200);
+        self.object_into(&mut out, escaped, state);
+        out.freeze()
     }
 
-    /// How many deltas the answer holds so far.
-    pub fn deltas(&self) -> u64 {
-        self.deltas
-    }
-
-    /// Where the text ends now: an offset for [`AnswerFrames::frame`]'s `range`.
-    pub fn end(&self) -> usize {
-        self.escaped.len()
-    }
-
-    /// An event `id: {id}` whose `parts[0]` is the text in `range`, given as offsets taken
-    /// from [`AnswerFrames::end`] (from 0 for the whole answer up to then).
-    pub fn frame(&self, id: u64, range: std::ops::Range<usize>, state: FrameState<'_>) -> Bytes {
-        let text = &self.escaped[range];
+    fn object_into(&self, out: &mut BytesMut, escaped: &str, state: FrameState<'_>) {
         let end_turn = if state.status == Status::FinishedSuccessfully {
             "true"
         } else {
             "null"
         };
-        let mut out =
-            BytesMut::with_capacity(self.head.len() + text.len() + self.metadata.len() + self.tail.len() + 160);
-        out.put_slice(b"id: ");
-        // Formatting into the frame's own buffer: nothing else is allocated per frame.
-        let _ = write!(out, "{id}");
-        out.put_slice(b"\ndata: ");
         out.put_slice(self.head.as_bytes());
-        out.put_slice(text.as_bytes());
+        out.put_slice(escaped.as_bytes());
         out.put_slice(br#""]},"status":""#);
         out.put_slice(state.status.as_str().as_bytes());
         out.put_slice(br#"","end_turn":"#);
@@ -131,13 +112,12 @@ impl AnswerFrames {
             }
             None => out.put_slice(b"null"),
         }
-        out.put_slice(b"}\n\n");
-        out.freeze()
+        out.put_slice(b"}");
     }
 }
 
 /// Appends `text` to `out` as the inside of a JSON string.
-fn escape_into(out: &mut String, text: &str) {
+pub fn escape_into(out: &mut String, text: &str) {
     let mut start = 0;
     for (i, b) in text.bytes().enumerate() {
         let escape = match b {
@@ -160,13 +140,73 @@ fn escape_into(out: &mut String, text: &str) {
     out.push_str(&text[start..]);
 }
 
+/// A stored message as ChatGPT's web client reads it: the same shape as a frame's `message`.
+pub fn message_json(m: &Message) -> Value {
+    let mut metadata = json!({
+        "model_slug": m.model,
+        "parent_id": m.parent.map(|p| p.to_string()),
+        "finish_details": m.finish.map(|f| json!({"type": f.as_str()})),
+    });
+    if let Some(error) = &m.error {
+        metadata["error"] = error.clone();
+    }
+    json!({
+        "id": m.id.to_string(),
+        "author": {"role": m.role.as_str()},
+        "create_time": m.create_time,
+        "content": {"content_type": "text", "parts": [m.content]},
+        "status": m.status.as_str(),
+        "end_turn": end_turn(m),
+        "metadata": metadata,
+    })
+}
+
+fn end_turn(m: &Message) -> Value {
+    if m.role == Role::Assistant && m.status == Status::FinishedSuccessfully {
+        Value::Bool(true)
+    } else {
+        Value::Null
+    }
+}
+
+/// `GET /conv/{id}`: the conversation with every node, keyed by id.
+pub fn conversation_json(c: &Conversation) -> Value {
+    let mut children: HashMap<MessageId, Vec<String>> = HashMap::new();
+    for m in &c.messages {
+        if let Some(parent) = m.parent {
+            children.entry(parent).or_default().push(m.id.to_string());
+        }
+    }
+    let mut mapping = Map::with_capacity(c.messages.len());
+    for m in &c.messages {
+        let message = match m.role {
+            Role::Root => Value::Null,
+            _ => message_json(m),
+        };
+        mapping.insert(
+            m.id.to_string(),
+            json!({
+                "id": m.id.to_string(),
+                "parent": m.parent.map(|p| p.to_string()),
+                "children": children.remove(&m.id).unwrap_or_default(),
+                "message": message,
+            }),
+        );
+    }
+    json!({
+        "conversation_id": c.id.to_string(),
+        "title": c.title,
+        "create_time": c.create_time,
+        "update_time": c.update_time,
+        "current_node": c.current_node.to_string(),
+        "mapping": mapping,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::tree::message_json;
-    use crate::conversation::{Message, Role};
     use proptest::prelude::*;
-    use serde_json::json;
 
     fn identity() -> AnswerIdentity {
         AnswerIdentity {
@@ -176,6 +216,12 @@ mod tests {
             model: "gpt-\"4o\"".into(),
             create_time: 1732170000.125,
         }
+    }
+
+    fn escaped(text: &str) -> String {
+        let mut out = String::new();
+        escape_into(&mut out, text);
+        out
     }
 
     fn data_of(frame: &Bytes) -> (u64, Value) {
@@ -190,15 +236,14 @@ mod tests {
     #[test]
     fn frames_match_the_stored_message_shape() {
         let who = identity();
-        let mut frames = AnswerFrames::new(&who);
-        frames.push("Hello, ");
-        frames.push("\"world\"\n\u{1}");
-        let (id, progress) = data_of(&frames.frame(frames.deltas(), 0..frames.end(), FrameState::IN_PROGRESS));
+        let template = FrameTemplate::new(&who);
+        let text = "Hello, \"world\"\n\u{1}";
+        let (id, progress) = data_of(&template.frame(2, &escaped(text), FrameState::IN_PROGRESS));
         assert_eq!(id, 2);
         let mut stored = Message::new(
             Some(who.parent_id),
             Role::Assistant,
-            frames.text().to_owned(),
+            text.to_owned(),
             Status::InProgress,
             who.create_time,
         );
@@ -207,47 +252,37 @@ mod tests {
         assert_eq!(progress["message"], message_json(&stored));
         assert_eq!(progress["conversation_id"], who.conversation_id.to_string());
         assert_eq!(progress["error"], Value::Null);
-        assert_eq!(progress["message"]["content"]["parts"][0], "Hello, \"world\"\n\u{1}");
+        assert_eq!(progress["message"]["content"]["parts"][0], text);
 
         let finished = FrameState {
             status: Status::FinishedSuccessfully,
             finish: Some(FinishType::Stop),
             error: None,
         };
-        let (id, last) = data_of(&frames.frame(3, 0..frames.end(), finished));
+        let (id, last) = data_of(&template.frame(3, &escaped(text), finished));
         assert_eq!(id, 3);
         stored.status = Status::FinishedSuccessfully;
         stored.finish = Some(FinishType::Stop);
         assert_eq!(last["message"], message_json(&stored));
         assert_eq!(last["message"]["end_turn"], true);
         assert_eq!(last["message"]["metadata"]["finish_details"], json!({"type": "stop"}));
+        let object: Value = serde_json::from_slice(&template.object(&escaped(text), finished)).unwrap();
+        assert_eq!(object, last);
     }
 
     #[test]
     fn an_error_frame_carries_the_error_object() {
-        let mut frames = AnswerFrames::new(&identity());
-        frames.push("partial");
+        let template = FrameTemplate::new(&identity());
         let error = json!({"message": "boom", "type": "upstream_error", "code": "x"});
         let failed = FrameState {
             status: Status::Error,
             finish: Some(FinishType::Interrupted),
             error: Some(&error),
         };
-        let (_, frame) = data_of(&frames.frame(2, 0..frames.end(), failed));
+        let (_, frame) = data_of(&template.frame(2, "partial", failed));
         assert_eq!(frame["error"], error);
         assert_eq!(frame["message"]["status"], "error");
         assert_eq!(frame["message"]["content"]["parts"][0], "partial");
-    }
-
-    #[test]
-    fn a_delta_frame_carries_only_the_text_after_its_offset() {
-        let mut frames = AnswerFrames::new(&identity());
-        frames.push("one ");
-        let since = frames.end();
-        frames.push("\"two\" ");
-        frames.push("three");
-        let (_, frame) = data_of(&frames.frame(3, since..frames.end(), FrameState::IN_PROGRESS));
-        assert_eq!(frame["message"]["content"]["parts"][0], "\"two\" three");
     }
 
     proptest! {

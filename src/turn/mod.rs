@@ -1,13 +1,15 @@
 //! A `POST /conv` body, checked once into a [`TurnRequest`], then resolved against the
-//! stored conversation into everything the upstream call and the relay need.
+//! stored conversation into everything the upstream call and the generation need.
 
-use crate::conversation::history::{self, Budget, TokenCounter};
+pub mod history;
+
 use crate::conversation::store::NewTurn;
 use crate::conversation::{ConversationId, Message, MessageId, Role, Status, now, title_from, tree};
 use crate::error::{ApiError, RequestError};
-use crate::sse::AnswerIdentity;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::upstream::ChatRequest;
+use crate::wire::chatgpt::AnswerIdentity;
+use history::{Budget, TokenCounter};
 use serde::Deserialize;
 
 /// The body as clients send it. Unknown fields are ignored: ChatGPT-web clients send more.
@@ -24,6 +26,10 @@ struct Wire {
     prompt: Option<String>,
     #[serde(default)]
     delta: Option<bool>,
+    #[serde(default)]
+    background: Option<bool>,
+    #[serde(default)]
+    stream: Option<bool>,
 }
 
 /// A valid turn request: non-empty content, ids that are UUIDs, empty strings as absent.
@@ -36,6 +42,10 @@ pub struct TurnRequest {
     pub prompt: Option<String>,
     /// Frames carry only the text added since the previous frame.
     pub delta: bool,
+    /// Answer `202` at once and let the answer run with no reader.
+    pub background: bool,
+    /// `false`: wait for the end and answer its last frame as JSON.
+    pub stream: bool,
 }
 
 fn present(field: Option<String>) -> Option<String> {
@@ -75,6 +85,8 @@ impl TurnRequest {
             model: present(wire.model).map(|m| m.trim().to_owned()),
             prompt: present(wire.prompt),
             delta: wire.delta.unwrap_or(false),
+            background: wire.background.unwrap_or(false),
+            stream: wire.stream.unwrap_or(true),
         })
     }
 }
@@ -84,14 +96,21 @@ const INLINE_HISTORY_BYTES: usize = 16 * 1024;
 
 /// A turn ready to send: the upstream request, the rows to store, the answer's identity.
 pub struct PreparedTurn {
-    pub delta: bool,
     pub upstream: ChatRequest,
     pub new_turn: NewTurn,
     pub identity: AnswerIdentity,
 }
 
 pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedTurn, ApiError> {
-    let preset = match &request.prompt {
+    let TurnRequest {
+        content,
+        conversation,
+        parent,
+        model,
+        prompt,
+        ..
+    } = request;
+    let preset = match &prompt {
         Some(name) => Some(
             state
                 .presets
@@ -100,19 +119,18 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
         ),
         None => state.presets.get(crate::prompts::DEFAULT),
     };
-    let model = request.model.unwrap_or_else(|| state.settings.model.clone());
+    let model = model.unwrap_or_else(|| state.settings.model.clone());
     let time = now();
 
-    let (conversation_id, new_conversation, parent, branch) = match request.conversation {
+    let (conversation_id, new_conversation, parent, branch) = match conversation {
         Some(id) => {
             let conversation = state
-                .store
                 .conversation(id)
                 .await?
                 .ok_or(RequestError::UnknownConversation(id))?;
-            let parent = request.parent.unwrap_or(conversation.current_node);
+            let parent = parent.unwrap_or(conversation.current_node);
             if conversation.message(parent).is_none() {
-                return Err(RequestError::UnknownParent(parent).into());
+                return Err(RequestError::UnknownMessage(parent).into());
             }
             let branch: Vec<Message> = tree::branch(&conversation, parent).into_iter().cloned().collect();
             (id, None, parent, branch)
@@ -122,21 +140,15 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
             let parent = root.id;
             (
                 ConversationId::new(),
-                Some((title_from(&request.content), root)),
+                Some((title_from(&content), root)),
                 parent,
                 Vec::new(),
             )
         }
     };
 
-    let history_bytes = request.content.len() + branch.iter().map(|m| m.content.len()).sum::<usize>();
-    let user = Message::new(
-        Some(parent),
-        Role::User,
-        request.content,
-        Status::FinishedSuccessfully,
-        time,
-    );
+    let history_bytes = content.len() + branch.iter().map(|m| m.content.len()).sum::<usize>();
+    let user = Message::new(Some(parent), Role::User, content, Status::FinishedSuccessfully, time);
     let mut assistant = Message::new(Some(user.id), Role::Assistant, String::new(), Status::InProgress, time);
     assistant.model = Some(model.clone());
 
@@ -149,7 +161,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
     let counted_model = model.clone();
     let assemble = move || {
         let branch: Vec<&Message> = branch.iter().collect();
-        let counter = TokenCounter::for_model(&counted_model);
+        let counter = || TokenCounter::for_model(&counted_model);
         history::assemble(system.as_deref(), &branch, &new_text, counter, budget)
     };
     // Tokenizing a long history is CPU work: keep it off the threads that relay tokens.
@@ -170,7 +182,6 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
     }
 
     Ok(PreparedTurn {
-        delta: request.delta,
         identity: AnswerIdentity {
             conversation_id,
             message_id: assistant.id,

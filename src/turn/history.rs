@@ -1,7 +1,7 @@
 //! What the upstream sees of a conversation: the preset's system message, the branch from
 //! the root to the parent, and the new user turn, fitted into the model's context window.
 
-use super::{Message, Role};
+use crate::conversation::{Message, Role};
 use crate::upstream::ChatMessage;
 use tiktoken_rs::{CoreBPE, tokenizer::Tokenizer};
 
@@ -59,17 +59,22 @@ impl TokenCounter {
 pub struct Assembled {
     pub messages: Vec<ChatMessage>,
     pub dropped: usize,
+    /// The prompt's tokens, or an upper bound on them when they were not counted.
     pub prompt_tokens: usize,
 }
 
 /// Builds the upstream messages. The system message and the new turn are always kept;
 /// the oldest history goes first, a user turn and its answer together, so what remains
 /// still starts with a user message.
+///
+/// A token is at least one byte, so a history whose bytes fit the budget fits without
+/// counting: `counter` (which may load a tokenizer of tens of MiB) is only called for a
+/// history that nears the budget.
 pub fn assemble(
     system: Option<&str>,
     branch: &[&Message],
     new_turn: &str,
-    counter: TokenCounter,
+    counter: impl FnOnce() -> TokenCounter,
     budget: Budget,
 ) -> Assembled {
     let history: Vec<ChatMessage> = branch
@@ -77,6 +82,23 @@ pub fn assemble(
         .filter(|m| m.role != Role::Root && !m.content.is_empty())
         .map(|m| ChatMessage::new(m.role.as_str(), &m.content))
         .collect();
+    let most = |text: &str| PER_MESSAGE + text.len();
+    let bound = REPLY_PRIMING
+        + system.map_or(0, most)
+        + most(new_turn)
+        + history.iter().map(|m| most(&m.content)).sum::<usize>();
+    if bound <= budget.for_prompt() {
+        let mut messages = Vec::with_capacity(history.len() + 2);
+        messages.extend(system.map(|s| ChatMessage::new("system", s)));
+        messages.extend(history);
+        messages.push(ChatMessage::new("user", new_turn));
+        return Assembled {
+            messages,
+            dropped: 0,
+            prompt_tokens: bound,
+        };
+    }
+    let counter = counter();
     let cost = |text: &str| PER_MESSAGE + counter.count(text);
     let fixed = REPLY_PRIMING + system.map_or(0, cost) + cost(new_turn);
     let costs: Vec<usize> = history.iter().map(|m| cost(&m.content)).collect();
@@ -109,6 +131,7 @@ pub fn assemble(
 mod tests {
     use super::*;
     use crate::conversation::{Message, Status};
+    use std::cell::Cell;
 
     fn chain(texts: &[(&str, Role)]) -> Vec<Message> {
         let root = Message::root(0.0);
@@ -134,7 +157,7 @@ mod tests {
             context_tokens: 1000,
             answer_reserve_tokens: 100,
         };
-        let a = assemble(Some("be brief"), &branch, "q2", TokenCounter::Estimate, budget);
+        let a = assemble(Some("be brief"), &branch, "q2", || TokenCounter::Estimate, budget);
         assert_eq!(roles(&a), ["system", "user", "assistant", "user"]);
         assert_eq!(a.dropped, 0);
     }
@@ -154,7 +177,7 @@ mod tests {
             context_tokens: 350,
             answer_reserve_tokens: 100,
         };
-        let a = assemble(Some("sys"), &branch, "new", TokenCounter::Estimate, budget);
+        let a = assemble(Some("sys"), &branch, "new", || TokenCounter::Estimate, budget);
         assert_eq!(roles(&a), ["system", "user", "assistant", "user"]);
         assert_eq!(a.dropped, 2);
         assert_eq!(a.messages.last().unwrap().content, "new");
@@ -169,8 +192,41 @@ mod tests {
             context_tokens: 20,
             answer_reserve_tokens: 10,
         };
-        let a = assemble(Some("sys"), &branch, &"y".repeat(3000), TokenCounter::Estimate, budget);
+        let a = assemble(
+            Some("sys"),
+            &branch,
+            &"y".repeat(3000),
+            || TokenCounter::Estimate,
+            budget,
+        );
         assert_eq!(roles(&a), ["system", "user"]);
+    }
+
+    #[test]
+    fn the_tokenizer_is_only_loaded_for_a_history_that_nears_the_budget() {
+        let msgs = chain(&[("q1", Role::User), ("a1", Role::Assistant)]);
+        let branch: Vec<&Message> = msgs.iter().collect();
+        let loaded = Cell::new(0);
+        let counter = || {
+            loaded.set(loaded.get() + 1);
+            TokenCounter::Estimate
+        };
+        let roomy = Budget {
+            context_tokens: 1000,
+            answer_reserve_tokens: 100,
+        };
+        let a = assemble(Some("sys"), &branch, "q2", counter, roomy);
+        assert_eq!((a.messages.len(), loaded.get()), (4, 0));
+        let tight = Budget {
+            context_tokens: 25,
+            answer_reserve_tokens: 10,
+        };
+        let counter = || {
+            loaded.set(loaded.get() + 1);
+            TokenCounter::Estimate
+        };
+        assemble(Some("sys"), &branch, "q2", counter, tight);
+        assert_eq!(loaded.get(), 1);
     }
 
     #[test]

@@ -1,0 +1,402 @@
+//! The in-process registry: every live generation of this process, its text, and its
+//! readers.
+//!
+//! A generation holds its text once, raw (for the store) and JSON-escaped (for frames),
+//! plus where each chunk ends: that is all its memory, however many readers follow it.
+//! The runner never waits for a reader: it appends a chunk and wakes every reader. Each
+//! reader keeps only a cursor (the last frame id it sent) and renders a frame when its
+//! client is ready for one: one frame per chunk while it keeps up, and, once it has fallen
+//! more than [`MAX_BACKLOG`] chunks behind, one frame with everything so far. Every frame
+//! carries the whole text (or, in delta mode, everything since the reader's previous
+//! frame), so skipping stale frames loses nothing. A frame's id counts the chunks it
+//! includes, so an id says exactly how much of the answer a client has seen.
+
+use super::{End, Generations, Producer, ReadFrom, Reader, ReaderItem, Signal, Snapshot, Target};
+use crate::conversation::{ConversationId, FinishType, MessageId, Status};
+use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, escape_into};
+use crate::wire::sse;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Chunks a reader may fall behind before its next frame jumps to the latest text.
+pub const MAX_BACKLOG: u64 = 32;
+
+/// A generation's text and state.
+struct Content {
+    text: String,
+    escaped: String,
+    /// Where each chunk ends: (in `text`, in `escaped`).
+    ends: Vec<(u32, u32)>,
+    heartbeats: u64,
+    end: Option<End>,
+}
+
+impl Content {
+    fn chunks(&self) -> u64 {
+        self.ends.len() as u64
+    }
+
+    /// Where chunk `n` ends in the escaped text (0 before the first).
+    fn escaped_end(&self, n: u64) -> usize {
+        match n {
+            0 => 0,
+            n => self.ends[n as usize - 1].1 as usize,
+        }
+    }
+}
+
+struct Generation {
+    identity: AnswerIdentity,
+    template: FrameTemplate,
+    content: Mutex<Content>,
+    /// Woken on every change; each reader checks what is new for it.
+    wake: Notify,
+    readers: AtomicUsize,
+    signals: mpsc::UnboundedSender<Signal>,
+}
+
+impl Generation {
+    fn lock(&self) -> MutexGuard<'_, Content> {
+        // Every update is a single append or assignment: a panic cannot leave it half done.
+        self.content.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_message: HashMap<MessageId, Arc<Generation>>,
+    /// Live answers of each conversation, oldest first.
+    by_conversation: HashMap<ConversationId, Vec<MessageId>>,
+}
+
+impl Registry {
+    fn find(&self, target: Target) -> Option<&Arc<Generation>> {
+        let message = match target.message {
+            Some(m) => m,
+            None => *self.by_conversation.get(&target.conversation)?.last()?,
+        };
+        self.by_message
+            .get(&message)
+            .filter(|g| g.identity.conversation_id == target.conversation)
+    }
+
+    fn remove(&mut self, identity: &AnswerIdentity) {
+        self.by_message.remove(&identity.message_id);
+        if let Some(list) = self.by_conversation.get_mut(&identity.conversation_id) {
+            list.retain(|m| *m != identity.message_id);
+            if list.is_empty() {
+                self.by_conversation.remove(&identity.conversation_id);
+            }
+        }
+    }
+}
+
+/// The in-process [`Generations`].
+#[derive(Default)]
+pub struct LocalGenerations {
+    registry: Arc<Mutex<Registry>>,
+    emptied: Arc<Notify>,
+}
+
+impl LocalGenerations {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // Each update is a few map operations that cannot panic halfway.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Generations for LocalGenerations {
+    fn start(&self, identity: AnswerIdentity, background: bool) -> Box<dyn Producer> {
+        let (signals, inbox) = mpsc::unbounded_channel();
+        let generation = Arc::new(Generation {
+            template: FrameTemplate::new(&identity),
+            identity,
+            content: Mutex::new(Content {
+                text: String::new(),
+                escaped: String::new(),
+                ends: Vec::new(),
+                heartbeats: 0,
+                end: None,
+            }),
+            wake: Notify::new(),
+            readers: AtomicUsize::new(0),
+            signals,
+        });
+        let mut registry = self.lock();
+        let id = &generation.identity;
+        registry.by_message.insert(id.message_id, Arc::clone(&generation));
+        registry
+            .by_conversation
+            .entry(id.conversation_id)
+            .or_default()
+            .push(id.message_id);
+        drop(registry);
+        Box::new(LocalProducer {
+            generation,
+            inbox,
+            background,
+            registry: Arc::clone(&self.registry),
+            emptied: Arc::clone(&self.emptied),
+            finished: false,
+        })
+    }
+
+    fn subscribe(&self, target: Target, from: ReadFrom) -> Option<(AnswerIdentity, Reader)> {
+        let generation = Arc::clone(self.lock().find(target)?);
+        let identity = generation.identity.clone();
+        Some((identity, read(generation, from)))
+    }
+
+    async fn stop(&self, target: Target) -> bool {
+        let Some(signals) = self.lock().find(target).map(|g| g.signals.clone()) else {
+            return false;
+        };
+        let (reply, stopped) = oneshot::channel();
+        if signals.send(Signal::Stop(reply)).is_err() {
+            return false;
+        }
+        // The runner drops the reply unanswered when the answer ended first.
+        stopped.await.unwrap_or(false)
+    }
+
+    fn shutdown(&self) {
+        for generation in self.lock().by_message.values() {
+            let _ = generation.signals.send(Signal::Shutdown);
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.lock().by_message.len()
+    }
+
+    async fn drained(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}
+
+struct LocalProducer {
+    generation: Arc<Generation>,
+    inbox: mpsc::UnboundedReceiver<Signal>,
+    background: bool,
+    registry: Arc<Mutex<Registry>>,
+    emptied: Arc<Notify>,
+    finished: bool,
+}
+
+#[async_trait]
+impl Producer for LocalProducer {
+    fn append(&mut self, chunk: &str) {
+        let mut content = self.generation.lock();
+        content.text.push_str(chunk);
+        escape_into(&mut content.escaped, chunk);
+        // Offsets are u32: answers are capped far below 4 GiB.
+        let end = (content.text.len() as u32, content.escaped.len() as u32);
+        content.ends.push(end);
+        drop(content);
+        self.generation.wake.notify_waiters();
+    }
+
+    fn heartbeat(&mut self) {
+        self.generation.lock().heartbeats += 1;
+        self.generation.wake.notify_waiters();
+    }
+
+    fn finish(&mut self, end: End) {
+        self.generation.lock().end = Some(end);
+        self.finished = true;
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.remove(&self.generation.identity);
+        let empty = registry.by_message.is_empty();
+        drop(registry);
+        self.generation.wake.notify_waiters();
+        if empty {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let content = self.generation.lock();
+        Snapshot {
+            text: content.text.clone(),
+            chunk_ends: content.ends.iter().map(|e| e.0).collect(),
+        }
+    }
+
+    fn readers(&self) -> usize {
+        if self.background {
+            // Never alone: a background answer runs to its end without readers.
+            usize::MAX
+        } else {
+            self.generation.readers.load(Ordering::SeqCst)
+        }
+    }
+
+    async fn signal(&mut self) -> Signal {
+        match self.inbox.recv().await {
+            Some(signal) => signal,
+            // The registry's sender lives in the generation this producer holds.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for LocalProducer {
+    /// A runner that ends without finishing (it panicked) must not leave readers waiting.
+    fn drop(&mut self) {
+        if !self.finished {
+            let error = crate::error::ApiError::Internal("the answer's task stopped unexpectedly");
+            self.finish(End {
+                status: Status::Error,
+                finish: FinishType::Interrupted,
+                error: Some((&error).into()),
+            });
+        }
+    }
+}
+
+/// Counts a reader in for as long as it lives.
+struct Presence(Arc<Generation>);
+
+impl Presence {
+    fn new(generation: Arc<Generation>) -> Self {
+        if generation.readers.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = generation.signals.send(Signal::Readers);
+        }
+        Self(generation)
+    }
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        if self.0.readers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.0.signals.send(Signal::Readers);
+        }
+    }
+}
+
+/// What a reader does next.
+enum Next {
+    Send(Bytes),
+    Last(Bytes),
+    Refuse(crate::error::ErrorBody),
+    Final(Bytes),
+    Wait,
+}
+
+/// A reader following `generation` from `from`.
+fn read(generation: Arc<Generation>, from: ReadFrom) -> Reader {
+    let presence = Presence::new(generation);
+    Box::pin(async_stream::stream! {
+        let presence = presence;
+        let generation = &presence.0;
+        let mut cursor = Cursor::new(&generation.lock(), from);
+        loop {
+            let wake = generation.wake.notified();
+            tokio::pin!(wake);
+            // Registered before the check, so that a change made between the check and
+            // the wait still wakes this reader.
+            wake.as_mut().enable();
+            let next = cursor.next(&generation.lock(), &generation.template);
+            match next {
+                Next::Send(bytes) => yield ReaderItem::Bytes(bytes),
+                Next::Last(bytes) => {
+                    yield ReaderItem::Bytes(bytes);
+                    yield ReaderItem::Bytes(Bytes::from_static(sse::DONE));
+                    yield ReaderItem::Bytes(Bytes::from_static(sse::CLOSE));
+                    break;
+                }
+                Next::Refuse(error) => {
+                    yield ReaderItem::Refused(error);
+                    break;
+                }
+                Next::Final(object) => {
+                    yield ReaderItem::Final(object);
+                    break;
+                }
+                Next::Wait => wake.await,
+            }
+        }
+    })
+}
+
+/// One reader's position in a generation.
+struct Cursor {
+    from: ReadFrom,
+    /// The id of the last frame sent: how many chunks the reader has.
+    sent: u64,
+    /// The first frame catches up with everything so far at once.
+    catch_up: bool,
+    heartbeats: u64,
+    /// Anything sent yet (a frame or a heartbeat).
+    opened: bool,
+}
+
+impl Cursor {
+    fn new(content: &Content, from: ReadFrom) -> Self {
+        // A resume point past the answer (a stale or foreign id) means "from here on".
+        let sent = from.after.unwrap_or(0).min(content.chunks());
+        Self {
+            from,
+            sent,
+            catch_up: content.chunks() > sent,
+            heartbeats: content.heartbeats,
+            opened: false,
+        }
+    }
+
+    fn next(&mut self, content: &Content, template: &FrameTemplate) -> Next {
+        let chunks = content.chunks();
+        if self.from.final_only {
+            let Some(end) = &content.end else { return Next::Wait };
+            return Next::Final(template.object(&content.escaped, state_of(end)));
+        }
+        if content.heartbeats > self.heartbeats {
+            self.heartbeats = content.heartbeats;
+            self.opened = true;
+            return Next::Send(Bytes::from_static(sse::HEARTBEAT));
+        }
+        let start = if self.from.delta {
+            content.escaped_end(self.sent)
+        } else {
+            0
+        };
+        if chunks > self.sent {
+            let id = if self.catch_up || chunks - self.sent > MAX_BACKLOG {
+                chunks
+            } else {
+                self.sent + 1
+            };
+            self.catch_up = false;
+            self.opened = true;
+            self.sent = id;
+            let text = &content.escaped[start..content.escaped_end(id)];
+            return Next::Send(template.frame(id, text, FrameState::IN_PROGRESS));
+        }
+        let Some(end) = &content.end else { return Next::Wait };
+        if let Some(error) = end.error.as_ref().filter(|_| self.from.refuse_early && !self.opened) {
+            return Next::Refuse(error.clone());
+        }
+        Next::Last(template.frame(chunks + 1, &content.escaped[start..], state_of(end)))
+    }
+}
+
+fn state_of(end: &End) -> FrameState<'_> {
+    FrameState {
+        status: end.status,
+        finish: Some(end.finish),
+        error: end.error.as_ref().map(|e| &e.object),
+    }
+}

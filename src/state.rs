@@ -1,0 +1,45 @@
+//! What every handler shares. Routes import this; it imports no route.
+
+use crate::config::Settings;
+use crate::conversation::{Conversation, ConversationId, Store, StoreError};
+use crate::generation::Generations;
+use crate::generation::lane::Unsaved;
+use crate::generation::runner::Timing;
+use crate::prompts::Presets;
+use crate::upstream::AnyProvider;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running answer's new text waits at most this long before it is checkpointed; with
+/// the commit itself, it is on disk within a second of arriving.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(750);
+
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub provider: AnyProvider,
+    pub presets: Presets,
+    pub generations: Arc<dyn Generations>,
+    pub unsaved: Arc<Unsaved>,
+}
+
+impl AppState {
+    /// A conversation as it is now: the store's copy, with answers that ended but are not
+    /// stored yet (the store is failing) laid over it.
+    pub async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        let mut conversation = self.store.conversation(id).await?;
+        if let Some(c) = &mut conversation {
+            self.unsaved.apply(c);
+        }
+        Ok(conversation)
+    }
+
+    pub fn timing(&self) -> Timing {
+        Timing {
+            heartbeat: self.settings.heartbeat,
+            idle: self.settings.upstream_idle_timeout,
+            detached_grace: self.settings.detached_grace,
+            checkpoint: CHECKPOINT_EVERY,
+        }
+    }
+}
