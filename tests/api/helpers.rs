@@ -15,6 +15,7 @@ pub struct TestApp {
     pub mock: MockLlm,
     pub client: reqwest::Client,
     pub handle: actix_web::dev::ServerHandle,
+    pub generations: std::sync::Arc<dyn chatgate::generation::Generations>,
 }
 
 /// The gateway on a free port, on the memory store, against a fresh mock upstream.
@@ -50,12 +51,14 @@ async fn start(settings: Settings, mock: MockLlm) -> TestApp {
     let app = Application::build(settings).await.expect("the gateway builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
+    let generations = app.generations();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         mock,
         client: reqwest::Client::new(),
         handle,
+        generations,
     }
 }
 
@@ -98,6 +101,44 @@ impl TestApp {
         (status, response.json().await.expect("a JSON body"))
     }
 
+    /// `POST /conv` with `"background": true`: the 202 body.
+    pub async fn background(&self, mut body: Value) -> Value {
+        body["background"] = json!(true);
+        let response = self.post_conv(body).await;
+        assert_eq!(response.status(), 202, "body: {:?}", response.text().await);
+        response.json().await.expect("a JSON body")
+    }
+
+    /// `GET /conv/{conversation}/stream` with `query` (`""` or `?…`), and a `Last-Event-ID`.
+    pub async fn get_stream(&self, conversation: &str, query: &str, last_event_id: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .get(self.url(&format!("/conv/{conversation}/stream{query}")))
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        request.send().await.expect("the gateway answers")
+    }
+
+    /// `POST /conv/{conversation}/stop`, with `body` if given: (status, JSON body).
+    pub async fn stop(&self, conversation: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.post(self.url(&format!("/conv/{conversation}/stop")));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the gateway answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// Waits until no generation is live any more.
+    pub async fn registry_empties(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.generations.drained())
+            .await
+            .expect("every generation ends and leaves the registry");
+    }
+
     /// Waits until the stored answer `message_id` is no longer in progress.
     pub async fn stored_message(&self, conversation_id: &str, message_id: &str) -> Value {
         for _ in 0..200 {
@@ -128,6 +169,70 @@ pub struct Event {
 #[derive(Debug)]
 pub struct Stream {
     pub events: Vec<Event>,
+}
+
+/// The mock's echo of `prompt` (directives removed) with `words` extra words.
+pub fn echo(prompt: &str, words: usize) -> String {
+    std::iter::once(format!("Echo: {prompt}"))
+        .chain((1..=words).map(|i| format!(" w{i}")))
+        .collect()
+}
+
+/// A stream read event by event, as a live client reads it.
+pub struct Live {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    pub seen: Vec<Event>,
+}
+
+impl Live {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event, or `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let event = parse_events(&block).events.pop().expect("one event");
+                self.seen.push(event.clone());
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
+                .await
+                .expect("the stream moves within 30 s")?;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk.expect("the stream reads")).expect("UTF-8"));
+        }
+    }
+
+    /// Reads until a frame with the id `id` or higher has arrived; returns that frame.
+    pub async fn until_id(&mut self, id: u64) -> Value {
+        loop {
+            let event = self.next().await.expect("the stream goes on");
+            if let Some(n) = &event.id
+                && n.parse::<u64>().unwrap() >= id
+            {
+                return serde_json::from_str(&event.data).unwrap();
+            }
+        }
+    }
+
+    /// Reads the rest of the stream.
+    pub async fn finish(mut self) -> Stream {
+        while self.next().await.is_some() {}
+        Stream { events: self.seen }
+    }
+}
+
+/// The text and id of a frame event.
+pub fn text_of(frame: &Value) -> &str {
+    frame["message"]["content"]["parts"][0].as_str().expect("parts[0]")
 }
 
 /// Reads a response to its end; a stream that never ends fails the test instead of hanging it.

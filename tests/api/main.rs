@@ -8,6 +8,7 @@ mod concurrency;
 mod conversations;
 mod cors;
 mod helpers;
+mod resume;
 mod slow_clients_and_delta;
 mod streaming;
 mod upstream_errors;

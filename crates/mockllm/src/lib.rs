@@ -18,5 +18,5 @@ mod directives;
 mod server;
 pub mod wire;
 
-pub use answer::Script;
+pub use answer::{Script, word_chunks};
 pub use server::{MockLlm, Stats};
