@@ -4,6 +4,7 @@
 mod bad_input;
 mod budget_and_prompts;
 mod cancellation;
+mod checkpoints;
 mod concurrency;
 mod conversations;
 mod cors;
