@@ -43,7 +43,7 @@ pub enum ApiError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("chatgate is shutting down: this answer was ended before it was finished")]
+    #[error("chatgate is shutting down: no new answer starts, and running ones end at the shutdown grace")]
     Stopping,
     #[error("internal error: {0}")]
     Internal(&'static str),

@@ -20,6 +20,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpRequest, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,7 @@ impl Application {
             presets,
             generations: Arc::new(LocalGenerations::default()),
             unsaved: Arc::new(Unsaved::default()),
+            stopping: AtomicBool::new(false),
         });
         let app_state = state.clone();
         let server = HttpServer::new(move || {
@@ -173,6 +175,7 @@ impl Application {
         let state = self.state.clone();
         let on_signal = tokio::spawn(async move {
             let signal = stop_signal().await?;
+            state.stopping.store(true, Ordering::SeqCst);
             let grace = state.settings.shutdown_grace;
             let live = state.generations.live();
             log::info!(

@@ -8,6 +8,7 @@ use crate::generation::runner::Timing;
 use crate::prompts::Presets;
 use crate::upstream::AnyProvider;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// A running answer's new text waits at most this long before it is checkpointed; with
@@ -21,6 +22,8 @@ pub struct AppState {
     pub presets: Presets,
     pub generations: Arc<dyn Generations>,
     pub unsaved: Arc<Unsaved>,
+    /// Set on SIGTERM/SIGINT: no new answer starts (a kept-alive connection may still ask).
+    pub stopping: AtomicBool,
 }
 
 impl AppState {

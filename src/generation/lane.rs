@@ -41,14 +41,6 @@ impl Unsaved {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 type EndRequest = (AnswerUpdate, oneshot::Sender<Result<(), StoreError>>);

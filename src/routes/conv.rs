@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream};
 use serde_json::json;
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 
 pub async fn post(
     state: web::Data<AppState>,
@@ -21,6 +22,9 @@ pub async fn post(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&request, payload, state.settings.max_body_bytes).await?;
+    if state.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::Stopping);
+    }
     let turn_request = TurnRequest::parse(&body)?;
     let read = ReadFrom {
         after: None,
