@@ -39,6 +39,8 @@ pub struct Application {
     address: SocketAddr,
     server: Server,
     state: web::Data<AppState>,
+    /// The listening socket, shared with actix, to refuse connections on SIGTERM.
+    listener: socket2::Socket,
 }
 
 impl Application {
@@ -95,7 +97,13 @@ impl Application {
             addr: settings.listen.clone(),
             source,
         })?;
-        let shutdown_grace = settings.shutdown_grace;
+        let shared_listener = listener
+            .try_clone()
+            .map(socket2::Socket::from)
+            .map_err(|source| StartupError::Bind {
+                addr: settings.listen.clone(),
+                source,
+            })?;
         let state = web::Data::new(AppState {
             settings,
             store,
@@ -129,8 +137,9 @@ impl Application {
         // SIGTERM and SIGINT are handled in `run_until_stopped`: actix's own handling would
         // drop running answers (SIGINT) or hold them past the grace without a last frame.
         .disable_signals()
-        // Connections get the shutdown grace, then a little more to send their last frames.
-        .shutdown_timeout(shutdown_grace.as_secs() + LAST_FRAMES_SECS)
+        // Stopped only once every answer has ended (see `run_until_stopped`): readers have
+        // their last frames, so connections need little time to finish.
+        .shutdown_timeout(LAST_FRAMES_SECS)
         // Frames are small writes: with Nagle's algorithm on, a frame can wait for the ACK
         // of the previous one (tens of ms with delayed ACKs). actix keeps the OS default
         // (on) unless told.
@@ -145,6 +154,7 @@ impl Application {
             address,
             server,
             state: app_state,
+            listener: shared_listener,
         })
     }
 
@@ -173,6 +183,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let state = self.state.clone();
+        let listener = self.listener;
         let on_signal = tokio::spawn(async move {
             let signal = stop_signal().await?;
             state.stopping.store(true, Ordering::SeqCst);
@@ -182,8 +193,7 @@ impl Application {
                 "{signal}: no new connections; {live} running answer(s) have {} s to finish",
                 grace.as_secs_f64()
             );
-            // Sent at once; the returned future only waits for the workers to be done.
-            let stopped = handle.stop(true);
+            refuse_connections(&handle, &listener).await;
             if tokio::time::timeout(grace, state.generations.drained()).await.is_err() {
                 log::warn!(
                     "shutdown grace over: ending {} running answer(s)",
@@ -196,16 +206,29 @@ impl Application {
             if tokio::time::timeout(last, state.generations.drained()).await.is_err() {
                 log::error!("{} answer(s) did not end in time", state.generations.live());
             }
-            stopped.await;
+            // Only now: actix stops a worker with no open connection at once, and with it
+            // every task on its thread, the runners of background answers included.
+            handle.stop(true).await;
             Some(())
         });
         let served = self.server.await;
-        if on_signal.is_finished() {
+        if self.state.stopping.load(Ordering::SeqCst) {
             let _ = on_signal.await;
         } else {
             on_signal.abort();
         }
         served
+    }
+}
+
+/// Stops accepting, and makes new connections fail at once instead of waiting in the
+/// listen queue: actix's pause only stops calling accept, and its graceful stop waits for
+/// the running answers (see above). Shutting down a listening socket's reading side takes
+/// it out of the listening state (Linux): connection attempts are then refused.
+async fn refuse_connections(handle: &ServerHandle, listener: &socket2::Socket) {
+    handle.pause().await;
+    if let Err(e) = listener.shutdown(std::net::Shutdown::Read) {
+        log::warn!("could not close the listening socket early ({e}); new connections wait in its queue");
     }
 }
 

@@ -1,0 +1,482 @@
+//! SIGTERM and SIGINT, on the real `chatgate` binary run as a child process on a SQLite
+//! file: new connections are refused at once, running answers get the shutdown grace to
+//! finish, then end with a last frame (code `gateway_stopping`) after their text is stored,
+//! and the process exits 0.
+//!
+//! The process harness here ([`Gateway`], [`Sse`]) is shared with `restart.rs`.
+
+use crate::helpers::{Event, KEY, Stream, parse_events};
+use futures::StreamExt;
+use mockllm::MockLlm;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `chatgate` binary running as a child process. Dropping it kills the process (a
+/// failing test leaves nothing behind) and, when the test is failing, prints its log.
+pub struct Gateway {
+    child: Child,
+    exited: Option<ExitStatus>,
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts `chatgate` on the SQLite file `db`, against `mock`, with `extra` flags, and
+    /// waits for the address it prints.
+    pub async fn start(db: &Path, mock: &MockLlm, extra: &[&str]) -> Self {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--upstream-url", &mock.base_url()])
+            .args(["--upstream-key", KEY])
+            .args(["--model", "mock-model"])
+            .arg("--store")
+            .arg(format!("sqlite://{}", db.display()))
+            .arg("--prompts-dir")
+            .arg(manifest.join("prompts"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .current_dir(db.parent().expect("the database is in a directory"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Nothing of the developer's own settings: every setting is a flag here.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("OPENAI_") || key.starts_with("CHATGATE_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command.spawn().expect("chatgate starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let into = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = into.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (found, listening) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            // Read to the end, so that the process never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("chatgate listening on ")
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(address.trim().to_owned());
+                }
+            }
+        });
+        let mut gateway = Self {
+            child,
+            exited: None,
+            address: String::new(),
+            port: 0,
+            client: reqwest::Client::new(),
+            log,
+        };
+        let address = tokio::time::timeout(Duration::from_secs(30), listening)
+            .await
+            .expect("chatgate says where it listens within 30 s")
+            .expect("chatgate says where it listens before it exits");
+        gateway.port = address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| panic!("a port in {address:?}"));
+        gateway.address = address;
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn sigkill(&mut self) {
+        self.child.kill().expect("SIGKILL is sent");
+        self.exited = Some(self.child.wait().expect("the killed process is reaped"));
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn exits_within(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the process can be waited for") {
+                self.exited = Some(status);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chatgate did not exit within {within:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn post_conv(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/conv"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    /// A streaming `POST /conv`, read as it arrives.
+    pub async fn stream(&self, content: &str) -> Sse {
+        let response = self.post_conv(json!({"content": content})).await;
+        assert_eq!(response.status(), 200);
+        Sse::new(response)
+    }
+
+    /// `POST /conv` with `"background": true`: (conversation id, message id).
+    pub async fn background(&self, content: &str) -> (String, String) {
+        let response = self.post_conv(json!({"content": content, "background": true})).await;
+        assert_eq!(response.status(), 202);
+        let accepted: Value = response.json().await.expect("a JSON body");
+        (
+            accepted["conversation_id"].as_str().unwrap().to_owned(),
+            accepted["message_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// `GET /conv/{conversation}/stream{query}`, with `Last-Event-ID` when given.
+    pub async fn get_stream(&self, conversation: &str, query: &str, last_event_id: Option<&str>) -> Sse {
+        let mut request = self
+            .client
+            .get(self.url(&format!("/conv/{conversation}/stream{query}")))
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("the gateway answers");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Sse::new(response)
+    }
+
+    /// The stored message `message` of `conversation`, as `GET /conv/{id}` shows it.
+    pub async fn stored(&self, conversation: &str, message: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/conv/{conversation}")))
+            .send()
+            .await
+            .expect("the gateway answers");
+        assert_eq!(response.status(), 200);
+        let conversation: Value = response.json().await.expect("a JSON body");
+        let stored = conversation["mapping"][message]["message"].clone();
+        assert!(stored.is_object(), "no message {message} in {conversation}");
+        stored
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.exited.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- chatgate's log ---\n{}--- end of log ---", self.log());
+        }
+    }
+}
+
+/// An event stream read event by event, as a live client reads it.
+pub struct Sse {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    /// Every event so far, with when it arrived.
+    pub seen: Vec<(Instant, Event)>,
+}
+
+impl Sse {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event, or `None` when the response has ended.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let event = parse_events(&block).events.pop().expect("one event");
+                self.seen.push((Instant::now(), event.clone()));
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.body.next())
+                .await
+                .expect("the stream moves within 20 s")?;
+            let chunk = chunk.expect("the stream reads");
+            self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+    }
+
+    /// The next data frame (skipping `retry`, comments), as JSON.
+    pub async fn next_frame(&mut self) -> Value {
+        loop {
+            let event = self.next().await.expect("the stream goes on");
+            if is_frame(&event) {
+                return serde_json::from_str(&event.data).expect("a frame is JSON");
+            }
+        }
+    }
+
+    /// Reads to the end of the response, within `within`; everything seen, from the start.
+    pub async fn rest(mut self, within: Duration) -> Stream {
+        tokio::time::timeout(within, async { while self.next().await.is_some() {} })
+            .await
+            .unwrap_or_else(|_| panic!("the stream ends within {within:?}"));
+        Stream {
+            events: self.seen.into_iter().map(|(_, e)| e).collect(),
+        }
+    }
+}
+
+pub fn is_frame(event: &Event) -> bool {
+    event.comment.is_none() && event.retry.is_none() && event.event.is_none() && event.data != "[DONE]"
+}
+
+/// The text of a frame.
+pub fn text_of(frame: &Value) -> &str {
+    frame["message"]["content"]["parts"][0].as_str().expect("parts[0]")
+}
+
+/// The text of a stored message (`mapping[id].message` of `GET /conv/{id}`).
+pub fn stored_text(message: &Value) -> &str {
+    message["content"]["parts"][0].as_str().expect("parts[0]")
+}
+
+/// A long answer: enough words, slowly enough, that it is still running when the test ends.
+const LONG: &str = "tell me a long story [mock:words=1000] [mock:delay=50]";
+
+/// A short answer in flight: a few words at ~100 ms each; the signal comes after its
+/// first frame, the rest arrives after the signal.
+async fn a_short_answer_in_flight_finishes_through(signal: &str) {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(&dir.path().join("chatgate.db"), &mock, &[]).await;
+
+    let mut sse = gateway.stream("count [mock:words=8] [mock:delay=100]").await;
+    let first = sse.next_frame().await;
+    assert_eq!(first["message"]["status"], "in_progress");
+    let expected = "Echo: count w1 w2 w3 w4 w5 w6 w7 w8";
+    assert_ne!(text_of(&first), expected, "the answer is still in flight at the signal");
+    gateway.signal(signal);
+
+    let stream = sse.rest(Duration::from_secs(10)).await;
+    stream.assert_finished();
+    assert_eq!(stream.text(), expected);
+    assert_eq!(stream.last()["message"]["metadata"]["finish_details"]["type"], "stop");
+    let status = gateway.exits_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stats = mock.stats();
+    assert_eq!((stats.completed, stats.cancelled), (1, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_short_answer_in_flight_finish_normally_and_exits_zero() {
+    a_short_answer_in_flight_finishes_through("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_behaves_like_sigterm() {
+    a_short_answer_in_flight_finishes_through("INT").await;
+}
+
+#[tokio::test]
+async fn sigterm_refuses_new_connections_at_once() {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("chatgate.db"), &mock, &[]).await;
+    let mut sse = gateway.stream(LONG).await;
+    sse.next_frame().await;
+
+    gateway.signal("TERM");
+    let signalled = Instant::now();
+    loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("a connect fails only as refused, not {e}"),
+            Ok(_) => {
+                assert!(
+                    signalled.elapsed() < Duration::from_secs(3),
+                    "new connections were still accepted 3 s after SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // A new client (no pooled connection) cannot even connect.
+    let fresh = reqwest::Client::new()
+        .post(gateway.url("/conv"))
+        .json(&json!({"content": "hello"}))
+        .send()
+        .await;
+    assert!(
+        fresh.as_ref().is_err_and(reqwest::Error::is_connect),
+        "a new POST after SIGTERM: {fresh:?}"
+    );
+
+    // The running answer goes on.
+    let before = text_of(&sse.next_frame().await).to_owned();
+    for _ in 0..3 {
+        let frame = sse.next_frame().await;
+        assert_eq!(frame["message"]["status"], "in_progress", "{frame}");
+        let text = text_of(&frame);
+        assert!(text.len() > before.len() && text.starts_with(&before), "{text:?} grows");
+    }
+}
+
+#[tokio::test]
+async fn after_the_shutdown_grace_running_answers_end_with_gateway_stopping_and_their_text_is_stored() {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chatgate.db");
+    let mut gateway = Gateway::start(&db, &mock, &["--shutdown-grace", "1"]).await;
+    let mut sse = gateway.stream(LONG).await;
+    let first = sse.next_frame().await;
+    let streamed = (
+        first["conversation_id"].as_str().unwrap().to_owned(),
+        first["message"]["id"].as_str().unwrap().to_owned(),
+    );
+    let background = gateway.background(LONG).await;
+    let stats = mock.wait_for_stats(Duration::from_secs(5), |s| s.active == 2).await;
+    assert_eq!(stats.active, 2, "{stats:?}");
+    let mut at_signal = first;
+    for _ in 0..3 {
+        at_signal = sse.next_frame().await;
+    }
+
+    gateway.signal("TERM");
+    let stream = sse.rest(Duration::from_secs(15)).await;
+    let last = stream.last();
+    assert_eq!(last["message"]["status"], "error", "{last}");
+    assert_eq!(last["error"]["code"], "gateway_stopping", "{last}");
+    let last_text = text_of(&last).to_owned();
+    assert!(last_text.starts_with("Echo: tell me a long story w1"), "{last_text:?}");
+    assert!(
+        last_text.len() > text_of(&at_signal).len() && last_text.starts_with(text_of(&at_signal)),
+        "the answer went on during the grace: {last_text:?}"
+    );
+    stream.assert_closed_properly();
+    let status = gateway.exits_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stats = mock.wait_for_stats(Duration::from_secs(5), |s| s.cancelled == 2).await;
+    assert_eq!(
+        (stats.requests, stats.cancelled, stats.completed),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+    drop(gateway);
+
+    let gateway = Gateway::start(&db, &mock, &[]).await;
+    let stored = gateway.stored(&streamed.0, &streamed.1).await;
+    assert_eq!(stored["status"], "error", "{stored}");
+    assert_eq!(stored["metadata"]["error"]["code"], "gateway_stopping", "{stored}");
+    assert_eq!(stored_text(&stored), last_text, "the stored text is the last frame's");
+    let stored = gateway.stored(&background.0, &background.1).await;
+    assert_eq!(stored["status"], "error", "{stored}");
+    assert_eq!(stored["metadata"]["error"]["code"], "gateway_stopping", "{stored}");
+    assert!(
+        stored_text(&stored).starts_with("Echo: tell me a long story w1"),
+        "the background answer's partial text is stored: {stored}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_during_a_resume_ends_the_resumed_stream_with_a_last_frame() {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(&dir.path().join("chatgate.db"), &mock, &["--shutdown-grace", "1"]).await;
+    let (conversation, message) = gateway.background(LONG).await;
+    // Wait (by reading) until the answer has more than two chunks.
+    let mut first = gateway.get_stream(&conversation, "", None).await;
+    while first.next_frame().await["message"]["content"]["parts"][0]
+        .as_str()
+        .is_some_and(|t| t.split(' ').count() < 8)
+    {}
+    drop(first);
+
+    let mut resumed = gateway
+        .get_stream(&conversation, &format!("?message_id={message}"), Some("2"))
+        .await;
+    let frame = resumed.next_frame().await;
+    assert_eq!(frame["message"]["id"], message.as_str());
+    assert_eq!(frame["message"]["status"], "in_progress");
+    let id: u64 = resumed.seen.last().unwrap().1.id.as_deref().unwrap().parse().unwrap();
+    assert!(id > 2, "the first frame after Last-Event-ID 2 has id {id}");
+    let seen_text = text_of(&frame).to_owned();
+
+    gateway.signal("TERM");
+    let stream = resumed.rest(Duration::from_secs(15)).await;
+    assert_eq!(stream.events[0].retry.as_deref(), Some("1000"));
+    let last = stream.last();
+    assert_eq!(last["message"]["status"], "error", "{last}");
+    assert_eq!(last["error"]["code"], "gateway_stopping", "{last}");
+    assert!(text_of(&last).starts_with(&seen_text), "{last}");
+    stream.assert_closed_properly();
+    let status = gateway.exits_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// A background answer has no connection: the server's own graceful stop does not wait for
+/// it, but the shutdown grace is for every running answer.
+#[tokio::test]
+async fn sigterm_lets_a_background_answer_with_no_reader_finish_within_the_grace() {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chatgate.db");
+    let mut gateway = Gateway::start(&db, &mock, &[]).await;
+    let (conversation, message) = gateway.background("count [mock:words=8] [mock:delay=100]").await;
+    let stats = mock.wait_for_stats(Duration::from_secs(5), |s| s.active == 1).await;
+    assert_eq!(stats.active, 1, "{stats:?}");
+
+    gateway.signal("TERM");
+    let status = gateway.exits_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stats = mock.stats();
+    assert_eq!(
+        (stats.completed, stats.cancelled),
+        (1, 0),
+        "the upstream ran to its end: {stats:?}"
+    );
+    drop(gateway);
+
+    let gateway = Gateway::start(&db, &mock, &[]).await;
+    let stored = gateway.stored(&conversation, &message).await;
+    assert_eq!(stored["status"], "finished_successfully", "{stored}");
+    assert_eq!(stored_text(&stored), "Echo: count w1 w2 w3 w4 w5 w6 w7 w8");
+}
