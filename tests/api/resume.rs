@@ -42,8 +42,12 @@ async fn a_reader_follows_a_live_answer_from_the_start_with_the_same_frames_and_
     assert_eq!(stream.text(), echo("tell me", 30));
     assert_eq!(stream.message_id(), message);
     assert_eq!(stream.conversation_id(), conversation);
-    let last_id = stream.events.iter().filter(|e| e.id.is_some()).map(id_of).last();
-    assert_eq!(last_id, Some(33 + 1), "the last frame's id counts every chunk, plus itself");
+    let last_id = stream.events.iter().filter(|e| e.id.is_some()).map(id_of).next_back();
+    assert_eq!(
+        last_id,
+        Some(33 + 1),
+        "the last frame's id counts every chunk, plus itself"
+    );
     app.registry_empties().await;
 }
 
@@ -62,7 +66,10 @@ async fn last_event_id_resumes_with_everything_after_it_in_the_first_frame() {
     let catch_up = resumed.next().await.unwrap();
     let frame: Value = serde_json::from_str(&catch_up.data).unwrap();
     assert!(id_of(&catch_up) > seen_id, "the first frame is past the resume point");
-    assert!(text_of(&frame).starts_with(text_of(&seen)), "whole-text mode: the text so far");
+    assert!(
+        text_of(&frame).starts_with(text_of(&seen)),
+        "whole-text mode: the text so far"
+    );
     assert_eq!(frame["message"]["id"], message);
     let rest = resumed.finish().await;
     rest.assert_finished();
@@ -80,7 +87,10 @@ async fn the_last_event_id_query_parameter_resumes_too_and_the_header_wins() {
     let query = format!("?message_id={message}&last_event_id=3&delta=true");
     let stream = read_stream(app.get_stream(&conversation, &query, None).await).await;
     let text: String = stream.frames().iter().map(|f| text_of(f).to_owned()).collect();
-    let chunks = mockllm::word_chunks(&echo("tell me", 40)).into_iter().map(str::to_owned).collect::<Vec<_>>();
+    let chunks = mockllm::word_chunks(&echo("tell me", 40))
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
     assert_eq!(text, chunks[3..].concat(), "delta mode after ?last_event_id=3");
 
     // The header, sent by EventSource on reconnect, is newer than the URL's query.
@@ -95,7 +105,13 @@ async fn in_delta_mode_the_text_before_and_after_the_resume_point_is_the_whole_a
     let (conversation, _) = long_answer(&app, 80, 10).await;
     let mut before = Live::new(app.get_stream(&conversation, "?delta=true", None).await);
     before.until_id(20).await;
-    let last = before.seen.iter().filter(|e| e.id.is_some()).map(id_of).last().unwrap();
+    let last = before
+        .seen
+        .iter()
+        .filter(|e| e.id.is_some())
+        .map(id_of)
+        .next_back()
+        .unwrap();
     let text_before: String = before
         .seen
         .iter()
@@ -105,7 +121,11 @@ async fn in_delta_mode_the_text_before_and_after_the_resume_point_is_the_whole_a
     drop(before);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let after = read_stream(app.get_stream(&conversation, "?delta=true", Some(&last.to_string())).await).await;
+    let after = read_stream(
+        app.get_stream(&conversation, "?delta=true", Some(&last.to_string()))
+            .await,
+    )
+    .await;
     after.assert_closed_properly();
     let text_after: String = after.frames().iter().map(|f| text_of(f).to_owned()).collect();
     assert_eq!(
@@ -142,10 +162,11 @@ async fn message_id_picks_an_answer_and_without_it_the_newest_live_one_is_follow
     let app = spawn_app().await;
     let first = app.ask("root question").await;
     let conversation = first.conversation_id();
-    let user = first.last()["message"]["metadata"]["parent_id"].as_str().unwrap().to_owned();
-    let branch = |content: &str| {
-        json!({"content": content, "conversation_id": conversation, "parent_message_id": first.message_id()})
-    };
+    let user = first.last()["message"]["metadata"]["parent_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let branch = |content: &str| json!({"content": content, "conversation_id": conversation, "parent_message_id": first.message_id()});
     let older = app.background(branch("older [mock:words=40] [mock:delay=20]")).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let newer = app.background(branch("newer [mock:words=40] [mock:delay=20]")).await;
@@ -163,7 +184,9 @@ async fn message_id_picks_an_answer_and_without_it_the_newest_live_one_is_follow
     let query = format!("?message_id={}", first.message_id());
     let replayed = read_stream(app.get_stream(&conversation, &query, None).await).await;
     assert_eq!(replayed.text(), first.text());
-    let response = app.get_stream(&conversation, &format!("?message_id={user}"), None).await;
+    let response = app
+        .get_stream(&conversation, &format!("?message_id={user}"), None)
+        .await;
     assert_error(response, 404, "message_not_found").await;
 }
 
@@ -191,7 +214,9 @@ async fn bad_resume_points_get_a_400_and_points_past_the_answer_mean_its_end() {
     for bad in ["-1", "abc", "1.5", "99999999999999999999999"] {
         let response = app.get_stream(&conversation, "", Some(bad)).await;
         assert_error(response, 400, "invalid_last_event_id").await;
-        let response = app.get_stream(&conversation, &format!("?last_event_id={bad}"), None).await;
+        let response = app
+            .get_stream(&conversation, &format!("?last_event_id={bad}"), None)
+            .await;
         assert_error(response, 400, "invalid_last_event_id").await;
     }
     assert_error(
