@@ -111,7 +111,7 @@ impl LocalGenerations {
 
 #[async_trait]
 impl Generations for LocalGenerations {
-    fn start(&self, identity: AnswerIdentity, background: bool) -> Box<dyn Producer> {
+    fn start(&self, identity: AnswerIdentity, never_alone: bool) -> Box<dyn Producer> {
         let (signals, inbox) = mpsc::unbounded_channel();
         let generation = Arc::new(Generation {
             template: FrameTemplate::new(&identity),
@@ -139,7 +139,7 @@ impl Generations for LocalGenerations {
         Box::new(LocalProducer {
             generation,
             inbox,
-            background,
+            never_alone,
             registry: Arc::clone(&self.registry),
             emptied: Arc::clone(&self.emptied),
             finished: false,
@@ -190,7 +190,7 @@ impl Generations for LocalGenerations {
 struct LocalProducer {
     generation: Arc<Generation>,
     inbox: mpsc::UnboundedReceiver<Signal>,
-    background: bool,
+    never_alone: bool,
     registry: Arc<Mutex<Registry>>,
     emptied: Arc<Notify>,
     finished: bool,
@@ -236,7 +236,7 @@ impl Producer for LocalProducer {
     }
 
     fn readers(&self) -> usize {
-        if self.background {
+        if self.never_alone {
             // Never alone: a background answer runs to its end without readers.
             usize::MAX
         } else {

@@ -103,8 +103,9 @@ pub struct Target {
 /// The registry of live generations.
 #[async_trait]
 pub trait Generations: Send + Sync + 'static {
-    /// Registers a new generation. A `background` one is never ended for having no reader.
-    fn start(&self, identity: AnswerIdentity, background: bool) -> Box<dyn Producer>;
+    /// Registers a new generation. A `never_alone` one (a background turn) is never ended
+    /// for having no reader.
+    fn start(&self, identity: AnswerIdentity, never_alone: bool) -> Box<dyn Producer>;
     /// Follows a live generation from `from`; `None` when it is not live.
     fn subscribe(&self, target: Target, from: ReadFrom) -> Option<(AnswerIdentity, Reader)>;
     /// Asks a live generation to stop; resolves to whether it was stopped by this request.

@@ -55,6 +55,9 @@ enum Ending {
     Failed(ApiError),
 }
 
+/// The least time an answer started without a reader waits for its first one.
+const FIRST_READER_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs the generation on its own task.
 pub fn spawn(run: Run) {
     tokio::spawn(drive(run));
@@ -94,7 +97,14 @@ async fn relay(
     tokio::pin!(heartbeat, idle, grace, checkpoint);
     let mut finish = None;
     let mut has_text = false;
-    let mut alone = false;
+    // Started with nobody reading (a background turn that asked to be cancelled when
+    // unread): its first reader has the grace, and at least a few seconds, to come.
+    let mut alone = producer.readers() == 0;
+    if alone {
+        grace
+            .as_mut()
+            .reset(tokio::time::Instant::now() + timing.detached_grace.max(FIRST_READER_WAIT));
+    }
     let mut unsaved_text = false;
     loop {
         tokio::select! {

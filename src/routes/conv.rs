@@ -33,6 +33,7 @@ pub async fn post(
         final_only: !turn_request.stream,
     };
     let background = turn_request.background;
+    let never_alone = background && !turn_request.cancel_unread;
     let turn = turn::prepare(&state, turn_request).await?;
 
     // Wait for the upstream's status before answering, so that a refusal reaches the
@@ -43,7 +44,7 @@ pub async fn post(
         .map_err(|_| UpstreamError::IdleTimeout(idle))??;
 
     let identity = turn.identity;
-    let producer = state.generations.start(identity.clone(), background);
+    let producer = state.generations.start(identity.clone(), never_alone);
     // Subscribed before the runner starts, so that this reader sees the answer from its
     // first chunk and an early failure as a refusal.
     let target = Target {

@@ -30,6 +30,8 @@ struct Wire {
     background: Option<bool>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    cancel_unread: Option<bool>,
 }
 
 /// A valid turn request: non-empty content, ids that are UUIDs, empty strings as absent.
@@ -46,6 +48,9 @@ pub struct TurnRequest {
     pub background: bool,
     /// `false`: wait for the end and answer its last frame as JSON.
     pub stream: bool,
+    /// With `background`: an answer nobody reads is still cancelled after the detached
+    /// grace, as a streamed one is (the chat page sends its turns so).
+    pub cancel_unread: bool,
 }
 
 fn present(field: Option<String>) -> Option<String> {
@@ -87,6 +92,7 @@ impl TurnRequest {
             delta: wire.delta.unwrap_or(false),
             background: wire.background.unwrap_or(false),
             stream: wire.stream.unwrap_or(true),
+            cancel_unread: wire.cancel_unread.unwrap_or(false),
         })
     }
 }

@@ -40,7 +40,10 @@ async fn a_running_answers_text_is_on_disk_within_a_second() {
     }
     let stream = live.finish().await;
     stream.assert_finished();
-    assert_eq!(stored_row(&db, &message), ("finished_successfully".into(), stream.text()));
+    assert_eq!(
+        stored_row(&db, &message),
+        ("finished_successfully".into(), stream.text())
+    );
 }
 
 #[tokio::test]
@@ -89,7 +92,11 @@ async fn a_failed_final_write_reaches_readers_as_store_failed_and_is_retried() {
     let shown: &Value = &tree["mapping"][&message]["message"];
     assert_eq!(shown["status"], "finished_successfully");
     assert_eq!(shown["content"]["parts"][0], echo("locked out", 30));
-    assert_eq!(stored_row(&db, &message).0, "in_progress", "the file has not taken it yet");
+    assert_eq!(
+        stored_row(&db, &message).0,
+        "in_progress",
+        "the file has not taken it yet"
+    );
 
     release.send(()).unwrap();
     holder.join().unwrap();

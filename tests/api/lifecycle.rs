@@ -30,11 +30,21 @@ async fn a_background_turn_answers_202_with_its_ids_and_runs_with_no_reader() {
     assert_eq!(stored["content"]["parts"][0], echo("in the background", 20));
     assert_eq!(stored["metadata"]["parent_id"], accepted["parent_message_id"]);
     let (_, tree) = app.get_json(&format!("/conv/{conversation}")).await;
-    assert_eq!(tree["mapping"][str_of(&accepted, "parent_message_id")]["message"]["author"]["role"], "user");
+    assert_eq!(
+        tree["mapping"][str_of(&accepted, "parent_message_id")]["message"]["author"]["role"],
+        "user"
+    );
     assert_eq!(app.mock.stats().cancelled, 0);
 
     // The stream URL replays it.
-    let replay = read_stream(app.client.get(app.url(str_of(&accepted, "stream_url"))).send().await.unwrap()).await;
+    let replay = read_stream(
+        app.client
+            .get(app.url(str_of(&accepted, "stream_url")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     replay.assert_finished();
     assert_eq!(replay.text(), echo("in the background", 20));
 }
@@ -56,7 +66,12 @@ async fn stream_false_waits_and_returns_the_last_frame_as_json() {
         .post_conv(json!({"content": "all at once [mock:words=8]", "stream": false}))
         .await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     let last: Value = response.json().await.unwrap();
     assert_eq!(last["message"]["status"], "finished_successfully");
     assert_eq!(last["message"]["end_turn"], true);
@@ -116,7 +131,12 @@ async fn stop_ends_the_answer_for_every_reader_and_stores_it_interrupted() {
     let stored = &tree["mapping"][&message]["message"];
     assert_eq!(stored["status"], "finished_partial_completion");
     assert_eq!(stored["metadata"]["finish_details"]["type"], "interrupted");
-    assert!(stored["content"]["parts"][0].as_str().unwrap().starts_with("Echo: go on w1"));
+    assert!(
+        stored["content"]["parts"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Echo: go on w1")
+    );
     app.registry_empties().await;
 }
 
@@ -131,7 +151,10 @@ async fn stop_without_a_body_stops_the_newest_live_answer() {
     watcher.until_id(2).await;
     let (status, body) = app.stop(conversation, None).await;
     assert_eq!((status, body), (200, json!({"stopped": true})));
-    assert_eq!(watcher.finish().await.last()["message"]["status"], "finished_partial_completion");
+    assert_eq!(
+        watcher.finish().await.last()["message"]["status"],
+        "finished_partial_completion"
+    );
 }
 
 #[tokio::test]
@@ -141,9 +164,15 @@ async fn stop_with_nothing_running_says_false_and_bad_stops_are_refused() {
     let conversation = turn.conversation_id();
     assert_eq!(app.stop(&conversation, None).await, (200, json!({"stopped": false})));
     let other = json!({"message_id": "7d3f3c3e-1111-4222-8333-944455556666"});
-    assert_eq!(app.stop(&conversation, Some(other)).await, (200, json!({"stopped": false})));
+    assert_eq!(
+        app.stop(&conversation, Some(other)).await,
+        (200, json!({"stopped": false}))
+    );
     let (status, body) = app.stop("7d3f3c3e-1111-4222-8333-944455556666", None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("conversation_not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("conversation_not_found"))
+    );
     let (status, body) = app.stop(&conversation, Some(json!({"message_id": "nope"}))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_field")));
     let response = app
@@ -247,10 +276,48 @@ async fn the_grace_starts_again_each_time_the_last_reader_leaves() {
     drop(back);
     // 2 s after the first reader left: past the first grace, within the second.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(app.mock.stats().cancelled, 0, "the second departure restarted the grace");
+    assert_eq!(
+        app.mock.stats().cancelled,
+        0,
+        "the second departure restarted the grace"
+    );
     let stats = app
         .mock
         .wait_for_stats(Duration::from_secs(10), |s| s.cancelled == 1)
         .await;
     assert_eq!(stats.cancelled, 1);
+}
+
+#[tokio::test]
+async fn a_background_turn_with_cancel_unread_is_cancelled_once_its_readers_are_gone() {
+    let app = spawn_app_with(|s| s.detached_grace = Duration::from_millis(1500)).await;
+    let accepted = app
+        .background(json!({"content": "page turn [mock:words=2000] [mock:delay=20]", "cancel_unread": true}))
+        .await;
+    let conversation = str_of(&accepted, "conversation_id");
+    let message = str_of(&accepted, "message_id");
+    let mut reader = Live::new(app.get_stream(conversation, "", None).await);
+    reader.until_id(3).await;
+    drop(reader);
+    let stats = app
+        .mock
+        .wait_for_stats(Duration::from_secs(10), |s| s.cancelled == 1)
+        .await;
+    assert_eq!(stats.cancelled, 1, "cancelled once nobody read it for the grace");
+    let stored = app.stored_message(conversation, message).await;
+    assert_eq!(stored["status"], "finished_partial_completion");
+
+    // Nobody ever comes: it waits for a first reader, then goes the same way.
+    let accepted = app
+        .background(json!({"content": "nobody [mock:words=2000] [mock:delay=20]", "cancel_unread": true}))
+        .await;
+    let stats = app
+        .mock
+        .wait_for_stats(Duration::from_secs(15), |s| s.cancelled == 2)
+        .await;
+    assert_eq!(stats.cancelled, 2);
+    let stored = app
+        .stored_message(str_of(&accepted, "conversation_id"), str_of(&accepted, "message_id"))
+        .await;
+    assert_eq!(stored["status"], "finished_partial_completion");
 }
