@@ -75,6 +75,30 @@ export async function askAndWait(page, text) {
   return answerText(page)
 }
 
+/**
+ * Reads the last answer as the person sees it, every few milliseconds, until it stops
+ * streaming (the Send button is back). Returns the distinct texts seen, in order.
+ */
+export async function rendersUntilIdle(page, timeout = 20_000) {
+  const seen = []
+  const deadline = Date.now() + timeout
+  while (await page.getByTestId('stop').isVisible()) {
+    if (Date.now() > deadline) throw new Error(`the answer was still streaming after ${timeout} ms`)
+    const text = await answerText(page)
+    if (text && text !== seen[seen.length - 1]) seen.push(text)
+    await page.waitForTimeout(15)
+  }
+  await waitIdle(page)
+  return seen
+}
+
+/** The stored message `messageId` of conversation `conversationId` (`GET /conv/{id}`). */
+export async function storedMessage(stack, conversationId, messageId) {
+  const { status, body } = await gatewayJson(stack, `/conv/${conversationId}`)
+  if (status !== 200) throw new Error(`GET /conv/${conversationId}: HTTP ${status}`)
+  return body.mapping[messageId]?.message ?? null
+}
+
 /** What the mock answers to `text`: `Echo: <text without directives>` plus `w1 … wN`. */
 export function echoOf(text) {
   const words = Number(/\[mock:words=(\d+)\]/.exec(text)?.[1] || 0)

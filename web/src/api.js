@@ -57,10 +57,15 @@ function fallbackMessage(status) {
   return `The request failed (HTTP ${status}).`
 }
 
-async function request(method, path) {
+async function request(method, path, body) {
+  const init = { method, headers: { Accept: 'application/json' } }
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json'
+    init.body = JSON.stringify(body)
+  }
   let response
   try {
-    response = await fetch(apiUrl(path), { method, headers: { Accept: 'application/json' } })
+    response = await fetch(apiUrl(path), init)
   } catch {
     throw errorFromResponse(0, '', null)
   }
@@ -71,10 +76,26 @@ async function request(method, path) {
   return text ? JSON.parse(text) : null
 }
 
+const convPath = (id) => `conv/${encodeURIComponent(id)}`
+
 export const api = {
   config: () => request('GET', 'config'),
   prompts: () => request('GET', 'prompts'),
   conversations: () => request('GET', 'conversations'),
-  conversation: (id) => request('GET', `conv/${encodeURIComponent(id)}`),
-  deleteConversation: (id) => request('DELETE', `conv/${encodeURIComponent(id)}`),
+  conversation: (id) => request('GET', convPath(id)),
+  deleteConversation: (id) => request('DELETE', convPath(id)),
+  /**
+   * Sends a turn without reading its answer (`background: true`): resolves with
+   * `{conversation_id, message_id, parent_message_id, stream_url}` once the upstream has
+   * accepted it, so the page knows the ids before the first word; a refusal rejects with
+   * the same statuses a streamed turn gets. `cancel_unread`: like a streamed turn, the
+   * answer is cancelled when no tab has read it for the gateway's detached grace.
+   */
+  startTurn: (body) => request('POST', 'conv', { ...body, background: true, cancel_unread: true }),
+  /** Ends the live answer `messageId`; resolves with `{stopped}`. */
+  stopAnswer: (id, messageId) => request('POST', `${convPath(id)}/stop`, { message_id: messageId }),
 }
+
+/** Where answer `messageId` of conversation `id` can be followed (GET, text/event-stream). */
+export const answerStreamPath = (id, messageId) =>
+  `${convPath(id)}/stream?message_id=${encodeURIComponent(messageId)}`

@@ -1,8 +1,8 @@
 // The page's state and everything that changes it: which conversation is open, its tree,
 // the turn being streamed, the sidebar list. Components read `state` and call `actions`.
 import { reactive } from 'vue'
-import { api } from './api.js'
-import { streamTurn } from './stream.js'
+import { answerStreamPath, api } from './api.js'
+import { followAnswer } from './stream.js'
 import * as tree from './tree.js'
 
 const stored = (key, fallback = '') => {
@@ -31,8 +31,7 @@ export const state = reactive({
   leafId: null,
   loading: false,
   notice: null, // a page-level message, e.g. a conversation that no longer exists
-  streaming: null, // { stop } while a turn is being streamed
-  draft: null, // { text } to put back into the composer
+  streaming: null, // { stop, detach } while an answer is being followed
   preset: stored('chatgate.preset'),
   model: stored('chatgate.model'),
 })
@@ -66,15 +65,18 @@ async function refreshList() {
   }
 }
 
-/** The one conversation that appeared in the list since `known` was taken, if any. */
-async function newConversationSince(known) {
-  await refreshList()
-  const added = state.conversations.filter((c) => !known.has(c.conversation_id))
-  return added.length === 1 ? added[0].conversation_id : null
-}
-
 function stopStreaming() {
   if (state.streaming) state.streaming.stop()
+}
+
+/**
+ * Stops reading the answer shown, without stopping the answer: it goes on in the gateway,
+ * and opening its conversation again picks it up.
+ */
+function detachStreaming() {
+  const streaming = state.streaming
+  state.streaming = null
+  streaming?.detach()
 }
 
 function reset() {
@@ -85,7 +87,7 @@ function reset() {
 }
 
 async function open(id) {
-  stopStreaming()
+  detachStreaming()
   const token = ++openToken
   state.notice = null
   state.loading = true
@@ -103,6 +105,7 @@ async function open(id) {
     state.leafId = nodes[conv.current_node]
       ? conv.current_node
       : tree.latestLeaf(nodes, tree.rootId(nodes))
+    resumeLiveAnswer(id)
   } catch (error) {
     if (token !== openToken) return
     reset()
@@ -127,8 +130,20 @@ async function refreshTree(id) {
   }
 }
 
+/**
+ * An answer still being written when the conversation is opened (a reload mid-answer, a
+ * second tab): follow it, so it grows here just as in the tab that asked.
+ */
+function resumeLiveAnswer(conversationId) {
+  const answer = state.nodes[state.leafId]
+  if (tree.role(answer) !== 'assistant' || answer.message.status !== 'in_progress') return
+  const ids = { user: answer.parent, assistant: answer.id }
+  const turn = { nodes: state.nodes, ids, content: null, conversationId }
+  follow(turn, watch(turn))
+}
+
 function newChat() {
-  stopStreaming()
+  detachStreaming()
   openToken++
   reset()
   state.loading = false
@@ -172,7 +187,7 @@ function defaultParent(nodes) {
 
 /**
  * Sends `content` as a user message under `parentId` (default: the end of the shown
- * branch) and streams the answer into the tree.
+ * branch) and follows the answer into the tree.
  */
 async function send(content, parentId) {
   if (state.streaming || !content.trim()) return false
@@ -193,77 +208,115 @@ async function send(content, parentId) {
   if (state.model.trim()) body.model = state.model.trim()
   if (state.preset) body.prompt = state.preset
 
-  const known = new Set(state.conversations.map((c) => c.conversation_id))
-  const turn = { nodes, ids, content, parent, known, conversationId: state.conversationId }
-  const stream = streamTurn(body, (frame) => applyFrame(turn, frame))
-  const turnId = ++turnCounter
-  state.streaming = { stop: stream.stop, turnId }
-  const result = await stream.done
-  if (state.streaming?.turnId === turnId) state.streaming = null
-  await settle(turn, result)
+  const turn = { nodes, ids, content, conversationId: state.conversationId }
+  const turnId = watch(turn)
+  // The turn is sent in the background and its answer read separately: the 202 names the
+  // conversation and the answer before the first word, so Stop can always name them.
+  let accepted
+  try {
+    accepted = await api.startTurn(body)
+  } catch (error) {
+    if (state.streaming?.turnId === turnId) state.streaming = null
+    refuse(turn, error)
+    return true
+  }
+  learnConversation(turn, accepted.conversation_id)
+  learnIds(turn, accepted.parent_message_id, accepted.message_id)
+  if (turn.stopRequested) askToStop(turn)
+  if (turn.detached) {
+    // The page moved on while the turn was being sent; the answer runs without it.
+    refreshList()
+    return true
+  }
+  await follow(turn, turnId)
   return true
 }
 
-/** One frame of the answer: learn the ids the gateway chose, show the text so far. */
-function applyFrame(turn, frame) {
-  const { nodes, ids } = turn
-  const visible = nodes === state.nodes
-  if (!turn.conversationId && frame.conversation_id) {
-    turn.conversationId = frame.conversation_id
-    if (visible) {
-      state.conversationId = turn.conversationId
-      history.replaceState(null, '', `#/c/${encodeURIComponent(turn.conversationId)}`)
-      const title = turn.content.slice(0, 60)
-      state.conversations.unshift({ conversation_id: turn.conversationId, title, update_time: Date.now() / 1000 })
-    }
+/** Makes `turn` the one the page is showing live: Stop and leaving the page act on it. */
+function watch(turn) {
+  const turnId = ++turnCounter
+  state.streaming = {
+    turnId,
+    stop: () => {
+      turn.stopRequested = true
+      // Before the 202 the answer has no id yet; `send` asks as soon as it has one.
+      if (!tree.isTemp(turn.ids.assistant)) askToStop(turn)
+    },
+    detach: () => {
+      turn.detached = true
+      turn.stream?.close()
+    },
   }
-  const userId = frame.message.metadata?.parent_id
+  return turnId
+}
+
+/** Reads the answer's frames into the tree until it ends, then re-reads what was stored. */
+async function follow(turn, turnId) {
+  const path = answerStreamPath(turn.conversationId, turn.ids.assistant)
+  turn.stream = followAnswer(path, (frame) => applyFrame(turn, frame))
+  const result = await turn.stream.done
+  if (state.streaming?.turnId === turnId) state.streaming = null
+  await settle(turn, result)
+}
+
+/** Stop: the gateway ends the answer and every reader, this one too, gets its last frame. */
+async function askToStop(turn) {
+  try {
+    await api.stopAnswer(turn.conversationId, turn.ids.assistant)
+  } catch (error) {
+    if (turn.nodes === state.nodes) state.notice = `Could not stop the answer: ${error.message}`
+  }
+}
+
+/** The conversation a new turn started: into the URL and the sidebar at once. */
+function learnConversation(turn, conversationId) {
+  if (turn.conversationId || !conversationId) return
+  turn.conversationId = conversationId
+  if (turn.nodes !== state.nodes) return
+  state.conversationId = conversationId
+  history.replaceState(null, '', `#/c/${encodeURIComponent(conversationId)}`)
+  const title = turn.content.slice(0, 60)
+  state.conversations.unshift({ conversation_id: conversationId, title, update_time: Date.now() / 1000 })
+}
+
+/** Gives the page-local question and answer the ids the gateway chose. */
+function learnIds(turn, userId, assistantId) {
+  const { nodes, ids } = turn
   if (userId && userId !== ids.user) {
     tree.rename(nodes, ids.user, userId)
     ids.user = userId
   }
-  if (frame.message.id && frame.message.id !== ids.assistant) {
-    tree.rename(nodes, ids.assistant, frame.message.id)
-    if (visible && state.leafId === ids.assistant) state.leafId = frame.message.id
-    ids.assistant = frame.message.id
+  if (assistantId && assistantId !== ids.assistant) {
+    tree.rename(nodes, ids.assistant, assistantId)
+    if (nodes === state.nodes && state.leafId === ids.assistant) state.leafId = assistantId
+    ids.assistant = assistantId
   }
-  const node = nodes[ids.assistant]
+}
+
+/** One frame of the answer: learn the ids the gateway chose, show the text so far. */
+function applyFrame(turn, frame) {
+  learnConversation(turn, frame.conversation_id)
+  learnIds(turn, frame.message.metadata?.parent_id, frame.message.id)
+  const node = turn.nodes[turn.ids.assistant]
   if (!node) return
   node.message = frame.message
   if (frame.error) node.localError = { message: frame.error.message || 'The model failed mid-answer.' }
 }
 
-/** After the stream: mark how the turn ended, then re-read what the gateway stored. */
+/** Refused before the answer began: the question stays, with the reason and Retry. */
+function refuse(turn, error) {
+  const { nodes, ids } = turn
+  tree.prune(nodes, ids.assistant)
+  if (nodes[ids.user]) nodes[ids.user].failed = { message: error.message, status: error.status }
+  if (nodes === state.nodes) state.leafId = ids.user
+}
+
+/** After the stream: say so if the answer was cut off, then re-read what the gateway stored. */
 async function settle(turn, result) {
-  const { nodes, ids, parent, conversationId } = turn
-  const visible = nodes === state.nodes
-  if (result.frames === 0 && result.outcome === 'stopped') {
-    // Stopped before the first word. The gateway stores the question with an empty,
-    // stopped answer once the upstream has it, but no frame told us the ids: read them back.
-    await new Promise((r) => setTimeout(r, 400))
-    const stored = conversationId || (await newConversationSince(turn.known))
-    if (stored && visible && nodes === state.nodes) return open(stored)
-    // Nothing was stored: take the message back into the composer.
-    tree.prune(nodes, ids.user)
-    if (visible) {
-      state.leafId = tree.role(nodes[parent]) ? parent : null
-      state.draft = { text: turn.content }
-    }
-  } else if (result.frames === 0 && result.outcome === 'failed') {
-    // Refused before the answer began: the question stays, with the reason and Retry.
-    tree.prune(nodes, ids.assistant)
-    if (nodes[ids.user]) nodes[ids.user].failed = { message: result.error.message, status: result.error.status }
-    if (visible) state.leafId = ids.user
-    return
-  } else {
-    const answer = nodes[ids.assistant]
-    if (answer && answer.message.status === 'in_progress') {
-      if (result.outcome === 'stopped') answer.message.status = 'finished_partial_completion'
-      else if (result.outcome === 'failed') answer.localError = { message: result.error.message }
-      else answer.localError = { message: 'The answer ended before it was complete.' }
-    }
-    // After Stop the gateway is still storing the partial answer; give it a moment.
-    if (result.outcome === 'stopped') await new Promise((r) => setTimeout(r, 400))
+  const { nodes, ids, conversationId } = turn
+  const answer = nodes[ids.assistant]
+  if (result.outcome !== 'closed' && answer?.message?.status === 'in_progress') {
+    answer.localError = { message: result.error?.message || 'The answer ended before it was complete.' }
   }
   if (conversationId && nodes === state.nodes) await refreshTree(conversationId)
   refreshList()

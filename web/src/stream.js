@@ -1,88 +1,126 @@
-// One chat turn over POST /conv, read with sse.js exactly as the seed client does:
-// `new SSE(url, {headers, payload})`, 'message' events, `[DONE]` skipped, every JSON frame
-// carrying the whole answer so far in `message.content.parts[0]`.
+// Following an answer over `GET /conv/{id}/stream`, read with sse.js (the client the seed
+// uses) as a GET. An answer runs in the gateway, not in a connection: when a connection
+// drops, the page connects again with the id of the last frame it saw and the gateway goes
+// on from there. Every JSON frame carries the whole answer so far in
+// `message.content.parts[0]`, so a resumed stream simply replaces the text.
 import { SSE } from 'sse.js'
 import { apiUrl, ApiError, errorFromResponse } from './api.js'
 
+/** Until a stream's own `retry:` says otherwise (the gateway sends 1000). */
+const DEFAULT_RETRY_MS = 1000
+/** Connections in a row that bring no new frame before the page gives up. */
+const MAX_EMPTY_TRIES = 5
+/** A dropped connection (0) or a proxy in front of a restarting gateway: worth another try. */
+const TRANSIENT = new Set([0, 502, 503, 504])
+
 /**
- * Starts a turn. `onFrame(frame)` is called for every JSON frame, in order.
- * Returns `{ stop, done }`: `stop()` closes the connection (the gateway then cancels the
- * upstream and stores the partial answer); `done` resolves once the stream is over with
- * `{ outcome: 'finished' | 'stopped' | 'failed', error?: ApiError, frames: number }`.
+ * Follows the answer at `path` (see `answerStreamPath`). `onFrame(frame)` is called for
+ * every JSON frame, in order. Returns `{ close, done }`: `close()` stops reading (the answer
+ * goes on in the gateway); `done` resolves once the answer has ended or reading stopped,
+ * with `{ outcome: 'finished' | 'failed' | 'closed', error?: ApiError, frames: number }`.
  */
-export function streamTurn(body, onFrame) {
-  const source = new SSE(apiUrl('conv'), {
-    headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
-    payload: JSON.stringify(body),
-    start: false,
-  })
+export function followAnswer(path, onFrame) {
+  const cursor = { lastEventId: '', frames: 0, retryMs: DEFAULT_RETRY_MS }
+  let closed = false
+  let connection = null
+  let wake = null
 
-  let frames = 0
-  let stopped = false
-  let failure = null // a Promise<ApiError> once something went wrong
-  let resolveDone
-  const done = new Promise((resolve) => (resolveDone = resolve))
-
-  source.addEventListener('message', (e) => {
-    if (!e.data || e.data === '[DONE]') return
-    let frame
-    try {
-      frame = JSON.parse(e.data)
-    } catch {
-      return // not a frame of ours; the contract only sends JSON or [DONE]
+  const run = async () => {
+    let emptyTries = 0
+    for (;;) {
+      const before = cursor.frames
+      connection = connect(path, cursor, onFrame)
+      const end = await connection.over
+      if (closed) return { outcome: 'closed', frames: cursor.frames }
+      if (end.ended) return { outcome: 'finished', frames: cursor.frames }
+      const status = end.xhr.status
+      if (!TRANSIENT.has(status) && !(status >= 200 && status < 300)) {
+        return { outcome: 'failed', error: await refusalOf(end.xhr), frames: cursor.frames }
+      }
+      emptyTries = cursor.frames > before ? 0 : emptyTries + 1
+      if (emptyTries > MAX_EMPTY_TRIES) {
+        const error = new ApiError(
+          cursor.frames > 0 ? 'The connection was lost before the answer finished.' : 'Could not reach the gateway. Is it running?',
+          { status },
+        )
+        return { outcome: 'failed', error, frames: cursor.frames }
+      }
+      await new Promise((resolve) => {
+        wake = resolve
+        setTimeout(resolve, cursor.retryMs)
+      })
+      if (closed) return { outcome: 'closed', frames: cursor.frames }
     }
-    if (frame && frame.message) {
-      frames += 1
-      onFrame(frame)
-    }
-  })
-
-  source.addEventListener('error', (e) => {
-    if (stopped || failure) return
-    failure = describeFailure(e, xhr, frames)
-  })
-
-  let settled = false
-  source.addEventListener('readystatechange', async (e) => {
-    if (e.readyState !== SSE.CLOSED || settled) return
-    settled = true
-    if (stopped) return resolveDone({ outcome: 'stopped', frames })
-    if (failure) return resolveDone({ outcome: 'failed', error: await failure, frames })
-    resolveDone({ outcome: 'finished', frames })
-  })
-
-  source.stream()
-  // sse.js forgets its XMLHttpRequest as soon as it reports a failure; keep our own
-  // handle so the whole error body and the Retry-After header can still be read.
-  const xhr = source.xhr
+  }
 
   return {
-    done,
-    stop() {
-      if (settled) return
-      stopped = true
-      source.close()
+    done: run(),
+    close() {
+      closed = true
+      connection?.source.close()
+      wake?.()
     },
   }
 }
 
-/** Reads status, body and Retry-After of a failed request, waiting for the body if needed. */
-async function describeFailure(e, xhr, frames) {
-  // An SSE frame named `error` (not part of the contract, but tolerated) has no status.
-  if (e.responseCode === undefined && typeof e.data === 'string') {
-    return errorFromResponse(500, e.data, null)
+/**
+ * One connection: resolves `over` with `{ ended, xhr }` when it closes, `ended` meaning the
+ * answer's `[DONE]` (or the `close` event after it) arrived. A `retry:` block carries no
+ * data, so sse.js dispatches nothing for it and only keeps its delay, which we read back.
+ */
+function connect(path, cursor, onFrame) {
+  const url = new URL(apiUrl(path))
+  if (cursor.lastEventId) url.searchParams.set('last_event_id', cursor.lastEventId)
+  const source = new SSE(url.toString(), {
+    method: 'GET',
+    headers: { Accept: 'text/event-stream' },
+    reconnectDelay: cursor.retryMs,
+    start: false,
+  })
+
+  let ended = false
+  source.addEventListener('message', (e) => {
+    if (e.data === '[DONE]') {
+      ended = true
+      return
+    }
+    const frame = parseFrame(e.data)
+    if (!frame) return
+    if (e.lastEventId) cursor.lastEventId = e.lastEventId
+    cursor.frames += 1
+    onFrame(frame)
+  })
+  source.addEventListener('close', () => (ended = true))
+
+  // sse.js forgets its XMLHttpRequest as soon as it reports a failure; keep our own
+  // handle so the status, the whole error body and Retry-After can still be read.
+  let xhr = null
+  const over = new Promise((resolve) => {
+    source.addEventListener('readystatechange', (e) => {
+      if (e.readyState !== SSE.CLOSED) return
+      cursor.retryMs = source.reconnectDelay
+      resolve({ ended, xhr })
+    })
+  })
+  source.stream()
+  xhr = source.xhr
+  return { source, over }
+}
+
+function parseFrame(data) {
+  if (!data) return null
+  try {
+    const frame = JSON.parse(data)
+    return frame && frame.message ? frame : null
+  } catch {
+    return null // not a frame of ours; the contract only sends JSON, [DONE] and close
   }
-  if (xhr && xhr.readyState !== XMLHttpRequest.DONE) {
+}
+
+/** Reads status, body and Retry-After of a refused stream, waiting for the body if needed. */
+async function refusalOf(xhr) {
+  if (xhr.readyState !== XMLHttpRequest.DONE) {
     await new Promise((resolve) => xhr.addEventListener('loadend', resolve, { once: true }))
   }
-  const status = xhr ? xhr.status : e.responseCode || 0
-  if (status >= 200 && status < 300) {
-    return new ApiError(
-      frames > 0 ? 'The connection was lost before the answer finished.' : 'The stream failed.',
-      { status },
-    )
-  }
-  const body = (xhr && xhr.responseText) || (typeof e.data === 'string' ? e.data : '')
-  const retryAfter = xhr && status ? xhr.getResponseHeader('Retry-After') : null
-  return errorFromResponse(status, body, retryAfter)
+  return errorFromResponse(xhr.status, xhr.responseText, xhr.getResponseHeader('Retry-After'))
 }
