@@ -146,10 +146,9 @@ impl Generations for LocalGenerations {
         })
     }
 
-    fn subscribe(&self, target: Target, from: ReadFrom) -> Option<(AnswerIdentity, Reader)> {
+    fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader> {
         let generation = Arc::clone(self.lock().find(target)?);
-        let identity = generation.identity.clone();
-        Some((identity, read(generation, from)))
+        Some(read(generation, from))
     }
 
     async fn stop(&self, target: Target) -> bool {

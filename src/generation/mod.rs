@@ -107,7 +107,7 @@ pub trait Generations: Send + Sync + 'static {
     /// for having no reader.
     fn start(&self, identity: AnswerIdentity, never_alone: bool) -> Box<dyn Producer>;
     /// Follows a live generation from `from`; `None` when it is not live.
-    fn subscribe(&self, target: Target, from: ReadFrom) -> Option<(AnswerIdentity, Reader)>;
+    fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader>;
     /// Asks a live generation to stop; resolves to whether it was stopped by this request.
     async fn stop(&self, target: Target) -> bool;
     /// Tells every live generation to end now ([`Signal::Shutdown`]).

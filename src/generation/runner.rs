@@ -68,163 +68,169 @@ async fn drive(run: Run) {
         identity,
         mut stream,
         turn,
-        mut producer,
+        producer,
         store,
         unsaved,
         timing,
     } = run;
-    let started = Instant::now();
-    // The turn is written while the answer streams, so the first token does not wait for
-    // the disk; the end waits for it (see `lane`).
-    let mut lane = lane::open(store, unsaved, turn);
-    let ending = relay(&mut *producer, &mut stream, &lane, &identity, timing).await;
+    let mut runner = Runner {
+        identity,
+        producer,
+        // The turn is written while the answer streams, so the first token does not wait
+        // for the disk; the end waits for it (see `lane`).
+        lane: lane::open(store, unsaved, turn),
+        timing,
+        started: Instant::now(),
+    };
+    let ending = runner.relay(&mut stream).await;
     // Drop the upstream before the final write: tokens nobody reads stop now.
     drop(stream);
-    end(&mut *producer, &mut lane, &identity, ending, started).await;
+    runner.end(ending).await;
 }
 
-async fn relay(
-    producer: &mut dyn Producer,
-    stream: &mut ChunkStream,
-    lane: &Lane,
-    identity: &AnswerIdentity,
+/// One generation's runner, once started.
+struct Runner {
+    identity: AnswerIdentity,
+    producer: Box<dyn Producer>,
+    lane: Lane,
     timing: Timing,
-) -> Ending {
-    let heartbeat = sleep(timing.heartbeat);
-    let idle = sleep(timing.idle);
-    let grace = sleep(timing.detached_grace);
-    let checkpoint = sleep(timing.checkpoint);
-    tokio::pin!(heartbeat, idle, grace, checkpoint);
-    let mut finish = None;
-    let mut has_text = false;
-    // Started with nobody reading (a background turn that asked to be cancelled when
-    // unread): its first reader has the grace, and at least a few seconds, to come.
-    let mut alone = producer.readers() == 0;
-    if alone {
-        grace
-            .as_mut()
-            .reset(tokio::time::Instant::now() + timing.detached_grace.max(FIRST_READER_WAIT));
-    }
-    let mut unsaved_text = false;
-    loop {
-        tokio::select! {
-            biased;
-            signal = producer.signal() => match signal {
-                Signal::Stop(reply) => return Ending::Stopped(reply),
-                Signal::Shutdown => return Ending::ShuttingDown,
-                Signal::Readers if producer.readers() > 0 => alone = false,
-                Signal::Readers if timing.detached_grace.is_zero() => return Ending::Unread,
-                Signal::Readers => {
-                    // The grace starts again each time the last reader leaves.
-                    if !alone {
-                        grace.as_mut().reset(tokio::time::Instant::now() + timing.detached_grace);
-                        alone = true;
-                    }
-                }
-            },
-            _ = &mut grace, if alone => return Ending::Unread,
-            _ = &mut idle => {
-                return match finish {
-                    Some(f) => Ending::Finished(f),
-                    None => Ending::Failed(UpstreamError::IdleTimeout(timing.idle).into()),
-                };
-            }
-            _ = &mut heartbeat, if !has_text => {
-                producer.heartbeat();
-                heartbeat.as_mut().reset(tokio::time::Instant::now() + timing.heartbeat);
-            }
-            _ = &mut checkpoint, if unsaved_text => {
-                unsaved_text = false;
-                let snapshot = producer.snapshot();
-                lane.checkpoint(AnswerUpdate {
-                    conversation_id: identity.conversation_id,
-                    id: identity.message_id,
-                    content: snapshot.text,
-                    chunk_ends: snapshot.chunk_ends,
-                    status: Status::InProgress,
-                    finish: None,
-                    error: None,
-                });
-            }
-            item = stream.next() => match item {
-                Some(Ok(chunk)) => {
-                    if !chunk.text.is_empty() {
-                        has_text = true;
-                        producer.append(&chunk.text);
-                        if !unsaved_text {
-                            unsaved_text = true;
-                            checkpoint.as_mut().reset(tokio::time::Instant::now() + timing.checkpoint);
+    started: Instant,
+}
+
+impl Runner {
+    async fn relay(&mut self, stream: &mut ChunkStream) -> Ending {
+        let (timing, producer) = (self.timing, &mut self.producer);
+        let heartbeat = sleep(timing.heartbeat);
+        let idle = sleep(timing.idle);
+        let grace = sleep(timing.detached_grace);
+        let checkpoint = sleep(timing.checkpoint);
+        tokio::pin!(heartbeat, idle, grace, checkpoint);
+        let mut finish = None;
+        let mut has_text = false;
+        // Started with nobody reading (a background turn that asked to be cancelled when
+        // unread): its first reader has the grace, and at least a few seconds, to come.
+        let mut alone = producer.readers() == 0;
+        if alone {
+            grace
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timing.detached_grace.max(FIRST_READER_WAIT));
+        }
+        let mut unsaved_text = false;
+        loop {
+            tokio::select! {
+                biased;
+                signal = producer.signal() => match signal {
+                    Signal::Stop(reply) => return Ending::Stopped(reply),
+                    Signal::Shutdown => return Ending::ShuttingDown,
+                    Signal::Readers if producer.readers() > 0 => alone = false,
+                    Signal::Readers if timing.detached_grace.is_zero() => return Ending::Unread,
+                    Signal::Readers => {
+                        // The grace starts again each time the last reader leaves.
+                        if !alone {
+                            grace.as_mut().reset(tokio::time::Instant::now() + timing.detached_grace);
+                            alone = true;
                         }
                     }
-                    finish = chunk.finish.or(finish);
-                    idle.as_mut().reset(tokio::time::Instant::now() + timing.idle);
-                }
-                Some(Err(e)) => return Ending::Failed(e.into()),
-                None => {
+                },
+                _ = &mut grace, if alone => return Ending::Unread,
+                _ = &mut idle => {
                     return match finish {
                         Some(f) => Ending::Finished(f),
-                        None => Ending::Failed(UpstreamError::Truncated.into()),
+                        None => Ending::Failed(UpstreamError::IdleTimeout(timing.idle).into()),
                     };
                 }
-            },
+                _ = &mut heartbeat, if !has_text => {
+                    producer.heartbeat();
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + timing.heartbeat);
+                }
+                _ = &mut checkpoint, if unsaved_text => {
+                    unsaved_text = false;
+                    let snapshot = producer.snapshot();
+                    self.lane.checkpoint(AnswerUpdate {
+                        conversation_id: self.identity.conversation_id,
+                        id: self.identity.message_id,
+                        content: snapshot.text,
+                        chunk_ends: snapshot.chunk_ends,
+                        status: Status::InProgress,
+                        finish: None,
+                        error: None,
+                    });
+                }
+                item = stream.next() => match item {
+                    Some(Ok(chunk)) => {
+                        if !chunk.text.is_empty() {
+                            has_text = true;
+                            producer.append(&chunk.text);
+                            if !unsaved_text {
+                                unsaved_text = true;
+                                checkpoint.as_mut().reset(tokio::time::Instant::now() + timing.checkpoint);
+                            }
+                        }
+                        finish = chunk.finish.or(finish);
+                        idle.as_mut().reset(tokio::time::Instant::now() + timing.idle);
+                    }
+                    Some(Err(e)) => return Ending::Failed(e.into()),
+                    None => {
+                        return match finish {
+                            Some(f) => Ending::Finished(f),
+                            None => Ending::Failed(UpstreamError::Truncated.into()),
+                        };
+                    }
+                },
+            }
         }
     }
-}
 
-/// Stores the answer, then ends the generation: every reader gets the last frame after
-/// the answer is on disk, so nothing a client saw can be lost.
-async fn end(
-    producer: &mut dyn Producer,
-    lane: &mut Lane,
-    identity: &AnswerIdentity,
-    ending: Ending,
-    started: Instant,
-) {
-    let mut stop_reply = None;
-    let (mut status, finish, mut error) = match ending {
-        Ending::Finished(f) => (Status::FinishedSuccessfully, f, None),
-        Ending::Stopped(reply) => {
-            stop_reply = Some(reply);
-            (Status::FinishedPartialCompletion, FinishType::Interrupted, None)
-        }
-        Ending::Unread => (Status::FinishedPartialCompletion, FinishType::Interrupted, None),
-        Ending::ShuttingDown => (Status::Error, FinishType::Interrupted, Some(ApiError::Stopping)),
-        Ending::Failed(e) => (Status::Error, FinishType::Interrupted, Some(e)),
-    };
-    let snapshot = producer.snapshot();
-    log::info!(
-        "conversation {} answer {}: {} after {:.0} ms, {} bytes{}",
-        identity.conversation_id,
-        identity.message_id,
-        status.as_str(),
-        started.elapsed().as_secs_f64() * 1000.0,
-        snapshot.text.len(),
-        error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default(),
-    );
-    let update = AnswerUpdate {
-        conversation_id: identity.conversation_id,
-        id: identity.message_id,
-        content: snapshot.text,
-        chunk_ends: snapshot.chunk_ends,
-        status,
-        finish: Some(finish),
-        error: error.as_ref().map(ApiError::object),
-    };
-    if let Err(e) = lane.end(update).await {
-        log::error!(
-            "conversation {} answer {}: not stored: {e}",
+    /// Stores the answer, then ends the generation: every reader gets the last frame after
+    /// the answer is on disk, so nothing a client saw can be lost.
+    async fn end(mut self, ending: Ending) {
+        let identity = &self.identity;
+        let mut stop_reply = None;
+        let (mut status, finish, mut error) = match ending {
+            Ending::Finished(f) => (Status::FinishedSuccessfully, f, None),
+            Ending::Stopped(reply) => {
+                stop_reply = Some(reply);
+                (Status::FinishedPartialCompletion, FinishType::Interrupted, None)
+            }
+            Ending::Unread => (Status::FinishedPartialCompletion, FinishType::Interrupted, None),
+            Ending::ShuttingDown => (Status::Error, FinishType::Interrupted, Some(ApiError::Stopping)),
+            Ending::Failed(e) => (Status::Error, FinishType::Interrupted, Some(e)),
+        };
+        let snapshot = self.producer.snapshot();
+        log::info!(
+            "conversation {} answer {}: {} after {:.0} ms, {} bytes{}",
             identity.conversation_id,
-            identity.message_id
+            identity.message_id,
+            status.as_str(),
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            snapshot.text.len(),
+            error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default(),
         );
-        status = Status::Error;
-        error = Some(e.into());
-    }
-    producer.finish(End {
-        status,
-        finish,
-        error: error.as_ref().map(ErrorBody::from),
-    });
-    if let Some(reply) = stop_reply {
-        let _ = reply.send(true);
+        let update = AnswerUpdate {
+            conversation_id: identity.conversation_id,
+            id: identity.message_id,
+            content: snapshot.text,
+            chunk_ends: snapshot.chunk_ends,
+            status,
+            finish: Some(finish),
+            error: error.as_ref().map(ApiError::object),
+        };
+        if let Err(e) = self.lane.end(update).await {
+            log::error!(
+                "conversation {} answer {}: not stored: {e}",
+                identity.conversation_id,
+                identity.message_id
+            );
+            status = Status::Error;
+            error = Some(e.into());
+        }
+        self.producer.finish(End {
+            status,
+            finish,
+            error: error.as_ref().map(ErrorBody::from),
+        });
+        if let Some(reply) = stop_reply {
+            let _ = reply.send(true);
+        }
     }
 }

@@ -53,7 +53,7 @@ pub async fn post(
     };
     let reader = match background {
         true => None,
-        false => state.generations.subscribe(target, read).map(|(_, reader)| reader),
+        false => state.generations.subscribe(target, read),
     };
     runner::spawn(Run {
         identity: identity.clone(),

@@ -66,7 +66,7 @@ pub async fn get(
         ..ReadFrom::default()
     };
     let target = Target { conversation, message };
-    if let Some((_, reader)) = state.generations.subscribe(target, read) {
+    if let Some(reader) = state.generations.subscribe(target, read) {
         return Ok(event_stream(None, reader));
     }
     let stored = state
