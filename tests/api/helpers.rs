@@ -183,6 +183,8 @@ pub struct Live {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
     pub seen: Vec<Event>,
+    /// When each event of `seen` arrived.
+    pub arrived: Vec<std::time::Instant>,
 }
 
 impl Live {
@@ -191,6 +193,7 @@ impl Live {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),
             seen: Vec::new(),
+            arrived: Vec::new(),
         }
     }
 
@@ -201,6 +204,7 @@ impl Live {
                 let block: String = self.buffer.drain(..end + 2).collect();
                 let event = parse_events(&block).events.pop().expect("one event");
                 self.seen.push(event.clone());
+                self.arrived.push(std::time::Instant::now());
                 return Some(event);
             }
             let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
@@ -223,11 +227,33 @@ impl Live {
         }
     }
 
+    /// The next data frame (skipping `retry` and comments), as JSON.
+    pub async fn next_frame(&mut self) -> Value {
+        loop {
+            let event = self.next().await.expect("the stream goes on");
+            if is_frame(&event) {
+                return serde_json::from_str(&event.data).expect("a frame is JSON");
+            }
+        }
+    }
+
     /// Reads the rest of the stream.
     pub async fn finish(mut self) -> Stream {
         while self.next().await.is_some() {}
         Stream { events: self.seen }
     }
+
+    /// Reads the rest of the stream, which must end within `within`.
+    pub async fn rest(self, within: Duration) -> Stream {
+        tokio::time::timeout(within, self.finish())
+            .await
+            .unwrap_or_else(|_| panic!("the stream ends within {within:?}"))
+    }
+}
+
+/// Whether an event is a data frame (not `retry`, a comment, `[DONE]` or `close`).
+pub fn is_frame(event: &Event) -> bool {
+    event.comment.is_none() && event.retry.is_none() && event.event.is_none() && event.data != "[DONE]"
 }
 
 /// The text and id of a frame event.
@@ -286,7 +312,7 @@ impl Stream {
     pub fn frames(&self) -> Vec<Value> {
         self.events
             .iter()
-            .filter(|e| e.comment.is_none() && e.retry.is_none() && e.event.is_none() && e.data != "[DONE]")
+            .filter(|e| is_frame(e))
             .map(|e| serde_json::from_str(&e.data).expect("a frame is JSON"))
             .collect()
     }

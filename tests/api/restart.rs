@@ -2,7 +2,8 @@
 //! SQLite file: the answer it was running is found `status:"error"`, code
 //! `gateway_stopped`, with the text of its last checkpoint, and a stream request replays it.
 
-use crate::shutdown::{Gateway, is_frame, stored_text, text_of};
+use crate::helpers::{is_frame, text_of};
+use crate::shutdown::{Gateway, stored_text};
 use mockllm::MockLlm;
 use serde_json::Value;
 use std::path::Path;
@@ -31,9 +32,10 @@ async fn an_answer_killed_mid_stream(db: &Path, mock: &MockLlm) -> (String, Stri
     let remembered = sse
         .seen
         .iter()
+        .zip(&sse.arrived)
         .rev()
-        .find(|(at, e)| is_frame(e) && killed.duration_since(*at) >= CHECKPOINTED)
-        .map(|(_, e)| serde_json::from_str::<Value>(&e.data).unwrap())
+        .find(|(e, at)| is_frame(e) && killed.duration_since(**at) >= CHECKPOINTED)
+        .map(|(e, _)| serde_json::from_str::<Value>(&e.data).unwrap())
         .expect("a frame seen well before the kill");
     let remembered = text_of(&remembered).to_owned();
     assert!(

@@ -3,10 +3,9 @@
 //! finish, then end with a last frame (code `gateway_stopping`) after their text is stored,
 //! and the process exits 0.
 //!
-//! The process harness here ([`Gateway`], [`Sse`]) is shared with `restart.rs`.
+//! The process harness here ([`Gateway`]) is shared with `restart.rs`.
 
-use crate::helpers::{Event, KEY, Stream, parse_events};
-use futures::StreamExt;
+use crate::helpers::{KEY, Live, text_of};
 use mockllm::MockLlm;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -150,10 +149,10 @@ impl Gateway {
     }
 
     /// A streaming `POST /conv`, read as it arrives.
-    pub async fn stream(&self, content: &str) -> Sse {
+    pub async fn stream(&self, content: &str) -> Live {
         let response = self.post_conv(json!({"content": content})).await;
         assert_eq!(response.status(), 200);
-        Sse::new(response)
+        Live::new(response)
     }
 
     /// `POST /conv` with `"background": true`: (conversation id, message id).
@@ -168,7 +167,7 @@ impl Gateway {
     }
 
     /// `GET /conv/{conversation}/stream{query}`, with `Last-Event-ID` when given.
-    pub async fn get_stream(&self, conversation: &str, query: &str, last_event_id: Option<&str>) -> Sse {
+    pub async fn get_stream(&self, conversation: &str, query: &str, last_event_id: Option<&str>) -> Live {
         let mut request = self
             .client
             .get(self.url(&format!("/conv/{conversation}/stream{query}")))
@@ -179,7 +178,7 @@ impl Gateway {
         let response = request.send().await.expect("the gateway answers");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Sse::new(response)
+        Live::new(response)
     }
 
     /// The stored message `message` of `conversation`, as `GET /conv/{id}` shows it.
@@ -208,70 +207,6 @@ impl Drop for Gateway {
             eprintln!("--- chatgate's log ---\n{}--- end of log ---", self.log());
         }
     }
-}
-
-/// An event stream read event by event, as a live client reads it.
-pub struct Sse {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
-    /// Every event so far, with when it arrived.
-    pub seen: Vec<(Instant, Event)>,
-}
-
-impl Sse {
-    pub fn new(response: reqwest::Response) -> Self {
-        Self {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next event, or `None` when the response has ended.
-    pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let event = parse_events(&block).events.pop().expect("one event");
-                self.seen.push((Instant::now(), event.clone()));
-                return Some(event);
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(20), self.body.next())
-                .await
-                .expect("the stream moves within 20 s")?;
-            let chunk = chunk.expect("the stream reads");
-            self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-        }
-    }
-
-    /// The next data frame (skipping `retry`, comments), as JSON.
-    pub async fn next_frame(&mut self) -> Value {
-        loop {
-            let event = self.next().await.expect("the stream goes on");
-            if is_frame(&event) {
-                return serde_json::from_str(&event.data).expect("a frame is JSON");
-            }
-        }
-    }
-
-    /// Reads to the end of the response, within `within`; everything seen, from the start.
-    pub async fn rest(mut self, within: Duration) -> Stream {
-        tokio::time::timeout(within, async { while self.next().await.is_some() {} })
-            .await
-            .unwrap_or_else(|_| panic!("the stream ends within {within:?}"));
-        Stream {
-            events: self.seen.into_iter().map(|(_, e)| e).collect(),
-        }
-    }
-}
-
-pub fn is_frame(event: &Event) -> bool {
-    event.comment.is_none() && event.retry.is_none() && event.event.is_none() && event.data != "[DONE]"
-}
-
-/// The text of a frame.
-pub fn text_of(frame: &Value) -> &str {
-    frame["message"]["content"]["parts"][0].as_str().expect("parts[0]")
 }
 
 /// The text of a stored message (`mapping[id].message` of `GET /conv/{id}`).
@@ -328,7 +263,15 @@ async fn sigterm_refuses_new_connections_at_once() {
     let signalled = Instant::now();
     loop {
         match tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // Refused, or reset when it reached the listen queue just as the socket closed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break;
+            }
             Err(e) => panic!("a connect fails only as refused, not {e}"),
             Ok(_) => {
                 assert!(
@@ -436,7 +379,7 @@ async fn sigterm_during_a_resume_ends_the_resumed_stream_with_a_last_frame() {
     let frame = resumed.next_frame().await;
     assert_eq!(frame["message"]["id"], message.as_str());
     assert_eq!(frame["message"]["status"], "in_progress");
-    let id: u64 = resumed.seen.last().unwrap().1.id.as_deref().unwrap().parse().unwrap();
+    let id: u64 = resumed.seen.last().unwrap().id.as_deref().unwrap().parse().unwrap();
     assert!(id > 2, "the first frame after Last-Event-ID 2 has id {id}");
     let seen_text = text_of(&frame).to_owned();
 
