@@ -1,14 +1,15 @@
-//! The ChatGPT-shaped message, in its two forms: the live frame, rendered by hand from
-//! pieces fixed for the whole answer plus the answer's JSON-escaped text (escaped once as it
-//! arrives, not again for every frame: each frame carries the whole answer so far, so
-//! re-encoding it would cost O(n²) per answer); and the stored message and conversation of
-//! `GET /conv/{id}`, built with serde_json. A test keeps the two forms equal.
+//! The ChatGPT-shaped message, decided once in [`message_json`], in its two forms: the
+//! stored message and conversation of `GET /conv/{id}`, built with serde_json; and the live
+//! frame, cut once per answer out of that same rendering and filled in per frame with the
+//! answer's JSON-escaped text (escaped once as it arrives, not again for every frame: each
+//! frame carries the whole answer so far, so re-encoding it would cost O(n²) per answer).
 
 use crate::conversation::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::OnceLock;
 
 /// What identifies one answer on the wire.
 #[derive(Debug, Clone)]
@@ -20,14 +21,49 @@ pub struct AnswerIdentity {
     pub create_time: f64,
 }
 
-/// The parts of an answer's frames that stay the same from its first frame to its last.
+/// A frame's JSON object, cut where it changes from frame to frame: each piece of fixed
+/// text is followed by the slot a frame fills in, and `tail` ends it. The pieces are cut
+/// out of [`message_json`]'s own rendering, so live frames and stored messages share one
+/// shape, decided there.
 pub struct FrameTemplate {
-    /// `{"message":{"id":…,"content":{"content_type":"text","parts":["`
-    head: String,
-    /// `,"metadata":{"model_slug":…,"parent_id":…,"finish_details":`
-    metadata: String,
-    /// `}},"conversation_id":"…","error":`
+    pieces: Vec<(String, Slot)>,
     tail: String,
+    fixed_len: usize,
+}
+
+/// What a frame fills in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// `parts[0]`, inside its quotes.
+    Text,
+    /// `status`, inside its quotes.
+    Status,
+    EndTurn,
+    FinishDetails,
+    Error,
+}
+
+impl Slot {
+    const ALL: [Slot; 5] = [
+        Slot::Text,
+        Slot::Status,
+        Slot::EndTurn,
+        Slot::FinishDetails,
+        Slot::Error,
+    ];
+
+    /// The value that stands for the slot while the template is cut out.
+    fn marker(self) -> String {
+        // A per-process nonce: no model name a client sends can contain it.
+        static NONCE: OnceLock<String> = OnceLock::new();
+        let nonce = NONCE.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+        format!("\u{0}{nonce}:{self:?}\u{0}")
+    }
+
+    /// Whether the slot's value is a JSON string whose quotes stay in the template.
+    fn inside_quotes(self) -> bool {
+        matches!(self, Slot::Text | Slot::Status)
+    }
 }
 
 /// How a frame describes the answer: in progress, or its end.
@@ -48,26 +84,58 @@ impl FrameState<'_> {
 
 impl FrameTemplate {
     pub fn new(who: &AnswerIdentity) -> Self {
-        let model = Value::String(who.model.clone());
+        let mut answer = Message::new(
+            Some(who.parent_id),
+            Role::Assistant,
+            Slot::Text.marker(),
+            Status::InProgress,
+            who.create_time,
+        );
+        answer.id = who.message_id;
+        answer.model = Some(who.model.clone());
+        let mut message = message_json(&answer);
+        message["status"] = Value::String(Slot::Status.marker());
+        message["end_turn"] = Value::String(Slot::EndTurn.marker());
+        message["metadata"]["finish_details"] = Value::String(Slot::FinishDetails.marker());
+        let object = json!({
+            "message": message,
+            "conversation_id": who.conversation_id.to_string(),
+            "error": Slot::Error.marker(),
+        });
+        let rendered = object.to_string();
+
+        let mut found: Vec<(usize, usize, Slot)> = Slot::ALL
+            .into_iter()
+            .filter_map(|slot| {
+                let escaped = Value::String(slot.marker()).to_string();
+                let cut = if slot.inside_quotes() {
+                    &escaped[1..escaped.len() - 1]
+                } else {
+                    &escaped
+                };
+                rendered.find(cut).map(|at| (at, at + cut.len(), slot))
+            })
+            .collect();
+        found.sort_by_key(|(at, ..)| *at);
+        let mut pieces = Vec::with_capacity(found.len());
+        let mut from = 0;
+        for (at, end, slot) in found {
+            pieces.push((rendered[from..at].to_owned(), slot));
+            from = end;
+        }
+        let tail = rendered[from..].to_owned();
+        let fixed_len = pieces.iter().map(|(p, _)| p.len()).sum::<usize>() + tail.len();
         Self {
-            head: format!(
-                r#"{{"message":{{"id":"{}","author":{{"role":"assistant"}},"create_time":{},"content":{{"content_type":"text","parts":[""#,
-                who.message_id,
-                Value::from(who.create_time),
-            ),
-            metadata: format!(
-                r#","metadata":{{"model_slug":{model},"parent_id":"{}","finish_details":"#,
-                who.parent_id
-            ),
-            tail: format!(r#"}}}},"conversation_id":"{}","error":"#, who.conversation_id),
+            pieces,
+            tail,
+            fixed_len,
         }
     }
 
     /// An event `id: {id}` whose `parts[0]` is `escaped`, text already JSON-escaped by
     /// [`escape_into`].
     pub fn frame(&self, id: u64, escaped: &str, state: FrameState<'_>) -> Bytes {
-        let mut out =
-            BytesMut::with_capacity(self.head.len() + escaped.len() + self.metadata.len() + self.tail.len() + 160);
+        let mut out = BytesMut::with_capacity(self.fixed_len + escaped.len() + 160);
         out.put_slice(b"id: ");
         // Formatting into the frame's own buffer: nothing else is allocated per frame.
         let _ = write!(out, "{id}");
@@ -79,40 +147,37 @@ impl FrameTemplate {
 
     /// The frame's JSON object alone, as `"stream": false` answers it.
     pub fn object(&self, escaped: &str, state: FrameState<'_>) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.head.len() + escaped.len() + self.metadata.len() + 200);
+        let mut out = BytesMut::with_capacity(self.fixed_len + escaped.len() + 140);
         self.object_into(&mut out, escaped, state);
         out.freeze()
     }
 
     fn object_into(&self, out: &mut BytesMut, escaped: &str, state: FrameState<'_>) {
-        let end_turn = if state.status == Status::FinishedSuccessfully {
-            "true"
-        } else {
-            "null"
-        };
-        out.put_slice(self.head.as_bytes());
-        out.put_slice(escaped.as_bytes());
-        out.put_slice(br#""]},"status":""#);
-        out.put_slice(state.status.as_str().as_bytes());
-        out.put_slice(br#"","end_turn":"#);
-        out.put_slice(end_turn.as_bytes());
-        out.put_slice(self.metadata.as_bytes());
-        match state.finish {
-            Some(f) => {
-                out.put_slice(br#"{"type":""#);
-                out.put_slice(f.as_str().as_bytes());
-                out.put_slice(br#""}"#);
+        for (piece, slot) in &self.pieces {
+            out.put_slice(piece.as_bytes());
+            match slot {
+                Slot::Text => out.put_slice(escaped.as_bytes()),
+                Slot::Status => out.put_slice(state.status.as_str().as_bytes()),
+                Slot::EndTurn if state.status == Status::FinishedSuccessfully => out.put_slice(b"true"),
+                Slot::EndTurn => out.put_slice(b"null"),
+                Slot::FinishDetails => match state.finish {
+                    Some(f) => {
+                        out.put_slice(br#"{"type":""#);
+                        out.put_slice(f.as_str().as_bytes());
+                        out.put_slice(br#""}"#);
+                    }
+                    None => out.put_slice(b"null"),
+                },
+                Slot::Error => match state.error {
+                    // Formatting into the frame's own buffer: nothing else is allocated.
+                    Some(error) => {
+                        let _ = write!(out, "{error}");
+                    }
+                    None => out.put_slice(b"null"),
+                },
             }
-            None => out.put_slice(b"null"),
         }
         out.put_slice(self.tail.as_bytes());
-        match state.error {
-            Some(error) => {
-                let _ = write!(out, "{error}");
-            }
-            None => out.put_slice(b"null"),
-        }
-        out.put_slice(b"}");
     }
 }
 
