@@ -77,6 +77,19 @@ pub struct Cli {
     #[arg(long, env = "CHATGATE_SHUTDOWN_GRACE", default_value_t = 30.0)]
     pub shutdown_grace: f64,
 
+    /// Comma list of `Host` names served (ports not compared), or `*` for any; others get
+    /// 421 (DNS rebinding) [default: localhost, 127.0.0.1, [::1] and the listen address].
+    #[arg(long, env = "CHATGATE_ALLOWED_HOSTS")]
+    pub allowed_hosts: Option<String>,
+
+    /// UTF-8 bytes of an answer's text; an answer that reaches it is ended (`answer_too_large`).
+    #[arg(long, env = "CHATGATE_MAX_ANSWER_BYTES", default_value_t = 4 << 20)]
+    pub max_answer_bytes: usize,
+
+    /// Seconds from a request's first byte to the end of its body; slower clients get 408.
+    #[arg(long, env = "CHATGATE_REQUEST_TIMEOUT", default_value_t = 10.0)]
+    pub request_timeout: f64,
+
     /// Milliseconds between words of the demo provider's answer.
     #[arg(long, env = "CHATGATE_DEMO_DELAY_MS", default_value_t = 45)]
     pub demo_delay_ms: u64,
@@ -124,6 +137,42 @@ pub struct Settings {
     pub answer_reserve_tokens: usize,
     pub detached_grace: Duration,
     pub shutdown_grace: Duration,
+    pub allowed_hosts: AllowedHosts,
+    pub max_answer_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Which `Host` names the gateway answers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    Any,
+    /// Lowercase host names, without ports (IPv6 in brackets).
+    List(Vec<String>),
+}
+
+impl AllowedHosts {
+    /// Whether a `Host` header's value names an allowed host (its port is not compared).
+    pub fn allows(&self, host: &str) -> bool {
+        match self {
+            AllowedHosts::Any => true,
+            AllowedHosts::List(names) => {
+                let name = host_name(host);
+                names.iter().any(|n| n.eq_ignore_ascii_case(name))
+            }
+        }
+    }
+}
+
+/// `example.com:8000` → `example.com`; `[::1]:8000` → `[::1]`.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +189,8 @@ pub enum ConfigError {
     Budget { reserve: usize, context: usize },
     #[error("--max-body-bytes must be at least 1")]
     BodyLimit,
+    #[error("--max-answer-bytes must be at least 1")]
+    AnswerLimit,
 }
 
 impl Settings {
@@ -177,6 +228,7 @@ impl Settings {
         if cli.max_body_bytes == 0 {
             return Err(ConfigError::BodyLimit);
         }
+        let allowed_hosts = parse_hosts(cli.allowed_hosts.as_deref(), &cli.listen);
         Ok(Self {
             listen: cli.listen,
             upstream,
@@ -192,6 +244,12 @@ impl Settings {
             answer_reserve_tokens: cli.answer_reserve_tokens,
             detached_grace: seconds_or_zero(cli.detached_grace, "--detached-grace")?,
             shutdown_grace: seconds_or_zero(cli.shutdown_grace, "--shutdown-grace")?,
+            allowed_hosts,
+            max_answer_bytes: match cli.max_answer_bytes {
+                0 => return Err(ConfigError::AnswerLimit),
+                n => n,
+            },
+            request_timeout: seconds(cli.request_timeout, "--request-timeout")?,
         })
     }
 
@@ -215,6 +273,9 @@ impl Settings {
             answer_reserve_tokens: 2048,
             detached_grace: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            allowed_hosts: parse_hosts(None, "127.0.0.1:0"),
+            max_answer_bytes: 4 << 20,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -226,6 +287,27 @@ fn parse_store(raw: &str) -> Result<StoreKind, ConfigError> {
     match raw.strip_prefix("sqlite://") {
         Some(path) if !path.is_empty() => Ok(StoreKind::Sqlite(PathBuf::from(path))),
         _ => Err(ConfigError::Store(raw.to_owned())),
+    }
+}
+
+fn parse_hosts(raw: Option<&str>, listen: &str) -> AllowedHosts {
+    match raw.map(str::trim) {
+        Some("*") => AllowedHosts::Any,
+        Some(list) if !list.is_empty() => AllowedHosts::List(
+            list.split(',')
+                .map(|h| host_name(h).to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        ),
+        _ => {
+            let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).into();
+            let own = host_name(listen).to_ascii_lowercase();
+            // A wildcard listen address is no name a client sends.
+            if !own.is_empty() && !names.contains(&own) && own != "0.0.0.0" && own != "[::]" {
+                names.push(own);
+            }
+            AllowedHosts::List(names)
+        }
     }
 }
 
@@ -302,6 +384,33 @@ mod tests {
             parse_cors(Some("https://a.example/, http://b:3000")),
             CorsOrigins::List(vec!["https://a.example".into(), "http://b:3000".into()])
         );
+    }
+
+    #[test]
+    fn hosts_are_compared_without_ports_and_default_to_loopback_and_the_listen_address() {
+        let default = parse_hosts(None, "10.1.2.3:8000");
+        for ok in [
+            "localhost",
+            "LOCALHOST:8000",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "10.1.2.3:8000",
+        ] {
+            assert!(default.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8000",
+            "localhost.evil.example",
+            "[::2]",
+            "",
+        ] {
+            assert!(!default.allows(bad), "{bad}");
+        }
+        let set = parse_hosts(Some("chat.example.com, Other.example:443"), "127.0.0.1:8000");
+        assert!(set.allows("chat.example.com:8443") && set.allows("other.example"));
+        assert!(!set.allows("localhost"), "a set list replaces the default");
+        assert!(parse_hosts(Some("*"), "127.0.0.1:8000").allows("anything"));
     }
 
     #[test]

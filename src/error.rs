@@ -33,6 +33,14 @@ pub enum RequestError {
     InvalidQuery(String),
     #[error("the resume point must be a frame id (a whole number from 0), got {0:?}")]
     BadResumePoint(String),
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the request was not received within {} s", .0.as_secs_f64())]
+    Timeout(std::time::Duration),
+    #[error("this gateway does not serve the host {0:?}")]
+    MisdirectedHost(String),
+    #[error("cross-site requests may not change anything here (origin {0})")]
+    CrossSite(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +105,10 @@ impl ApiError {
                 R::NoAnswer(_) => (StatusCode::NOT_FOUND, invalid, "message_not_found"),
                 R::InvalidQuery(_) => (StatusCode::BAD_REQUEST, invalid, "invalid_query"),
                 R::BadResumePoint(_) => (StatusCode::BAD_REQUEST, invalid, "invalid_last_event_id"),
+                R::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, invalid, "method_not_allowed"),
+                R::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, invalid, "request_timeout"),
+                R::MisdirectedHost(_) => (StatusCode::MISDIRECTED_REQUEST, invalid, "host_not_allowed"),
+                R::CrossSite(_) => (StatusCode::FORBIDDEN, "permission_error", "cross_site_request"),
             },
             ApiError::Upstream(e) => match e {
                 U::Refused { status: 429, code, .. } => {
