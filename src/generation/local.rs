@@ -297,11 +297,13 @@ enum Next {
 
 /// A reader following `generation` from `from`.
 fn read(generation: Arc<Generation>, from: ReadFrom) -> Reader {
+    // The cursor is placed now, not at the first poll: chunks that arrive in between are
+    // then frames of their own, as for a reader that was there all along.
+    let mut cursor = Cursor::new(&generation.lock(), from);
     let presence = Presence::new(generation);
     Box::pin(async_stream::stream! {
         let presence = presence;
         let generation = &presence.0;
-        let mut cursor = Cursor::new(&generation.lock(), from);
         loop {
             let wake = generation.wake.notified();
             tokio::pin!(wake);
