@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod openai;
+pub mod redact;
 pub mod sse_decode;
 
 use crate::conversation::FinishType;
