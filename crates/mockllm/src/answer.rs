@@ -165,7 +165,7 @@ fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usag
         let error = wire::error_body(
             "The model crashed while generating (mock).",
             "server_error",
-            "mock_mid_stream_error",
+            "server_error",
         );
         parts.push(Part::new(d.delay_ms, format!("data: {error}\n\n")));
         return Script {
