@@ -137,6 +137,7 @@ impl ApiError {
                 U::Broken(_) => (StatusCode::BAD_GATEWAY, upstream, "upstream_disconnected"),
                 U::Truncated => (StatusCode::BAD_GATEWAY, upstream, "upstream_truncated"),
                 U::BadChunk(_) => (StatusCode::BAD_GATEWAY, upstream, "upstream_bad_chunk"),
+                U::TooLarge { .. } => (StatusCode::BAD_GATEWAY, upstream, "answer_too_large"),
             },
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "store_failed"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "gateway_stopping"),

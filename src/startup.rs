@@ -71,7 +71,7 @@ impl Application {
                         "without an API key"
                     }
                 );
-                AnyProvider::OpenAi(OpenAiProvider::new(base_url, key.clone())?)
+                AnyProvider::OpenAi(OpenAiProvider::new(base_url, key.clone(), settings.max_answer_bytes)?)
             }
             UpstreamKind::Demo { delay } => {
                 log::warn!("==============================================================");

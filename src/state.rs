@@ -4,7 +4,7 @@ use crate::config::Settings;
 use crate::conversation::{Conversation, ConversationId, Store, StoreError};
 use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
-use crate::generation::runner::Timing;
+use crate::generation::runner::{Limits, Timing};
 use crate::prompts::Presets;
 use crate::upstream::AnyProvider;
 use std::sync::Arc;
@@ -43,6 +43,12 @@ impl AppState {
             idle: self.settings.upstream_idle_timeout,
             detached_grace: self.settings.detached_grace,
             checkpoint: CHECKPOINT_EVERY,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_answer_bytes: self.settings.max_answer_bytes,
         }
     }
 }

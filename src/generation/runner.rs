@@ -33,6 +33,13 @@ pub struct Timing {
     pub checkpoint: Duration,
 }
 
+/// What an answer may grow to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// UTF-8 bytes of its text: an answer that reaches it is ended (`answer_too_large`).
+    pub max_answer_bytes: usize,
+}
+
 /// Everything one generation's runner needs.
 pub struct Run {
     pub identity: AnswerIdentity,
@@ -42,6 +49,7 @@ pub struct Run {
     pub store: Arc<dyn Store>,
     pub unsaved: Arc<Unsaved>,
     pub timing: Timing,
+    pub limits: Limits,
 }
 
 /// How an answer ended.
@@ -72,6 +80,7 @@ async fn drive(run: Run) {
         store,
         unsaved,
         timing,
+        limits,
     } = run;
     let mut runner = Runner {
         identity,
@@ -80,6 +89,7 @@ async fn drive(run: Run) {
         // for the disk; the end waits for it (see `lane`).
         lane: lane::open(store, unsaved, turn),
         timing,
+        limits,
         started: Instant::now(),
     };
     let ending = runner.relay(&mut stream).await;
@@ -94,12 +104,15 @@ struct Runner {
     producer: Box<dyn Producer>,
     lane: Lane,
     timing: Timing,
+    limits: Limits,
     started: Instant,
 }
 
 impl Runner {
     async fn relay(&mut self, stream: &mut ChunkStream) -> Ending {
         let (timing, producer) = (self.timing, &mut self.producer);
+        let limit = self.limits.max_answer_bytes;
+        let mut answer_bytes = 0;
         let heartbeat = sleep(timing.heartbeat);
         let idle = sleep(timing.idle);
         let grace = sleep(timing.detached_grace);
@@ -157,14 +170,26 @@ impl Runner {
                     });
                 }
                 item = stream.next() => match item {
-                    Some(Ok(chunk)) => {
+                    // Any chunk, even an empty one (keep-alive bytes), shows the upstream is alive.
+                    Some(Ok(mut chunk)) => {
+                        // Reaching the limit ends the answer, unless the answer is finishing anyway.
+                        let (room, len) = (limit - answer_bytes, chunk.text.len());
+                        let too_large = len > room || (len == room && len > 0 && chunk.finish.or(finish).is_none());
+                        if too_large {
+                            chunk.text.truncate(floor_char_boundary(&chunk.text, room));
+                        }
                         if !chunk.text.is_empty() {
                             has_text = true;
+                            answer_bytes += chunk.text.len();
                             producer.append(&chunk.text);
                             if !unsaved_text {
                                 unsaved_text = true;
                                 checkpoint.as_mut().reset(tokio::time::Instant::now() + timing.checkpoint);
                             }
+                        }
+                        if too_large {
+                            // Ended here: the caller drops the stream, which cancels the upstream.
+                            return Ending::Failed(UpstreamError::TooLarge { limit }.into());
                         }
                         finish = chunk.finish.or(finish);
                         idle.as_mut().reset(tokio::time::Instant::now() + timing.idle);
@@ -233,4 +258,13 @@ impl Runner {
             let _ = reply.send(true);
         }
     }
+}
+
+/// The largest char boundary of `text` at or before `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }

@@ -63,6 +63,7 @@ pub async fn post(
         store: state.store.clone(),
         unsaved: state.unsaved.clone(),
         timing: state.timing(),
+        limits: state.limits(),
     });
     let Some(mut reader) = reader else {
         return Ok(HttpResponse::Accepted().json(json!({

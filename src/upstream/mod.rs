@@ -1,8 +1,16 @@
 //! Upstream LLM providers behind one interface: a provider takes a chat request and, once
 //! the upstream has accepted it, returns a stream of text deltas.
+//!
+//! What an upstream sends passes through [`hygiene`] before anything else sees it: its key
+//! is redacted ([`redact`]) and what a client does not need is dropped.
 
+pub mod chunks;
 pub mod demo;
+#[cfg(test)]
+mod fuzz;
+pub mod hygiene;
 pub mod openai;
+pub mod redact;
 pub mod sse_decode;
 
 use crate::conversation::FinishType;
@@ -35,7 +43,8 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
 }
 
-/// A piece of the answer: new text, and, on the last piece, why the answer ended.
+/// A piece of the answer: new text, and, on the last piece, why the answer ended. A piece
+/// with neither says the upstream is still sending (keep-alive bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Chunk {
     pub text: String,
@@ -47,7 +56,7 @@ pub struct Chunk {
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> + Send>>;
 
 /// Everything that can go wrong between the gateway and the upstream.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("the upstream refused the request (HTTP {status}): {message}")]
     Refused {
@@ -68,6 +77,8 @@ pub enum UpstreamError {
     Truncated,
     #[error("the upstream sent an event that is not a chat completion chunk: {0}")]
     BadChunk(String),
+    #[error("the answer reached the limit of {limit} bytes")]
+    TooLarge { limit: usize },
 }
 
 #[async_trait]

@@ -3,7 +3,9 @@
 //! decoded only once it is complete, so a UTF-8 character split across reads arrives whole;
 //! comment lines (`: keep-alive`) are skipped. Written here rather than taken from a crate
 //! because it is small, sits on the per-token path, and must never allocate per line when
-//! a read holds whole lines.
+//! a read holds whole lines. A line or an event longer than its limit is not kept: the
+//! decoder says it overflowed and reads no further, so an upstream that never ends a line
+//! cannot fill the memory.
 
 /// One dispatched event. `data` joins multi-line data with `\n`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -12,8 +14,11 @@ pub struct SseEvent {
     pub data: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseDecoder {
+    /// The longest line, and the most data an event may join.
+    limit: usize,
+    overflowed: bool,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
     /// The last read ended in CR: a LF at the start of the next read belongs to it.
@@ -24,14 +29,39 @@ pub struct SseDecoder {
     event: Option<String>,
 }
 
+impl Default for SseDecoder {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
+}
+
 impl SseDecoder {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A decoder that overflows at a line, or an event's data, of more than `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            limit,
+            overflowed: false,
+            partial: Vec::new(),
+            skip_lf: false,
+            started: false,
+            data: String::new(),
+            has_data: false,
+            event: None,
+        }
+    }
+
+    /// A line or an event was longer than the limit: nothing after it is decoded.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
     /// Feeds one read; complete events are appended to `out`.
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
-        while !bytes.is_empty() {
+        while !bytes.is_empty() && !self.overflowed {
             if self.skip_lf {
                 self.skip_lf = false;
                 if bytes[0] == b'\n' {
@@ -39,10 +69,18 @@ impl SseDecoder {
                     continue;
                 }
             }
-            let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                self.partial.extend_from_slice(bytes);
+            let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) else {
+                if self.partial.len() + bytes.len() > self.limit {
+                    self.overflow();
+                } else {
+                    self.partial.extend_from_slice(bytes);
+                }
                 return;
             };
+            if self.partial.len() + end > self.limit {
+                self.overflow();
+                return;
+            }
             self.skip_lf = bytes[end] == b'\r';
             if self.partial.is_empty() {
                 self.line(&bytes[..end], out);
@@ -60,6 +98,9 @@ impl SseDecoder {
     /// The stream ended: a last line without its line end still counts, and so does a
     /// last event without its blank line (lenient: some servers close right after it).
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if self.overflowed {
+            return;
+        }
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.line(&line, out);
@@ -89,6 +130,7 @@ impl SseDecoder {
             None => (&*line, ""),
         };
         match field {
+            "data" if self.data.len() + value.len() > self.limit => self.overflow(),
             "data" => {
                 if self.has_data {
                     self.data.push('\n');
@@ -100,6 +142,13 @@ impl SseDecoder {
             // `id` and `retry` matter to a browser reconnecting, not to a relay.
             _ => {}
         }
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.partial = Vec::new();
+        self.data = String::new();
+        self.has_data = false;
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
@@ -182,6 +231,28 @@ mod tests {
             decode_in_pieces("\u{feff}data: a\n\n".as_bytes(), &[2]),
             vec![data("a")]
         );
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_overflows_and_nothing_after_it_is_read() {
+        let mut decoder = SseDecoder::with_limit(16);
+        let mut out = Vec::new();
+        decoder.feed(b"data: short\n\ndata: 0123456789", &mut out);
+        assert!(!decoder.overflowed());
+        decoder.feed(b"abcdef", &mut out);
+        assert!(decoder.overflowed());
+        decoder.feed(b"\n\ndata: more\n\n", &mut out);
+        decoder.finish(&mut out);
+        assert_eq!(out, vec![data("short")]);
+    }
+
+    #[test]
+    fn an_event_whose_data_lines_add_up_past_the_limit_overflows() {
+        let mut decoder = SseDecoder::with_limit(16);
+        let mut out = Vec::new();
+        decoder.feed(b"data: 0123456789\ndata: 0123456789\n\n", &mut out);
+        assert!(decoder.overflowed());
+        assert!(out.is_empty());
     }
 
     fn line_end() -> impl Strategy<Value = &'static str> {

@@ -89,7 +89,7 @@ async fn stream_false_waits_and_returns_the_last_frame_as_json() {
     assert_eq!(response.status(), 200);
     let last: Value = response.json().await.unwrap();
     assert_eq!(last["message"]["status"], "error");
-    assert_eq!(last["error"]["code"], "mock_mid_stream_error");
+    assert_eq!(last["error"]["code"], "server_error");
     let response = app
         .post_conv(json!({"content": "fail [mock:status=500]", "stream": false}))
         .await;

@@ -17,3 +17,4 @@ mod slow_clients_and_delta;
 mod streaming;
 mod upstream_errors;
 mod upstream_formats;
+mod upstream_hygiene;

@@ -29,6 +29,11 @@ impl Gateway {
     /// Starts `chatgate` on the SQLite file `db`, against `mock`, with `extra` flags, and
     /// waits for the address it prints.
     pub async fn start(db: &Path, mock: &MockLlm, extra: &[&str]) -> Self {
+        Self::start_logging(db, mock, extra, "info").await
+    }
+
+    /// Like [`Gateway::start`], logging at `level` (`RUST_LOG`).
+    pub async fn start_logging(db: &Path, mock: &MockLlm, extra: &[&str], level: &str) -> Self {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
         command
@@ -41,7 +46,7 @@ impl Gateway {
             .arg("--prompts-dir")
             .arg(manifest.join("prompts"))
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .current_dir(db.parent().expect("the database is in a directory"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -141,7 +141,7 @@ async fn an_error_event_mid_stream_becomes_an_error_frame_with_the_partial_text(
     assert_eq!(frames.len(), 3);
     assert_eq!(last["message"]["status"], "error");
     assert_eq!(last["message"]["content"]["parts"][0], "Echo: boom");
-    assert_eq!(last["error"]["code"], "mock_mid_stream_error");
+    assert_eq!(last["error"]["code"], "server_error");
     assert!(last["error"]["message"].as_str().unwrap().contains("The model crashed"));
     stream.assert_closed_properly();
     let stored = app
@@ -149,7 +149,7 @@ async fn an_error_event_mid_stream_becomes_an_error_frame_with_the_partial_text(
         .await;
     assert_eq!(stored["status"], "error");
     assert_eq!(stored["content"]["parts"][0], "Echo: boom");
-    assert_eq!(stored["metadata"]["error"]["code"], "mock_mid_stream_error");
+    assert_eq!(stored["metadata"]["error"]["code"], "server_error");
 }
 
 #[tokio::test]
@@ -160,7 +160,8 @@ async fn an_error_event_before_any_token_is_a_real_http_error() {
     app.mock
         .enqueue(Script::stream([c.role(), format!("data: {error}\n\n")]));
     let response = app.post_conv(json!({"content": "go"})).await;
-    let body = assert_error(response, 502, "overloaded").await;
+    // `overloaded` is no code of OpenAI's: the gateway's own code stands in for it.
+    let body = assert_error(response, 502, "upstream_error").await;
     assert!(
         body["error"]["message"]
             .as_str()

@@ -42,6 +42,9 @@ pub struct Script {
     /// After the parts, keep the connection open and send nothing.
     #[serde(default)]
     pub stall: bool,
+    /// After the parts, send this part again and again until the client goes away.
+    #[serde(default)]
+    pub repeat: Option<Part>,
 }
 
 fn ok() -> u16 {
@@ -60,6 +63,7 @@ impl Script {
             headers: vec![("content-type".into(), "text/event-stream; charset=utf-8".into())],
             parts: parts.into_iter().map(|p| Part::new(0, p.into())).collect(),
             stall: false,
+            repeat: None,
         }
     }
 
@@ -78,6 +82,7 @@ impl Script {
             headers: vec![("content-type".into(), "application/json".into())],
             parts: vec![Part::new(0, body.into())],
             stall: false,
+            repeat: None,
         }
     }
 
@@ -89,6 +94,12 @@ impl Script {
     /// Keep the connection open after the last part.
     pub fn then_stall(mut self) -> Self {
         self.stall = true;
+        self
+    }
+
+    /// After the parts, send `part` forever (an endless answer), `delay_ms` apart.
+    pub fn then_repeat(mut self, delay_ms: u64, part: impl Into<String>) -> Self {
+        self.repeat = Some(Part::new(delay_ms, part.into()));
         self
     }
 
@@ -165,7 +176,7 @@ fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usag
         let error = wire::error_body(
             "The model crashed while generating (mock).",
             "server_error",
-            "mock_mid_stream_error",
+            "server_error",
         );
         parts.push(Part::new(d.delay_ms, format!("data: {error}\n\n")));
         return Script {

@@ -4,7 +4,8 @@
 //!
 //! Behaviour is chosen per request, in this order:
 //! 1. a [`Script`] queued by the test (in process with [`MockLlm::enqueue`], or over HTTP
-//!    with `POST /_mock/script`), which gives the exact bytes to send;
+//!    with `POST /_mock/script`), which gives the exact bytes to send (and may repeat its
+//!    last part forever: an endless answer);
 //! 2. directives inside the last user message (`[mock:words=30]`, `[mock:delay=40]`,
 //!    `[mock:status=500]`, `[mock:retry-after=7]`, `[mock:error-after=3]`, `[mock:stall]`);
 //! 3. the default: `Echo: <the user text>` streamed a word per chunk, 20 ms apart.

@@ -149,6 +149,14 @@ fn respond(script: Script, shared: Shared) -> HttpResponse {
             }
             yield Ok::<_, std::convert::Infallible>(part.bytes);
         }
+        if let Some(part) = script.repeat {
+            loop {
+                if part.delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(part.delay_ms)).await;
+                }
+                yield Ok(part.bytes.clone());
+            }
+        }
         if script.stall {
             std::future::pending::<()>().await;
         }

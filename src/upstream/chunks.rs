@@ -1,0 +1,407 @@
+//! OpenAI's streamed `chat.completion.chunk` events, read into [`Chunk`]s: the part of the
+//! OpenAI-compatible provider that has no network in it, so that it can be fuzzed.
+//!
+//! Lenient where upstreams differ, strict where the answer is at stake: a data line that
+//! is not JSON is skipped (routers send such lines), one that is JSON but no chunk ends
+//! the answer; a lone surrogate escape becomes U+FFFD instead of ending it; every network
+//! read yields at least an empty chunk, so that keep-alive bytes count as life.
+
+use super::sse_decode::{SseDecoder, SseEvent};
+use super::{Chunk, UpstreamError};
+use crate::conversation::FinishType;
+use serde::Deserialize;
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// What the decoder hands on: a piece of the answer, or why it ended.
+pub type Item = Result<Chunk, UpstreamError>;
+
+/// JSON escapes take at most 6 bytes per byte of text (`\u00XX`); an event longer than
+/// that and this margin for its other fields cannot be part of an answer within the limit.
+const EVENT_MARGIN: usize = 64 * 1024;
+
+/// One answer's events, read by read.
+pub struct ChunkDecoder {
+    sse: SseDecoder,
+    events: Vec<SseEvent>,
+    max_answer_bytes: usize,
+    /// A finish reason came.
+    finished: bool,
+    /// `[DONE]`, an error or the end of the body came: nothing more is read.
+    over: bool,
+}
+
+impl ChunkDecoder {
+    pub fn new(max_answer_bytes: usize) -> Self {
+        let limit = max_answer_bytes.saturating_mul(6).saturating_add(EVENT_MARGIN);
+        Self {
+            sse: SseDecoder::with_limit(limit),
+            events: Vec::new(),
+            max_answer_bytes,
+            finished: false,
+            over: false,
+        }
+    }
+
+    /// Whether the answer is over: the body need not be read further.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
+    /// One read of the body. A read that completed no chunk with text (a comment, a role
+    /// chunk, half a line) still yields an empty chunk: the upstream is alive.
+    pub fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>) {
+        if self.over {
+            return;
+        }
+        let before = out.len();
+        self.sse.feed(bytes, &mut self.events);
+        self.drain(out);
+        if !self.over && self.sse.overflowed() {
+            self.over = true;
+            out.push(Err(UpstreamError::TooLarge {
+                limit: self.max_answer_bytes,
+            }));
+        }
+        if out.len() == before && !self.over {
+            out.push(Ok(Chunk::default()));
+        }
+    }
+
+    /// The body ended: complete if a finish reason came, truncated otherwise.
+    pub fn end(&mut self, out: &mut Vec<Item>) {
+        if self.over {
+            return;
+        }
+        self.sse.finish(&mut self.events);
+        self.drain(out);
+        if !self.over {
+            self.over = true;
+            if !self.finished {
+                out.push(Err(UpstreamError::Truncated));
+            }
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Item>) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            if self.over {
+                break;
+            }
+            match parse_event(&event) {
+                Ok(None) => {}
+                Ok(Some(Parsed::Chunk(chunk))) => {
+                    self.finished |= chunk.finish.is_some();
+                    out.push(Ok(chunk));
+                }
+                Ok(Some(Parsed::Done)) => {
+                    if !self.finished {
+                        self.finished = true;
+                        out.push(Ok(Chunk {
+                            text: String::new(),
+                            finish: Some(FinishType::Stop),
+                        }));
+                    }
+                    self.over = true;
+                }
+                Err(e) => {
+                    self.over = true;
+                    out.push(Err(e));
+                }
+            }
+        }
+        // The allocation is kept for the next read.
+        self.events = events;
+    }
+}
+
+#[derive(Deserialize)]
+struct ChunkWire {
+    #[serde(default)]
+    choices: Vec<ChoiceWire>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceWire {
+    #[serde(default)]
+    delta: Option<DeltaWire>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaWire {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// What one upstream event means.
+enum Parsed {
+    Chunk(Chunk),
+    Done,
+}
+
+fn parse_event(event: &SseEvent) -> Result<Option<Parsed>, UpstreamError> {
+    let data = event.data.trim();
+    if data == "[DONE]" {
+        return Ok(Some(Parsed::Done));
+    }
+    if event.event.as_deref() == Some("error") {
+        return Err(in_stream_error(data));
+    }
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let chunk: ChunkWire = match serde_json::from_str(&mend_surrogates(data)) {
+        Ok(chunk) => chunk,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            // Its content may be anything, the key included: only its size is logged.
+            log::debug!("skipped an upstream data line that is not JSON ({} bytes)", data.len());
+            return Ok(None);
+        }
+        // serde's message can quote the event's strings: only where it failed is kept.
+        Err(e) => {
+            return Err(UpstreamError::BadChunk(format!(
+                "JSON of another shape (at column {})",
+                e.column()
+            )));
+        }
+    };
+    if chunk.error.is_some() {
+        return Err(in_stream_error(data));
+    }
+    // Only the first choice is relayed: the gateway never asks for `n > 1`.
+    let Some(choice) = chunk.choices.into_iter().next() else {
+        return Ok(None); // the usage chunk
+    };
+    let text = choice.delta.and_then(|d| d.content).unwrap_or_default();
+    let finish = choice.finish_reason.map(|reason| match reason.as_str() {
+        "length" => FinishType::MaxTokens,
+        _ => FinishType::Stop,
+    });
+    if text.is_empty() && finish.is_none() {
+        return Ok(None); // the role chunk
+    }
+    Ok(Some(Parsed::Chunk(Chunk { text, finish })))
+}
+
+fn in_stream_error(data: &str) -> UpstreamError {
+    let (message, code) = error_details(mend_surrogates(data).as_bytes());
+    UpstreamError::InStream {
+        message: message.unwrap_or_default(),
+        code,
+    }
+}
+
+/// Reads an error's message and code from the shapes upstreams use: OpenAI's
+/// `{"error":{"message","code"}}`, `{"error":"…"}` (Ollama), `{"message"}`, `{"detail"}`
+/// (FastAPI servers such as vLLM), or plain text.
+pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        let text = String::from_utf8_lossy(body);
+        let text: String = text.trim().chars().take(500).collect();
+        return (Some(text), None);
+    };
+    let error = json.get("error").unwrap_or(&json);
+    let message = match error {
+        Value::String(s) => Some(s.clone()),
+        _ => ["message", "detail"]
+            .iter()
+            .find_map(|k| error.get(*k))
+            .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned)),
+    };
+    let code = error.get("code").and_then(|c| match c {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    (message.or_else(|| Some(json.to_string())), code)
+}
+
+/// serde_json refuses a surrogate escape that is not half of a pair (`\ud800` alone), and
+/// tokenizers do cut pairs: such an escape becomes `\ufffd`. Only data with a `\u`
+/// followed by `d` is looked at closely, so the common line costs one `memchr` scan.
+fn mend_surrogates(data: &str) -> Cow<'_, str> {
+    let bytes = data.as_bytes();
+    let suspect = memchr::memchr_iter(b'\\', bytes)
+        .any(|i| bytes.get(i + 1) == Some(&b'u') && matches!(bytes.get(i + 2), Some(b'd' | b'D')));
+    if !suspect {
+        return Cow::Borrowed(data);
+    }
+    let mut mended = String::with_capacity(data.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = bytes.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        let slash = at + found;
+        if bytes.get(slash + 1) != Some(&b'u') {
+            // An escape of one character (`\\`, `\"`, `\n`…): its second byte is no escape.
+            at = slash + 2;
+            continue;
+        }
+        at = slash + 6;
+        let lone = match hex4(bytes, slash + 2) {
+            Some(0xD800..=0xDBFF) => match (bytes.get(slash + 6..slash + 8), hex4(bytes, slash + 8)) {
+                (Some(b"\\u"), Some(0xDC00..=0xDFFF)) => {
+                    at = slash + 12;
+                    false
+                }
+                _ => true,
+            },
+            Some(0xDC00..=0xDFFF) => true,
+            _ => false,
+        };
+        if lone {
+            mended.push_str(&data[copied..slash]);
+            mended.push_str("\\ufffd");
+            copied = slash + 6;
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(data);
+    }
+    mended.push_str(&data[copied..]);
+    Cow::Owned(mended)
+}
+
+/// The four hex digits at `bytes[at..]` as a UTF-16 code unit.
+fn hex4(bytes: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(digits, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: data.into(),
+        }
+    }
+
+    fn chunk(data: &str) -> Option<Chunk> {
+        match parse_event(&event(data)) {
+            Ok(Some(Parsed::Chunk(chunk))) => Some(chunk),
+            Ok(_) => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn error_shapes_from_several_upstreams() {
+        let openai = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(
+            error_details(openai),
+            (Some("Rate limit reached".into()), Some("rate_limit_exceeded".into()))
+        );
+        assert_eq!(
+            error_details(br#"{"error":"model 'x' not found"}"#).0.unwrap(),
+            "model 'x' not found"
+        );
+        assert_eq!(error_details(br#"{"detail":"Not Found"}"#).0.unwrap(), "Not Found");
+        assert_eq!(
+            error_details(b"  <html>bad gateway</html> ").0.unwrap(),
+            "<html>bad gateway</html>"
+        );
+    }
+
+    #[test]
+    fn chunks_become_deltas() {
+        assert_eq!(
+            chunk(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#),
+            None
+        );
+        assert_eq!(chunk(r#"{"choices":[],"usage":{"total_tokens":3}}"#), None);
+        assert_eq!(
+            chunk(r#"{"choices":[{"delta":{"content":"hi"},"finish_reason":null}]}"#)
+                .unwrap()
+                .text,
+            "hi"
+        );
+        assert_eq!(
+            chunk(r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#)
+                .unwrap()
+                .finish,
+            Some(FinishType::MaxTokens)
+        );
+        assert!(matches!(
+            parse_event(&event(r#"{"error":{"message":"boom"}}"#)),
+            Err(UpstreamError::InStream { .. })
+        ));
+    }
+
+    #[test]
+    fn a_line_that_is_not_json_is_skipped_and_json_of_another_shape_is_an_error() {
+        assert_eq!(chunk("not json"), None);
+        assert_eq!(chunk(r#"{"choices":[{"delta":"#), None);
+        let Err(UpstreamError::BadChunk(why)) = parse_event(&event(r#"{"choices":"a secret"}"#)) else {
+            panic!("a chunk of another shape is an error");
+        };
+        assert!(!why.contains("secret"), "{why}");
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let text = |content: &str| {
+            chunk(&format!(r#"{{"choices":[{{"delta":{{"content":"{content}"}}}}]}}"#))
+                .unwrap()
+                .text
+        };
+        assert_eq!(text(r"a\ud800b"), "a\u{fffd}b");
+        assert_eq!(text(r"a\uDC00b"), "a\u{fffd}b");
+        assert_eq!(text(r"\ud800\ud800\udc00"), "\u{fffd}\u{10000}");
+        assert_eq!(text(r"\ud83d\ude00 \ud800\u0041"), "😀 \u{fffd}A");
+        assert_eq!(text(r"\\ud800 \ud800"), "\\ud800 \u{fffd}");
+        assert_eq!(text(r"end\ud800"), "end\u{fffd}");
+        assert!(matches!(mend_surrogates(r"\n \u00e9 \\u"), Cow::Borrowed(_)));
+    }
+
+    fn decode_reads(reads: &[&[u8]]) -> Vec<Item> {
+        let mut decoder = ChunkDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        for read in reads {
+            decoder.read(read, &mut out);
+        }
+        decoder.end(&mut out);
+        out
+    }
+
+    #[test]
+    fn every_read_without_text_still_yields_an_empty_chunk() {
+        let out = decode_reads(&[
+            b": keep-alive\n\n",
+            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choi",
+            b"ces\":[],\"usage\":{}}\n\n",
+            b"\n",
+            b"data: [DONE]\n\n",
+        ]);
+        let texts: Vec<_> = out.iter().map(|i| i.as_ref().unwrap().text.as_str()).collect();
+        assert_eq!(texts, ["", "", "hi", "", "", ""]);
+        assert_eq!(out.last().unwrap().as_ref().unwrap().finish, Some(FinishType::Stop));
+    }
+
+    #[test]
+    fn a_body_that_ends_without_a_finish_is_truncated() {
+        let out = decode_reads(&[b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"]);
+        assert!(matches!(out.last(), Some(Err(UpstreamError::Truncated))));
+    }
+
+    #[test]
+    fn an_endless_line_is_too_large_for_the_answer() {
+        let mut decoder = ChunkDecoder::new(10);
+        let mut out = Vec::new();
+        let endless = vec![b'x'; 8 * 1024];
+        while !decoder.is_over() {
+            decoder.read(&endless, &mut out);
+        }
+        assert!(matches!(out.last(), Some(Err(UpstreamError::TooLarge { limit: 10 }))));
+    }
+}

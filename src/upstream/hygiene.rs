@@ -1,0 +1,212 @@
+//! The one gate between an upstream and everything else: every chunk and every error of an
+//! upstream passes through here on its way to a client, the store or the log.
+//!
+//! The key is redacted ([`Redactor`]) in answer text, however it is spelled or split across
+//! chunks, and in every error's text. What a client does not need is not passed on at all:
+//! an error keeps its message and, only when it is one of OpenAI's own, its code; a
+//! `Retry-After` only when it is a plain number of seconds; no other field or header.
+
+use super::chunks::Item;
+use super::redact::{Redactor, TextGuard};
+use super::{Chunk, ChunkStream, UpstreamError};
+use futures::StreamExt;
+use std::sync::Arc;
+
+/// Error codes passed on as the upstream sent them; any other code becomes the gateway's.
+const KNOWN_CODES: &[&str] = &[
+    "rate_limit_exceeded",
+    "insufficient_quota",
+    "invalid_api_key",
+    "model_not_found",
+    "context_length_exceeded",
+    "server_error",
+    "content_filter",
+    "invalid_prompt",
+    "unsupported_parameter",
+    "unsupported_value",
+    "string_above_max_length",
+];
+
+/// The longest wait a `Retry-After` may ask of a client.
+const RETRY_AFTER_CAP: u64 = 3600;
+
+/// Characters of an upstream's error message passed on.
+const MESSAGE_LIMIT: usize = 1000;
+
+/// What one upstream's output is cleaned of.
+#[derive(Debug, Default)]
+pub struct Hygiene {
+    redactor: Redactor,
+}
+
+impl Hygiene {
+    /// `key`: the upstream key, never to be shown.
+    pub fn new(key: Option<&str>) -> Self {
+        Self {
+            redactor: Redactor::new(key),
+        }
+    }
+
+    /// An error as it may be shown, stored and logged.
+    pub fn error(&self, error: UpstreamError) -> UpstreamError {
+        use UpstreamError as U;
+        match error {
+            U::Refused {
+                status,
+                message,
+                code,
+                retry_after,
+            } => U::Refused {
+                status,
+                message: self.message(&message),
+                code: known_code(code),
+                retry_after: retry_after.as_deref().and_then(seconds),
+            },
+            U::InStream { message, code } => U::InStream {
+                message: self.message(&message),
+                code: known_code(code),
+            },
+            U::Unreachable(m) => U::Unreachable(self.message(&m)),
+            U::Broken(m) => U::Broken(self.message(&m)),
+            U::BadChunk(m) => U::BadChunk(self.message(&m)),
+            e @ (U::IdleTimeout(_) | U::Truncated | U::TooLarge { .. }) => e,
+        }
+    }
+
+    fn message(&self, text: &str) -> String {
+        let text = self.redactor.clean_message(text);
+        match text.char_indices().nth(MESSAGE_LIMIT) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text,
+        }
+    }
+}
+
+fn known_code(code: Option<String>) -> Option<String> {
+    code.filter(|c| KNOWN_CODES.contains(&c.as_str()))
+}
+
+/// A `Retry-After` of whole seconds, capped; an HTTP date or anything else is dropped.
+fn seconds(value: &str) -> Option<String> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Too many digits to parse is more than the cap anyway.
+    let seconds = value.parse::<u64>().unwrap_or(u64::MAX).min(RETRY_AFTER_CAP);
+    Some(seconds.to_string())
+}
+
+/// One answer's way through the gate, item by item.
+pub struct AnswerGate {
+    hygiene: Arc<Hygiene>,
+    text: TextGuard,
+}
+
+impl AnswerGate {
+    pub fn new(hygiene: Arc<Hygiene>) -> Self {
+        Self {
+            hygiene,
+            text: TextGuard::default(),
+        }
+    }
+
+    /// Passes one item on. Text that may be the start of the key is held back until the
+    /// next item; before an error, what is held is released (it was not the key).
+    pub fn item(&mut self, item: Item, out: &mut Vec<Item>) {
+        match item {
+            Ok(mut chunk) => {
+                chunk.text = self.text.pass(&self.hygiene.redactor, chunk.text);
+                out.push(Ok(chunk));
+            }
+            Err(e) => {
+                self.end(out);
+                out.push(Err(self.hygiene.error(e)));
+            }
+        }
+    }
+
+    /// The answer ended: what is held back is released.
+    pub fn end(&mut self, out: &mut Vec<Item>) {
+        let held = self.text.release();
+        if !held.is_empty() {
+            out.push(Ok(Chunk {
+                text: held,
+                finish: None,
+            }));
+        }
+    }
+}
+
+/// `stream` through the gate.
+pub fn guard(hygiene: Arc<Hygiene>, mut stream: ChunkStream) -> ChunkStream {
+    Box::pin(async_stream::stream! {
+        let mut gate = AnswerGate::new(hygiene);
+        let mut out = Vec::with_capacity(2);
+        while let Some(item) = stream.next().await {
+            let failed = item.is_err();
+            gate.item(item, &mut out);
+            for item in out.drain(..) {
+                yield item;
+            }
+            if failed {
+                return;
+            }
+        }
+        gate.end(&mut out);
+        for item in out.drain(..) {
+            yield item;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk-test-abcdefghijklmnop";
+
+    #[test]
+    fn an_error_keeps_only_a_redacted_message_a_known_code_and_plain_seconds() {
+        let hygiene = Hygiene::new(Some(KEY));
+        let refused = hygiene.error(UpstreamError::Refused {
+            status: 401,
+            message: format!("bad key {KEY}"),
+            code: Some(KEY.into()),
+            retry_after: Some(KEY.into()),
+        });
+        let UpstreamError::Refused {
+            message,
+            code,
+            retry_after,
+            ..
+        } = refused
+        else {
+            panic!("still a refusal");
+        };
+        assert_eq!(message, "bad key [redacted]");
+        assert_eq!((code, retry_after), (None, None));
+        let known = hygiene.error(UpstreamError::InStream {
+            message: "slow down".into(),
+            code: Some("rate_limit_exceeded".into()),
+        });
+        assert!(matches!(known, UpstreamError::InStream { code: Some(c), .. } if c == "rate_limit_exceeded"));
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_at_most_an_hour() {
+        assert_eq!(seconds(" 7 ").as_deref(), Some("7"));
+        assert_eq!(seconds("86400").as_deref(), Some("3600"));
+        assert_eq!(seconds("99999999999999999999999").as_deref(), Some("3600"));
+        assert_eq!(seconds("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(seconds("1.5"), None);
+        assert_eq!(seconds(""), None);
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let hygiene = Hygiene::new(None);
+        let message = hygiene.message(&"é".repeat(5000));
+        assert_eq!(message.chars().count(), MESSAGE_LIMIT + 1);
+    }
+}
