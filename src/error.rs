@@ -43,6 +43,24 @@ pub enum RequestError {
     CrossSite(String),
 }
 
+impl RequestError {
+    /// Why a body did not parse as the type wanted: `MalformedJson` (400) when it is not
+    /// well-formed JSON at all, `InvalidField` (422) when it is JSON of the wrong shape.
+    ///
+    /// serde_json reports the first problem it meets, so a typed parse can call a body's
+    /// wrong shape before reaching where it stops being JSON (`[[[[…` is "a sequence, expected
+    /// a string" at its second byte): only a full untyped parse tells the two apart. That
+    /// parse skips values without recursing, so no nesting depth makes it fail on valid JSON.
+    pub fn from_json(error: serde_json::Error, body: &[u8]) -> Self {
+        let data = error.classify() == serde_json::error::Category::Data;
+        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) if data => RequestError::InvalidField(error.to_string()),
+            Ok(_) => RequestError::MalformedJson(error.to_string()),
+            Err(malformed) => RequestError::MalformedJson(malformed.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]

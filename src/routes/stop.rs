@@ -33,10 +33,7 @@ pub async fn post(
     let wire: Wire = if body.iter().all(u8::is_ascii_whitespace) {
         Wire::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => RequestError::InvalidField(e.to_string()),
-            _ => RequestError::MalformedJson(e.to_string()),
-        })?
+        serde_json::from_slice(&body).map_err(|e| RequestError::from_json(e, &body))?
     };
     let message = wire
         .message_id
