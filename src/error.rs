@@ -39,6 +39,8 @@ pub enum RequestError {
     Timeout(std::time::Duration),
     #[error("this gateway does not serve the host {0:?}")]
     MisdirectedHost(String),
+    #[error("an HTTP/1.1 request names its host in exactly one Host header ({0})")]
+    BadHost(&'static str),
     #[error("cross-site requests may not change anything here (origin {0})")]
     CrossSite(String),
 }
@@ -126,6 +128,7 @@ impl ApiError {
                 R::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, invalid, "method_not_allowed"),
                 R::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, invalid, "request_timeout"),
                 R::MisdirectedHost(_) => (StatusCode::MISDIRECTED_REQUEST, invalid, "host_not_allowed"),
+                R::BadHost(_) => (StatusCode::BAD_REQUEST, invalid, "invalid_host_header"),
                 R::CrossSite(_) => (StatusCode::FORBIDDEN, "permission_error", "cross_site_request"),
             },
             ApiError::Upstream(e) => match e {

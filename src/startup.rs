@@ -6,6 +6,7 @@ use crate::config::{CorsOrigins, Settings, StoreKind, UpstreamKind};
 use crate::conversation::memory::MemoryStore;
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
+use crate::edge::{self, origin};
 use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
 use crate::generation::local::LocalGenerations;
@@ -17,6 +18,7 @@ use crate::upstream::demo::DemoProvider;
 use crate::upstream::openai::OpenAiProvider;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -118,6 +120,8 @@ impl Application {
             let settings = &state.settings;
             App::new()
                 .wrap(cors(&settings.cors))
+                // Outside CORS: a refused request changes nothing and reads nothing.
+                .wrap(from_fn(edge::admit))
                 .app_data(state.clone())
                 .route("/conv", web::post().to(routes::conv::post))
                 .route("/conv/{id}", web::get().to(routes::conversations::get))
@@ -259,49 +263,9 @@ fn cors(origins: &CorsOrigins) -> Cors {
         .max_age(3600);
     match origins {
         CorsOrigins::Any => cors.allow_any_origin(),
-        CorsOrigins::Localhost => cors.allowed_origin_fn(|origin, _| origin.to_str().is_ok_and(is_local_origin)),
-        CorsOrigins::List(list) => list.iter().fold(cors, |cors, origin| cors.allowed_origin(origin)),
-    }
-}
-
-/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port.
-fn is_local_origin(origin: &str) -> bool {
-    let Some(rest) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let host = match rest.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => rest,
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_local_origin;
-
-    #[test]
-    fn local_origins_with_any_port_and_nothing_else() {
-        for ok in [
-            "http://localhost",
-            "http://localhost:5173",
-            "https://127.0.0.1:8443",
-            "http://[::1]:3000",
-        ] {
-            assert!(is_local_origin(ok), "{ok}");
-        }
-        for bad in [
-            "http://localhost.evil.com",
-            "http://evil.com",
-            "http://127.0.0.1.nip.io:80",
-            "file://localhost",
-            "null",
-            "http://localhost:80x",
-        ] {
-            assert!(!is_local_origin(bad), "{bad}");
+        listed => {
+            let listed = listed.clone();
+            cors.allowed_origin_fn(move |origin, _| origin.to_str().is_ok_and(|o| origin::cors_allows(&listed, o)))
         }
     }
 }
