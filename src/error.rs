@@ -75,6 +75,13 @@ pub enum ApiError {
     Stopping,
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// An error the framework answered by itself (see `edge::finish`), kept as it was.
+    #[error("{message}")]
+    Http { status: StatusCode, message: String },
+    #[error(
+        "chatgate is running, but its chat page has not been built: run `npm --prefix web ci && npm --prefix web run build` and reload"
+    )]
+    PageNotBuilt,
 }
 
 /// An error as a client gets it: status, `{message,type,code}` object and retry hint,
@@ -162,6 +169,15 @@ impl ApiError {
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "store_failed"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "gateway_stopping"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
+            ApiError::Http { status, .. } => {
+                let kind = if status.is_server_error() {
+                    "server_error"
+                } else {
+                    invalid
+                };
+                (*status, kind, http_code(*status))
+            }
+            ApiError::PageNotBuilt => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "page_not_built"),
         };
         (status, kind, code.to_owned())
     }
@@ -187,6 +203,25 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         ErrorBody::from(self).response()
+    }
+}
+
+/// The `code` of an error the framework answered by itself.
+fn http_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        431 => "headers_too_large",
+        s if s >= 500 => "internal_error",
+        _ => "invalid_request",
     }
 }
 

@@ -19,7 +19,7 @@ use crate::upstream::openai::OpenAiProvider;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpRequest, HttpServer, web};
+use actix_web::{App, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,22 +118,28 @@ impl Application {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             let settings = &state.settings;
+            // The last `wrap` is the outermost: headers and JSON errors on everything, even
+            // on refusals; then the host and cross-site checks, before CORS and any route.
             App::new()
                 .wrap(cors(&settings.cors))
-                // Outside CORS: a refused request changes nothing and reads nothing.
                 .wrap(from_fn(edge::admit))
+                .wrap(from_fn(edge::finish))
                 .app_data(state.clone())
-                .route("/conv", web::post().to(routes::conv::post))
-                .route("/conv/{id}", web::get().to(routes::conversations::get))
-                .route("/conv/{id}", web::delete().to(routes::conversations::delete))
-                .route("/conv/{id}/stream", web::get().to(routes::stream::get))
-                .route("/conv/{id}/stop", web::post().to(routes::stop::post))
-                .route("/conversations", web::get().to(routes::conversations::list))
-                .route("/prompts", web::get().to(routes::prompts::list))
-                .route("/config", web::get().to(routes::config::get))
-                .route("/healthz", web::get().to(routes::health::get))
+                // One resource per path, so that another method gets 405 with `Allow`.
+                .service(web::resource("/conv").post(routes::conv::post))
+                .service(
+                    web::resource("/conv/{id}")
+                        .get(routes::conversations::get)
+                        .delete(routes::conversations::delete),
+                )
+                .service(web::resource("/conv/{id}/stream").get(routes::stream::get))
+                .service(web::resource("/conv/{id}/stop").post(routes::stop::post))
+                .service(web::resource("/conversations").get(routes::conversations::list))
+                .service(web::resource("/prompts").get(routes::prompts::list))
+                .service(web::resource("/config").get(routes::config::get))
+                .service(web::resource("/healthz").get(routes::health::get))
                 .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
-                .default_service(web::to(|req: HttpRequest| async move { routes::web::not_found(&req) }))
+                .default_service(web::to(routes::web::fallback))
         })
         // A client that closes its side has gone away: notice it even while the stream is
         // quiet, so that its answer's grace starts (see generation/runner.rs).

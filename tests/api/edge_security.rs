@@ -1,9 +1,11 @@
 //! The edge, from an attacker's and a client's side: foreign pages and rebinding host names
-//! change nothing.
+//! change nothing, every response carries the security headers, every error is JSON, and a
+//! client that sends its request too slowly is cut off while others are served.
 
 use crate::helpers::*;
 use chatgate::config::{AllowedHosts, CorsOrigins};
 use reqwest::Method;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const EVIL: &str = "https://evil.example";
@@ -168,6 +170,173 @@ async fn http_1_0_without_a_host_is_served_and_http_1_1_without_one_is_refused()
     // actix refuses it before the app sees it: an empty 400, not JSON.
     let new = raw_exchange(&app, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert!(new.starts_with("HTTP/1.1 400"), "{new}");
+}
+
+fn assert_secure(response: &reqwest::Response, what: &str) {
+    let headers = response.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+    assert_eq!(headers["referrer-policy"], "no-referrer", "{what}");
+}
+
+#[tokio::test]
+async fn every_kind_of_response_carries_the_security_headers() {
+    let app = spawn_app().await;
+    let response = send(&app, Method::GET, "/healthz", &[], None).await;
+    assert_secure(&response, "a 200 JSON");
+    let response = app.post_conv(json!({"content": "a stream"})).await;
+    assert_eq!(response.status(), 200);
+    assert_secure(&response, "an event stream");
+    read_stream(response).await.assert_finished();
+    let response = send(&app, Method::GET, "/no/such/thing", &[], None).await;
+    assert_secure(&response, "a 404");
+    let response = send(&app, Method::DELETE, "/conversations", &[], None).await;
+    assert_secure(&response, "a 405");
+    let response = send(&app, Method::POST, "/conv", &[("Origin", EVIL)], Some(TURN)).await;
+    assert_secure(&response, "a 403");
+    let response = send(&app, Method::GET, "/", &[("Host", "evil.example")], None).await;
+    assert_secure(&response, "a 421");
+}
+
+/// A built page of two files, as `npm run build` leaves it.
+fn page_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("index.html"),
+        r#"<!doctype html><title>chatgate</title><script type="module" src="./app.js"></script>"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("app.js"), "document.title = 'ok'").unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn the_page_forbids_inline_script_and_framing() {
+    let dir = page_dir();
+    let app = spawn_app_with(|s| s.web_dir = dir.path().to_owned()).await;
+    for path in ["/", "/app.js"] {
+        let response = send(&app, Method::GET, path, &[], None).await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_secure(&response, path);
+        assert_eq!(response.headers()["x-frame-options"], "DENY");
+        let policy = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let directive = |name: &str| {
+            policy
+                .split(';')
+                .map(str::trim)
+                .find(|d| d.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in {policy}"))
+                .to_owned()
+        };
+        assert_eq!(directive("script-src"), "script-src 'self'");
+        assert_eq!(directive("frame-ancestors"), "frame-ancestors 'none'");
+        assert!(!policy.contains("unsafe-eval"), "{policy}");
+    }
+    let html = send(&app, Method::GET, "/", &[], None).await.text().await.unwrap();
+    assert!(
+        html.contains("<script type=\"module\" src="),
+        "the page itself is served"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405_that_names_the_allowed_ones() {
+    let dir = page_dir();
+    let app = spawn_app_with(|s| s.web_dir = dir.path().to_owned()).await;
+    let id = "8a0ec4a6-06b4-4a7d-9cf6-7b4f2b5e4c7e";
+    for (method, path, allowed) in [
+        (Method::GET, format!("/conv/{id}/stop"), "POST"),
+        (Method::PUT, format!("/conv/{id}"), "GET, DELETE"),
+        (Method::GET, "/conv".to_owned(), "POST"),
+        (Method::POST, "/healthz".to_owned(), "GET"),
+        (Method::POST, "/app.js".to_owned(), "GET, HEAD"),
+    ] {
+        let response = send(&app, method.clone(), &path, &[], None).await;
+        let allow = response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(allow.as_deref(), Some(allowed), "{method} {path}");
+        assert_error(response, 405, "method_not_allowed").await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_json_404s_whatever_the_method() {
+    let app = spawn_app().await;
+    for (method, path) in [
+        (Method::POST, "/no/such/thing"),
+        (Method::GET, "/conv/8a0ec4a6-06b4-4a7d-9cf6-7b4f2b5e4c7e/nothing"),
+        (Method::DELETE, "/conv/x/stream/deeper"),
+        (Method::GET, "/conv/%FF"),
+    ] {
+        let response = send(&app, method.clone(), path, &[], None).await;
+        assert_error(response, 404, "not_found").await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_cors_preflight_is_json_too() {
+    let app = spawn_app().await;
+    let headers = [("Origin", EVIL), ("Access-Control-Request-Method", "POST")];
+    let response = send(&app, Method::OPTIONS, "/conv", &headers, None).await;
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+    assert_error(response, 400, "bad_request").await;
+}
+
+async fn post_json_body(app: &TestApp, path: &str, body: &str) -> reqwest::Response {
+    send(
+        app,
+        Method::POST,
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_open_brackets_are_a_400_not_a_field_error() {
+    let app = spawn_app().await;
+    let brackets = "[".repeat(100_000);
+    assert_error(post_json_body(&app, "/conv", &brackets).await, 400, "malformed_json").await;
+    // A stop body is at most 4 KiB.
+    let stop = "/conv/8a0ec4a6-06b4-4a7d-9cf6-7b4f2b5e4c7e/stop";
+    assert_error(
+        post_json_body(&app, stop, &brackets[..4000]).await,
+        400,
+        "malformed_json",
+    )
+    .await;
+    assert_eq!(app.mock.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn a_truncated_body_is_a_400() {
+    let app = spawn_app().await;
+    let response = post_json_body(&app, "/conv", r#"{"content":"hel"#).await;
+    assert_error(response, 400, "malformed_json").await;
+    let response = post_json_body(&app, "/conv", r#"{"content": 5, "model": "#).await;
+    assert_error(response, 400, "malformed_json").await;
+}
+
+#[tokio::test]
+async fn well_formed_json_of_the_wrong_type_is_still_a_422() {
+    let app = spawn_app().await;
+    for body in [r#"{"content": 5}"#, "[1, 2]", r#""hello""#] {
+        assert_error(post_json_body(&app, "/conv", body).await, 422, "invalid_field").await;
+    }
+    let stop = "/conv/8a0ec4a6-06b4-4a7d-9cf6-7b4f2b5e4c7e/stop";
+    let response = post_json_body(&app, stop, r#"{"message_id": 5}"#).await;
+    assert_error(response, 422, "invalid_field").await;
+}
+
+#[tokio::test]
+async fn a_bad_query_is_a_json_400() {
+    let app = spawn_app().await;
+    let path = "/conv/8a0ec4a6-06b4-4a7d-9cf6-7b4f2b5e4c7e/stream?delta=maybe";
+    let response = send(&app, Method::GET, path, &[], None).await;
+    let body: Value = assert_error(response, 400, "invalid_query").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("maybe"), "{body}");
 }
 
 /// Sends `request` on a fresh connection and reads until the gateway closes it.
