@@ -3,8 +3,8 @@
 
 use crate::conversation::{ConversationId, MessageId, StoreError};
 use crate::upstream::UpstreamError;
-use actix_web::http::StatusCode;
 use actix_web::http::header::RETRY_AFTER;
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Value, json};
 
@@ -202,7 +202,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        ErrorBody::from(self).response()
+        let mut response = ErrorBody::from(self).response();
+        // The rest of a body that came too slowly would be read as the next request.
+        if let ApiError::Request(RequestError::Timeout(_)) = self {
+            response.head_mut().set_connection_type(ConnectionType::Close);
+        }
+        response
     }
 }
 

@@ -116,6 +116,7 @@ impl Application {
             stopping: AtomicBool::new(false),
         });
         let app_state = state.clone();
+        let request_timeout = state.settings.request_timeout;
         let server = HttpServer::new(move || {
             let settings = &state.settings;
             // The last `wrap` is the outermost: headers and JSON errors on everything, even
@@ -141,6 +142,10 @@ impl Application {
                 .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
                 .default_service(web::to(routes::web::fallback))
         })
+        // A request's head must arrive within the request timeout of connecting (the body's
+        // own deadline is in `routes::conv::read_body`). actix answers a late head with an
+        // empty 408 and closes the connection.
+        .client_request_timeout(request_timeout)
         // A client that closes its side has gone away: notice it even while the stream is
         // quiet, so that its answer's grace starts (see generation/runner.rs).
         .h1_allow_half_closed(false)

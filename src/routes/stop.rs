@@ -2,7 +2,7 @@
 //! (`finished_partial_completion`, interrupted), the upstream request is cancelled, and the
 //! partial text is stored before this answers.
 
-use super::conv::read_body;
+use super::conv::{BodyLimits, read_body};
 use super::conversation_id;
 use crate::conversation::MessageId;
 use crate::error::{ApiError, RequestError};
@@ -29,7 +29,11 @@ pub async fn post(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    let body = read_body(&request, payload, MAX_BODY).await?;
+    let limits = BodyLimits {
+        bytes: MAX_BODY,
+        within: state.settings.request_timeout,
+    };
+    let body = read_body(&request, payload, limits).await?;
     let wire: Wire = if body.iter().all(u8::is_ascii_whitespace) {
         Wire::default()
     } else {

@@ -6,7 +6,10 @@ use crate::helpers::*;
 use chatgate::config::{AllowedHosts, CorsOrigins};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const EVIL: &str = "https://evil.example";
 
@@ -341,8 +344,7 @@ async fn a_bad_query_is_a_json_400() {
 
 /// Sends `request` on a fresh connection and reads until the gateway closes it.
 async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+    let mut socket = TcpStream::connect(app.address.trim_start_matches("http://"))
         .await
         .unwrap();
     socket.write_all(request).await.unwrap();
@@ -352,4 +354,166 @@ async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
         .expect("the gateway answers and closes")
         .expect("the answer reads");
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Short, so that the slow clients below are cut off quickly.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// How late after the timeout a slow client may still be cut off, on a loaded test machine.
+const LEEWAY: Duration = Duration::from_millis(1500);
+/// actix's `client_disconnect_timeout`: how long it lets a connection linger after a
+/// last answer that left part of the request unread.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// What a client that sends `start` and then one byte a second sees.
+struct Cut {
+    /// The status line it got, if any before the connection closed.
+    status: Option<String>,
+    /// From its first byte to the first byte of the answer.
+    answered: Option<Duration>,
+    /// From its first byte to the connection's end.
+    closed: Duration,
+}
+
+async fn trickle(address: &str, start: &[u8], byte: u8) -> Cut {
+    let socket = TcpStream::connect(address).await.expect("connects");
+    let (mut read, mut write) = socket.into_split();
+    let began = Instant::now();
+    write.write_all(start).await.expect("the start is sent");
+    let dribble = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if write.write_all(&[byte]).await.is_err() {
+                // Closed on us: the reading side tells the rest.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let mut answer = Vec::new();
+    let mut answered = None;
+    let read_to_end = async {
+        let mut buffer = [0; 4096];
+        // A reset after the answer is as good as an end.
+        while let Ok(n @ 1..) = read.read(&mut buffer).await {
+            answered.get_or_insert_with(|| began.elapsed());
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::select! {
+        _ = read_to_end => {}
+        _ = dribble => unreachable!(),
+        _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the slow client was never cut off"),
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    Cut {
+        status: answer.lines().next().filter(|l| !l.is_empty()).map(str::to_owned),
+        answered,
+        closed: began.elapsed(),
+    }
+}
+
+const SLOW_BODY: &[u8] =
+    b"POST /conv HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+
+#[tokio::test]
+async fn a_thousand_trickling_bodies_get_408_in_time_while_a_normal_client_is_served() {
+    let app = spawn_app_with(|s| s.request_timeout = TIMEOUT).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // Each slow client holds a socket here and one in the gateway, in this one process:
+    // at most 200 at once keeps both under a 1024-descriptor limit.
+    let slots = Arc::new(tokio::sync::Semaphore::new(200));
+    let slow = async {
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..1000 {
+            let slot = Arc::clone(&slots).acquire_owned().await.unwrap();
+            let address = address.clone();
+            clients.spawn(async move {
+                let cut = trickle(&address, SLOW_BODY, b' ').await;
+                drop(slot);
+                cut
+            });
+        }
+        clients.join_all().await
+    };
+    let normal = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let began = Instant::now();
+        app.ask("served meanwhile").await.assert_finished();
+        began.elapsed()
+    };
+    let (cuts, served_in) = tokio::join!(slow, normal);
+
+    assert!(served_in < TIMEOUT + LEEWAY, "the normal client waited {served_in:?}");
+    for cut in &cuts {
+        if let Some(after) = cut.answered {
+            assert!(after < TIMEOUT + LEEWAY, "answered after {after:?}");
+        }
+        // actix lets a connection with an unread body linger a second before it closes it.
+        assert!(cut.closed < TIMEOUT + LINGER + LEEWAY, "closed after {:?}", cut.closed);
+        if let Some(status) = &cut.status {
+            assert!(status.starts_with("HTTP/1.1 408 "), "{status}");
+        }
+    }
+    // A connection reset can overtake an answer on its way; nearly all must arrive.
+    let answered = cuts.iter().filter(|c| c.status.is_some()).count();
+    assert!(answered >= 990, "only {answered} of 1000 slow clients read their 408");
+    assert_eq!(app.mock.stats().requests, 1, "only the normal turn went upstream");
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_a_json_408_and_its_connection_closes() {
+    let app = spawn_app_with(|s| s.request_timeout = TIMEOUT).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut socket = TcpStream::connect(&address).await.unwrap();
+    socket.write_all(SLOW_BODY).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(TIMEOUT + LEEWAY, socket.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed in time")
+        .expect("reads");
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    let body: Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+}
+
+#[tokio::test]
+async fn a_trickling_head_is_cut_off_at_the_timeout_too() {
+    let app = spawn_app_with(|s| s.request_timeout = TIMEOUT).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let cut = trickle(&address, b"POST /conv HTTP/1.1\r\nX-Slow: ", b'a').await;
+    assert!(cut.closed < TIMEOUT + LINGER + LEEWAY, "closed after {:?}", cut.closed);
+    if let Some(after) = cut.answered {
+        assert!(after < TIMEOUT + LEEWAY, "answered after {after:?}");
+    }
+    // actix answers it itself, before the app: an empty 408.
+    if let Some(status) = &cut.status {
+        assert!(status.starts_with("HTTP/1.1 408 "), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_comes_slowly_but_in_time_is_served() {
+    let app = spawn_app_with(|s| s.request_timeout = TIMEOUT).await;
+    let turn = r#"{"content":"slow but in time"}"#;
+    let head = format!(
+        "POST /conv HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        turn.len()
+    );
+    let mut socket = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (first, rest) = turn.split_at(10);
+    socket.write_all(format!("{head}{first}").as_bytes()).await.unwrap();
+    tokio::time::sleep(TIMEOUT / 2).await;
+    socket.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer))
+        .await
+        .expect("the turn ends")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("slow but in time"), "{answer}");
 }
