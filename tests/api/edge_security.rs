@@ -154,6 +154,10 @@ async fn a_rebinding_host_name_gets_421_on_every_route() {
         let response = send(&app, method, path, &evil, body).await;
         assert_error(response, 421, "host_not_allowed").await;
     }
+    // The host in an absolute-form target counts too, whatever the Host header says.
+    let absolute = b"GET http://evil.example/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(&app, absolute).await;
+    assert!(answer.starts_with("HTTP/1.1 421 "), "{answer}");
     assert_eq!(app.mock.stats().requests, 0);
     assert_eq!(stored_conversations(&app).await, 0);
 }
