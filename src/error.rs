@@ -3,8 +3,8 @@
 
 use crate::conversation::{ConversationId, MessageId, StoreError};
 use crate::upstream::UpstreamError;
-use actix_web::http::StatusCode;
 use actix_web::http::header::RETRY_AFTER;
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Value, json};
 
@@ -39,8 +39,28 @@ pub enum RequestError {
     Timeout(std::time::Duration),
     #[error("this gateway does not serve the host {0:?}")]
     MisdirectedHost(String),
+    #[error("an HTTP/1.1 request names its host in exactly one Host header ({0})")]
+    BadHost(&'static str),
     #[error("cross-site requests may not change anything here (origin {0})")]
     CrossSite(String),
+}
+
+impl RequestError {
+    /// Why a body did not parse as the type wanted: `MalformedJson` (400) when it is not
+    /// well-formed JSON at all, `InvalidField` (422) when it is JSON of the wrong shape.
+    ///
+    /// serde_json reports the first problem it meets, so a typed parse can call a body's
+    /// wrong shape before reaching where it stops being JSON (`[[[[…` is "a sequence, expected
+    /// a string" at its second byte): only a full untyped parse tells the two apart. That
+    /// parse skips values without recursing, so no nesting depth makes it fail on valid JSON.
+    pub fn from_json(error: serde_json::Error, body: &[u8]) -> Self {
+        let data = error.classify() == serde_json::error::Category::Data;
+        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) if data => RequestError::InvalidField(error.to_string()),
+            Ok(_) => RequestError::MalformedJson(error.to_string()),
+            Err(malformed) => RequestError::MalformedJson(malformed.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +75,13 @@ pub enum ApiError {
     Stopping,
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// An error the framework answered by itself (see `edge::finish`), kept as it was.
+    #[error("{message}")]
+    Http { status: StatusCode, message: String },
+    #[error(
+        "chatgate is running, but its chat page has not been built: run `npm --prefix web ci && npm --prefix web run build` and reload"
+    )]
+    PageNotBuilt,
 }
 
 /// An error as a client gets it: status, `{message,type,code}` object and retry hint,
@@ -108,6 +135,7 @@ impl ApiError {
                 R::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, invalid, "method_not_allowed"),
                 R::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, invalid, "request_timeout"),
                 R::MisdirectedHost(_) => (StatusCode::MISDIRECTED_REQUEST, invalid, "host_not_allowed"),
+                R::BadHost(_) => (StatusCode::BAD_REQUEST, invalid, "invalid_host_header"),
                 R::CrossSite(_) => (StatusCode::FORBIDDEN, "permission_error", "cross_site_request"),
             },
             ApiError::Upstream(e) => match e {
@@ -142,6 +170,15 @@ impl ApiError {
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "store_failed"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "gateway_stopping"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
+            ApiError::Http { status, .. } => {
+                let kind = if status.is_server_error() {
+                    "server_error"
+                } else {
+                    invalid
+                };
+                (*status, kind, http_code(*status))
+            }
+            ApiError::PageNotBuilt => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "page_not_built"),
         };
         (status, kind, code.to_owned())
     }
@@ -166,7 +203,31 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        ErrorBody::from(self).response()
+        let mut response = ErrorBody::from(self).response();
+        // The rest of a body that came too slowly would be read as the next request.
+        if let ApiError::Request(RequestError::Timeout(_)) = self {
+            response.head_mut().set_connection_type(ConnectionType::Close);
+        }
+        response
+    }
+}
+
+/// The `code` of an error the framework answered by itself.
+fn http_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        431 => "headers_too_large",
+        s if s >= 500 => "internal_error",
+        _ => "invalid_request",
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod conversation;
+pub mod edge;
 pub mod error;
 pub mod generation;
 pub mod prompts;

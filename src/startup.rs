@@ -6,6 +6,7 @@ use crate::config::{CorsOrigins, Settings, StoreKind, UpstreamKind};
 use crate::conversation::memory::MemoryStore;
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
+use crate::edge::{self, origin};
 use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
 use crate::generation::local::LocalGenerations;
@@ -17,7 +18,8 @@ use crate::upstream::demo::DemoProvider;
 use crate::upstream::openai::OpenAiProvider;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpRequest, HttpServer, web};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,23 +116,36 @@ impl Application {
             stopping: AtomicBool::new(false),
         });
         let app_state = state.clone();
+        let request_timeout = state.settings.request_timeout;
         let server = HttpServer::new(move || {
             let settings = &state.settings;
+            // The last `wrap` is the outermost: headers and JSON errors on everything, even
+            // on refusals; then the host and cross-site checks, before CORS and any route.
             App::new()
                 .wrap(cors(&settings.cors))
+                .wrap(from_fn(edge::admit))
+                .wrap(from_fn(edge::finish))
                 .app_data(state.clone())
-                .route("/conv", web::post().to(routes::conv::post))
-                .route("/conv/{id}", web::get().to(routes::conversations::get))
-                .route("/conv/{id}", web::delete().to(routes::conversations::delete))
-                .route("/conv/{id}/stream", web::get().to(routes::stream::get))
-                .route("/conv/{id}/stop", web::post().to(routes::stop::post))
-                .route("/conversations", web::get().to(routes::conversations::list))
-                .route("/prompts", web::get().to(routes::prompts::list))
-                .route("/config", web::get().to(routes::config::get))
-                .route("/healthz", web::get().to(routes::health::get))
+                // One resource per path, so that another method gets 405 with `Allow`.
+                .service(web::resource("/conv").post(routes::conv::post))
+                .service(
+                    web::resource("/conv/{id}")
+                        .get(routes::conversations::get)
+                        .delete(routes::conversations::delete),
+                )
+                .service(web::resource("/conv/{id}/stream").get(routes::stream::get))
+                .service(web::resource("/conv/{id}/stop").post(routes::stop::post))
+                .service(web::resource("/conversations").get(routes::conversations::list))
+                .service(web::resource("/prompts").get(routes::prompts::list))
+                .service(web::resource("/config").get(routes::config::get))
+                .service(web::resource("/healthz").get(routes::health::get))
                 .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
-                .default_service(web::to(|req: HttpRequest| async move { routes::web::not_found(&req) }))
+                .default_service(web::to(routes::web::fallback))
         })
+        // A request's head must arrive within the request timeout of connecting (the body's
+        // own deadline is in `routes::conv::read_body`). actix answers a late head with an
+        // empty 408 and closes the connection.
+        .client_request_timeout(request_timeout)
         // A client that closes its side has gone away: notice it even while the stream is
         // quiet, so that its answer's grace starts (see generation/runner.rs).
         .h1_allow_half_closed(false)
@@ -259,49 +274,9 @@ fn cors(origins: &CorsOrigins) -> Cors {
         .max_age(3600);
     match origins {
         CorsOrigins::Any => cors.allow_any_origin(),
-        CorsOrigins::Localhost => cors.allowed_origin_fn(|origin, _| origin.to_str().is_ok_and(is_local_origin)),
-        CorsOrigins::List(list) => list.iter().fold(cors, |cors, origin| cors.allowed_origin(origin)),
-    }
-}
-
-/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port.
-fn is_local_origin(origin: &str) -> bool {
-    let Some(rest) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let host = match rest.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => rest,
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_local_origin;
-
-    #[test]
-    fn local_origins_with_any_port_and_nothing_else() {
-        for ok in [
-            "http://localhost",
-            "http://localhost:5173",
-            "https://127.0.0.1:8443",
-            "http://[::1]:3000",
-        ] {
-            assert!(is_local_origin(ok), "{ok}");
-        }
-        for bad in [
-            "http://localhost.evil.com",
-            "http://evil.com",
-            "http://127.0.0.1.nip.io:80",
-            "file://localhost",
-            "null",
-            "http://localhost:80x",
-        ] {
-            assert!(!is_local_origin(bad), "{bad}");
+        listed => {
+            let listed = listed.clone();
+            cors.allowed_origin_fn(move |origin, _| origin.to_str().is_ok_and(|o| origin::cors_allows(&listed, o)))
         }
     }
 }

@@ -15,13 +15,18 @@ use futures::{Stream, StreamExt, stream};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 pub async fn post(
     state: web::Data<AppState>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&request, payload, state.settings.max_body_bytes).await?;
+    let limits = BodyLimits {
+        bytes: state.settings.max_body_bytes,
+        within: state.settings.request_timeout,
+    };
+    let body = read_body(&request, payload, limits).await?;
     if state.stopping.load(Ordering::SeqCst) {
         return Err(ApiError::Stopping);
     }
@@ -81,25 +86,46 @@ pub async fn post(
     }
 }
 
-/// Reads the whole body, refusing it as soon as it passes `limit`.
-pub async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, RequestError> {
+/// How much of a request body is read, and for how long.
+pub struct BodyLimits {
+    pub bytes: usize,
+    /// From the request's head (the moment its handler runs) to the body's last byte.
+    pub within: Duration,
+}
+
+/// Reads the whole body: the one body reader, so that every route with a body has both
+/// limits. Refuses it as soon as it passes the size limit, and as soon as its time is up:
+/// a client that trickles a body holds a connection and a task for as long as it likes
+/// otherwise (the request's head has its own deadline, see `startup.rs`).
+pub async fn read_body(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limits: BodyLimits,
+) -> Result<Bytes, RequestError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let limit = limits.bytes;
     if declared.is_some_and(|n| n > limit) {
         return Err(RequestError::TooLarge { limit });
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| RequestError::Unreadable(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(RequestError::TooLarge { limit });
+    let read = async move {
+        let mut payload = payload;
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| RequestError::Unreadable(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(RequestError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(limits.within, read)
+        .await
+        .map_err(|_| RequestError::Timeout(limits.within))?
 }
 
 /// The `text/event-stream` response: `retry: 1000`, then what the reader renders.

@@ -2,7 +2,7 @@
 //! (`finished_partial_completion`, interrupted), the upstream request is cancelled, and the
 //! partial text is stored before this answers.
 
-use super::conv::read_body;
+use super::conv::{BodyLimits, read_body};
 use super::conversation_id;
 use crate::conversation::MessageId;
 use crate::error::{ApiError, RequestError};
@@ -29,14 +29,15 @@ pub async fn post(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    let body = read_body(&request, payload, MAX_BODY).await?;
+    let limits = BodyLimits {
+        bytes: MAX_BODY,
+        within: state.settings.request_timeout,
+    };
+    let body = read_body(&request, payload, limits).await?;
     let wire: Wire = if body.iter().all(u8::is_ascii_whitespace) {
         Wire::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => RequestError::InvalidField(e.to_string()),
-            _ => RequestError::MalformedJson(e.to_string()),
-        })?
+        serde_json::from_slice(&body).map_err(|e| RequestError::from_json(e, &body))?
     };
     let message = wire
         .message_id

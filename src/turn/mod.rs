@@ -59,10 +59,7 @@ fn present(field: Option<String>) -> Option<String> {
 
 impl TurnRequest {
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
-        let wire: Wire = serde_json::from_slice(body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => RequestError::InvalidField(e.to_string()),
-            _ => RequestError::MalformedJson(e.to_string()),
-        })?;
+        let wire: Wire = serde_json::from_slice(body).map_err(|e| RequestError::from_json(e, body))?;
         if wire.content.trim().is_empty() {
             return Err(RequestError::InvalidField("content must not be empty".into()));
         }
@@ -227,6 +224,11 @@ mod tests {
     #[test]
     fn syntax_errors_and_field_errors_are_told_apart() {
         assert!(matches!(parse("{"), Err(RequestError::MalformedJson(_))));
+        assert!(matches!(parse(r#"{"content":"x"#), Err(RequestError::MalformedJson(_))));
+        assert!(matches!(
+            parse(r#"{"content":"x"} tail"#),
+            Err(RequestError::MalformedJson(_))
+        ));
         assert!(matches!(parse(r#"{"content": 5}"#), Err(RequestError::InvalidField(_))));
         assert!(matches!(parse(r#"{}"#), Err(RequestError::InvalidField(_))));
         assert!(matches!(
@@ -237,5 +239,23 @@ mod tests {
             parse(r#"{"content":"x","conversation_id":"nope"}"#),
             Err(RequestError::InvalidField(_))
         ));
+    }
+
+    #[test]
+    fn a_wrong_shape_does_not_hide_a_body_that_is_not_json() {
+        // The typed parse fails at `[` ("expected a string") long before the end.
+        assert!(matches!(parse("[[1, 2"), Err(RequestError::MalformedJson(_))));
+        assert!(matches!(
+            parse(r#"{"content": 5, "#),
+            Err(RequestError::MalformedJson(_))
+        ));
+        let deep = "[".repeat(100_000);
+        assert!(matches!(parse(&deep), Err(RequestError::MalformedJson(_))));
+        // Deep but well-formed: the wrong shape, or an unknown field skipped.
+        let closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(parse(&closed), Err(RequestError::InvalidField(_))));
+        let nested = format!(r#"{{"content":"x","extra":{}{}}}"#, "[".repeat(1000), "]".repeat(1000));
+        assert!(parse(&nested).is_ok());
+        assert!(matches!(parse("[1, 2]"), Err(RequestError::InvalidField(_))));
     }
 }

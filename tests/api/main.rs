@@ -8,6 +8,7 @@ mod checkpoints;
 mod concurrency;
 mod conversations;
 mod cors;
+mod edge_security;
 mod helpers;
 mod lifecycle;
 mod restart;
