@@ -27,6 +27,10 @@ pub struct Cli {
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
 
+    /// A file holding the upstream key (a key given as a flag shows in `ps`).
+    #[arg(long, env = "OPENAI_API_KEY_FILE")]
+    pub upstream_key_file: Option<PathBuf>,
+
     /// Model used when a request names none [default: gpt-4o-mini, or `demo`].
     #[arg(long, env = "CHATGATE_MODEL")]
     pub model: Option<String>,
@@ -191,11 +195,23 @@ pub enum ConfigError {
     BodyLimit,
     #[error("--max-answer-bytes must be at least 1")]
     AnswerLimit,
+    #[error("cannot read the upstream key file {path}: {source}")]
+    KeyFile { path: PathBuf, source: std::io::Error },
+    #[error("the upstream key is given twice: by --upstream-key (OPENAI_API_KEY) and by --upstream-key-file; give one")]
+    KeyTwice,
 }
 
 impl Settings {
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
         let key = cli.upstream_key.filter(|k| !k.trim().is_empty());
+        let key = match (key, cli.upstream_key_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::KeyTwice),
+            (key, None) => key,
+            (None, Some(path)) => {
+                let read = std::fs::read_to_string(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
+                Some(read.trim().to_owned()).filter(|k| !k.is_empty())
+            }
+        };
         let url = cli.upstream_url.filter(|u| !u.trim().is_empty());
         let upstream = match (url, key) {
             (None, None) => UpstreamKind::Demo {
@@ -369,6 +385,25 @@ mod tests {
             }
             other => panic!("expected OpenAI, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_upstream_key_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "sk-from-file\n").unwrap();
+        let path = file.to_str().unwrap();
+        let s = settings(&["--upstream-url", "", "--upstream-key", "", "--upstream-key-file", path]).unwrap();
+        assert!(matches!(s.upstream, UpstreamKind::OpenAi { key: Some(k), .. } if k == "sk-from-file"));
+        assert!(matches!(
+            settings(&["--upstream-key", "sk-x", "--upstream-key-file", path]),
+            Err(ConfigError::KeyTwice)
+        ));
+        let missing = dir.path().join("none");
+        assert!(matches!(
+            settings(&["--upstream-key", "", "--upstream-key-file", missing.to_str().unwrap()]),
+            Err(ConfigError::KeyFile { .. })
+        ));
     }
 
     #[test]

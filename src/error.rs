@@ -105,11 +105,17 @@ impl From<&ApiError> for ErrorBody {
 
 impl ErrorBody {
     pub fn response(&self) -> HttpResponse {
+        self.response_with(json!({}))
+    }
+
+    /// The response, with `fields` beside `error` in its body (an object).
+    pub fn response_with(&self, mut fields: Value) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
         if let Some(seconds) = &self.retry_after {
             response.insert_header((RETRY_AFTER, seconds.as_str()));
         }
-        response.json(json!({"error": self.object}))
+        fields["error"] = self.object.clone();
+        response.json(fields)
     }
 }
 

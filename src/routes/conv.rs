@@ -81,7 +81,12 @@ pub async fn post(
     match reader.next().await {
         Some(ReaderItem::Bytes(first)) => Ok(event_stream(Some(first), reader)),
         Some(ReaderItem::Final(object)) => Ok(HttpResponse::Ok().content_type(ContentType::json()).body(object)),
-        Some(ReaderItem::Refused(error)) => Ok(error.response()),
+        // The turn was stored (the upstream had accepted it): say where, so that a client
+        // can retry from it.
+        Some(ReaderItem::Refused(error)) => Ok(error.response_with(json!({
+            "conversation_id": identity.conversation_id.to_string(),
+            "message_id": identity.parent_id.to_string(),
+        }))),
         None => Err(ApiError::Internal("the answer ended without a last frame")),
     }
 }

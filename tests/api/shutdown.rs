@@ -39,7 +39,6 @@ impl Gateway {
         command
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream-url", &mock.base_url()])
-            .args(["--upstream-key", KEY])
             .args(["--model", "mock-model"])
             .arg("--store")
             .arg(format!("sqlite://{}", db.display()))
@@ -56,6 +55,10 @@ impl Gateway {
             if key.starts_with("OPENAI_") || key.starts_with("CHATGATE_") {
                 command.env_remove(key);
             }
+        }
+        // The key as operators should give it: not on the command line, where `ps` shows it.
+        if !extra.iter().any(|a| a.starts_with("--upstream-key")) {
+            command.env("OPENAI_API_KEY", KEY);
         }
         let mut child = command.spawn().expect("chatgate starts");
         let log = Arc::new(Mutex::new(String::new()));

@@ -124,3 +124,33 @@ async fn an_upstream_silent_mid_answer_ends_with_a_timeout_frame() {
     assert_eq!(last["error"]["code"], "upstream_timeout");
     stream.assert_closed_properly();
 }
+
+#[tokio::test]
+async fn an_error_after_the_upstream_accepted_but_before_any_text_names_the_stored_turn() {
+    let app = spawn_app().await;
+    let response = app
+        .post_conv(json!({"content": "fail early [mock:error-after=0]"}))
+        .await;
+    let body = assert_error(response, 502, "server_error").await;
+    let conversation = body["conversation_id"].as_str().expect("the stored conversation");
+    let question = body["message_id"].as_str().expect("the stored user message");
+    let (status, tree) = app.get_json(&format!("/conv/{conversation}")).await;
+    assert_eq!(status, 200);
+    let user = &tree["mapping"][question];
+    assert_eq!(user["message"]["author"]["role"], "user");
+    assert_eq!(
+        user["message"]["content"]["parts"][0],
+        "fail early [mock:error-after=0]"
+    );
+    let answer = user["children"][0].as_str().expect("the answer beside it");
+    let stored = app.stored_message(conversation, answer).await;
+    assert_eq!(stored["status"], "error");
+    assert_eq!(stored["metadata"]["error"]["code"], "server_error");
+
+    // A retry from it: the same question again under the same parent.
+    let parent = user["parent"].as_str().unwrap();
+    let retry = app
+        .turn(json!({"content": "again", "conversation_id": conversation, "parent_message_id": parent}))
+        .await;
+    retry.assert_finished();
+}

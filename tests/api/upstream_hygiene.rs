@@ -487,3 +487,31 @@ async fn the_key_reaches_no_client_no_database_file_and_no_debug_log() {
     assert!(database.windows(12).any(|w| w == b"before after"));
     assert_no_key("the database files", &database);
 }
+
+#[tokio::test]
+async fn a_key_given_as_a_flag_is_warned_about_and_a_key_file_is_not() {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flagged = Gateway::start(&dir.path().join("a.db"), &mock, &["--upstream-key", KEY]).await;
+    let warned = |log: &str| log.contains("shows in the process list");
+    assert!(warned(&flagged.log()), "{}", flagged.log());
+    drop(flagged);
+
+    let key_file = dir.path().join("upstream.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let path = key_file.to_str().unwrap();
+    let from_file = Gateway::start(&dir.path().join("b.db"), &mock, &["--upstream-key-file", path]).await;
+    let response = from_file.post_conv(json!({"content": "hello"})).await;
+    let stream = read_stream(response).await;
+    stream.assert_finished();
+    assert_eq!(stream.text(), "Echo: hello");
+    assert!(!warned(&from_file.log()), "{}", from_file.log());
+    assert!(!from_file.log().contains(KEY));
+    let sent = mock.authorizations();
+    let bearer = format!("Bearer {KEY}");
+    assert_eq!(
+        sent.last().unwrap().as_deref(),
+        Some(bearer.as_str()),
+        "the file's key, trimmed"
+    );
+}

@@ -28,6 +28,8 @@ pub struct Stats {
 struct State {
     scripts: VecDeque<Script>,
     requests: Vec<Value>,
+    /// The `Authorization` header of each chat request (`None`: there was none).
+    authorizations: Vec<Option<String>>,
     stats: Stats,
 }
 
@@ -95,6 +97,11 @@ impl MockLlm {
         self.shared.lock().requests.clone()
     }
 
+    /// The `Authorization` header of every chat request, oldest first.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.lock().authorizations.clone()
+    }
+
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats
     }
@@ -117,12 +124,17 @@ impl MockLlm {
     }
 }
 
-async fn chat(shared: web::Data<Shared>, body: web::Json<Value>) -> HttpResponse {
+async fn chat(shared: web::Data<Shared>, http: actix_web::HttpRequest, body: web::Json<Value>) -> HttpResponse {
     let request = body.into_inner();
+    let authorization = http
+        .headers()
+        .get("authorization")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (script, n) = {
         let mut state = shared.lock();
         state.stats.requests += 1;
         state.requests.push(request.clone());
+        state.authorizations.push(authorization);
         let n = state.stats.requests;
         (state.scripts.pop_front(), n)
     };
