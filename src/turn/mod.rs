@@ -208,6 +208,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse(body: &str) -> Result<TurnRequest, RequestError> {
         TurnRequest::parse(body.as_bytes())
@@ -257,5 +258,52 @@ mod tests {
         let nested = format!(r#"{{"content":"x","extra":{}{}}}"#, "[".repeat(1000), "]".repeat(1000));
         assert!(parse(&nested).is_ok());
         assert!(matches!(parse("[1, 2]"), Err(RequestError::InvalidField(_))));
+    }
+
+    /// Any JSON value, nested up to a few levels, with the request's own field names
+    /// among the keys so that the interesting paths are reached.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let key = prop_oneof![
+            Just("content".to_owned()),
+            Just("conversation_id".to_owned()),
+            Just("parent_message_id".to_owned()),
+            Just("model".to_owned()),
+            Just("delta".to_owned()),
+            Just("background".to_owned()),
+            ".{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            ".{0,40}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_are_a_400_or_422(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = TurnRequest::parse(&body) {
+                prop_assert!(matches!(e, RequestError::MalformedJson(_) | RequestError::InvalidField(_)), "{e:?}");
+            }
+        }
+
+        #[test]
+        fn well_formed_json_is_never_a_syntax_error(value in json_value()) {
+            let body = value.to_string();
+            match TurnRequest::parse(body.as_bytes()) {
+                Ok(turn) => prop_assert!(!turn.content.trim().is_empty()),
+                Err(e) => prop_assert!(matches!(e, RequestError::InvalidField(_)), "{e:?} for {body}"),
+            }
+        }
     }
 }
