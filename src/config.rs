@@ -94,6 +94,27 @@ pub struct Cli {
     #[arg(long, env = "CHATGATE_REQUEST_TIMEOUT", default_value_t = 10.0)]
     pub request_timeout: f64,
 
+    /// Client keys, a comma list of `NAME:KEY`; with any, every route but the page's and
+    /// `/healthz` needs `Authorization: Bearer KEY`.
+    #[arg(long, env = "CHATGATE_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// A file of client keys, one `NAME:KEY` a line (`#` comments); re-read on SIGHUP.
+    #[arg(long, env = "CHATGATE_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address without client keys (anyone who reaches it may use it).
+    #[arg(long, env = "CHATGATE_NO_AUTH")]
+    pub no_auth: bool,
+
+    /// Turns (`POST /conv`) per client per sliding minute; over it, 429 with `Retry-After`.
+    #[arg(long, env = "CHATGATE_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+
+    /// Live answers per client at once; over it, 429.
+    #[arg(long, env = "CHATGATE_MAX_STREAMS_PER_CLIENT")]
+    pub max_streams_per_client: Option<u32>,
+
     /// Milliseconds between words of the demo provider's answer.
     #[arg(long, env = "CHATGATE_DEMO_DELAY_MS", default_value_t = 45)]
     pub demo_delay_ms: u64,
@@ -144,6 +165,34 @@ pub struct Settings {
     pub allowed_hosts: AllowedHosts,
     pub max_answer_bytes: usize,
     pub request_timeout: Duration,
+    /// `--api-keys`: `NAME:KEY,…`.
+    pub api_keys: Option<String>,
+    pub api_keys_file: Option<PathBuf>,
+    pub limits: ClientLimits,
+}
+
+/// Per-client limits; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Turns per sliding minute.
+    pub turns_per_minute: Option<u32>,
+    /// Live answers at once.
+    pub streams: Option<u32>,
+}
+
+impl Settings {
+    /// Whether clients must present a key: any key source was given (an empty file too:
+    /// keys can be added to it and read on SIGHUP).
+    pub fn auth_on(&self) -> bool {
+        self.api_keys.is_some() || self.api_keys_file.is_some()
+    }
+}
+
+/// Whether `listen` is a loopback address: 127.0.0.0/8, ::1 or `localhost`.
+pub fn is_loopback(listen: &str) -> bool {
+    let name = host_name(listen);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Which `Host` names the gateway answers to.
@@ -199,6 +248,12 @@ pub enum ConfigError {
     KeyFile { path: PathBuf, source: std::io::Error },
     #[error("the upstream key is given twice: by --upstream-key (OPENAI_API_KEY) and by --upstream-key-file; give one")]
     KeyTwice,
+    #[error("{0} must be at least 1")]
+    AtLeastOne(&'static str),
+    #[error(
+        "refusing to listen on {0} without client keys: anyone who can reach it could use the upstream key and read every conversation. Give keys with --api-keys (or --api-keys-file), or pass --no-auth to run open on purpose"
+    )]
+    OpenListen(String),
 }
 
 impl Settings {
@@ -245,6 +300,15 @@ impl Settings {
             return Err(ConfigError::BodyLimit);
         }
         let allowed_hosts = parse_hosts(cli.allowed_hosts.as_deref(), &cli.listen);
+        let api_keys = cli.api_keys.filter(|k| !k.trim().is_empty());
+        let api_keys_file = cli.api_keys_file.filter(|f| !f.as_os_str().is_empty());
+        if api_keys.is_none() && api_keys_file.is_none() && !cli.no_auth && !is_loopback(&cli.listen) {
+            return Err(ConfigError::OpenListen(cli.listen));
+        }
+        let limits = ClientLimits {
+            turns_per_minute: at_least_one(cli.rate_limit, "--rate-limit")?,
+            streams: at_least_one(cli.max_streams_per_client, "--max-streams-per-client")?,
+        };
         Ok(Self {
             listen: cli.listen,
             upstream,
@@ -266,6 +330,9 @@ impl Settings {
                 n => n,
             },
             request_timeout: seconds(cli.request_timeout, "--request-timeout")?,
+            api_keys,
+            api_keys_file,
+            limits,
         })
     }
 
@@ -292,7 +359,17 @@ impl Settings {
             allowed_hosts: parse_hosts(None, "127.0.0.1:0"),
             max_answer_bytes: 4 << 20,
             request_timeout: Duration::from_secs(10),
+            api_keys: None,
+            api_keys_file: None,
+            limits: ClientLimits::default(),
         }
+    }
+}
+
+fn at_least_one(value: Option<u32>, name: &'static str) -> Result<Option<u32>, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::AtLeastOne(name)),
+        value => Ok(value),
     }
 }
 
@@ -446,6 +523,22 @@ mod tests {
         assert!(set.allows("chat.example.com:8443") && set.allows("other.example"));
         assert!(!set.allows("localhost"), "a set list replaces the default");
         assert!(parse_hosts(Some("*"), "127.0.0.1:8000").allows("anything"));
+    }
+
+    #[test]
+    fn an_open_address_needs_keys_or_no_auth() {
+        for loopback in ["127.0.0.1:0", "127.9.9.9:80", "[::1]:8000", "localhost:8000"] {
+            assert!(is_loopback(loopback), "{loopback}");
+            assert!(settings(&["--listen", loopback]).is_ok(), "{loopback}");
+        }
+        for open in ["0.0.0.0:8000", "[::]:8000", "10.0.0.1:80", "example.com:80"] {
+            assert!(!is_loopback(open), "{open}");
+            let error = settings(&["--listen", open]).unwrap_err().to_string();
+            assert!(error.contains("--api-keys") && error.contains("--no-auth"), "{error}");
+            assert!(settings(&["--listen", open, "--no-auth"]).is_ok());
+            assert!(settings(&["--listen", open, "--api-keys", "a:k"]).unwrap().auth_on());
+        }
+        assert!(settings(&["--rate-limit", "0"]).is_err());
     }
 
     #[test]

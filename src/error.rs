@@ -78,6 +78,12 @@ pub enum ApiError {
     /// An error the framework answered by itself (see `edge::finish`), kept as it was.
     #[error("{message}")]
     Http { status: StatusCode, message: String },
+    #[error("a valid client key is needed: send `Authorization: Bearer KEY`")]
+    Unauthorized,
+    #[error("too many turns: this client may send {limit} a minute")]
+    RateLimited { limit: u32, retry_after: u64 },
+    #[error("too many answers at once: this client may run {0} at a time")]
+    TooManyStreams(u32),
     #[error(
         "chatgate is running, but its chat page has not been built: run `npm --prefix web ci && npm --prefix web run build` and reload"
     )]
@@ -98,7 +104,7 @@ impl From<&ApiError> for ErrorBody {
         Self {
             status: e.status_code(),
             object: e.object(),
-            retry_after: e.retry_after().map(str::to_owned),
+            retry_after: e.retry_after(),
         }
     }
 }
@@ -185,6 +191,9 @@ impl ApiError {
                 (*status, kind, http_code(*status))
             }
             ApiError::PageNotBuilt => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "page_not_built"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded"),
+            ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "too_many_streams"),
         };
         (status, kind, code.to_owned())
     }
@@ -195,9 +204,10 @@ impl ApiError {
         json!({"message": self.to_string(), "type": kind, "code": code})
     }
 
-    fn retry_after(&self) -> Option<&str> {
+    fn retry_after(&self) -> Option<String> {
         match self {
-            ApiError::Upstream(UpstreamError::Refused { retry_after, .. }) => retry_after.as_deref(),
+            ApiError::Upstream(UpstreamError::Refused { retry_after, .. }) => retry_after.clone(),
+            ApiError::RateLimited { retry_after, .. } => Some(retry_after.to_string()),
             _ => None,
         }
     }
@@ -210,6 +220,12 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = ErrorBody::from(self).response();
+        if let ApiError::Unauthorized = self {
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer"),
+            );
+        }
         // The rest of a body that came too slowly would be read as the next request.
         if let ApiError::Request(RequestError::Timeout(_)) = self {
             response.head_mut().set_connection_type(ConnectionType::Close);

@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod edge;
 pub mod error;
 pub mod generation;
+pub mod limits;
 pub mod prompts;
 pub mod routes;
 pub mod startup;

@@ -6,10 +6,12 @@ use crate::config::{CorsOrigins, Settings, StoreKind, UpstreamKind};
 use crate::conversation::memory::MemoryStore;
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
+use crate::edge::auth::{Keyring, KeysError};
 use crate::edge::{self, origin};
 use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
 use crate::generation::local::LocalGenerations;
+use crate::limits::LocalLimiter;
 use crate::prompts::Presets;
 use crate::routes;
 use crate::state::AppState;
@@ -35,6 +37,10 @@ pub enum StartupError {
     Prompts(std::io::Error),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("bad client keys: {0}")]
+    Keys(#[from] KeysError),
+    #[error("cannot watch for SIGHUP to reload the keys file: {0}")]
+    Hangup(std::io::Error),
 }
 
 pub struct Application {
@@ -90,6 +96,17 @@ impl Application {
             );
         }
         let presets = Presets::load(&settings.prompts_dir).map_err(StartupError::Prompts)?;
+        let keys = match settings.auth_on() {
+            true => {
+                let keys = Keyring::load(settings.api_keys.as_deref(), settings.api_keys_file.as_deref())?;
+                log::info!(
+                    "{} client key(s): every route but the page and /healthz needs one",
+                    keys.current().len()
+                );
+                Some(keys)
+            }
+            false => None,
+        };
 
         let listener = TcpListener::bind(&settings.listen).map_err(|source| StartupError::Bind {
             addr: settings.listen.clone(),
@@ -106,6 +123,7 @@ impl Application {
                 addr: settings.listen.clone(),
                 source,
             })?;
+        let settings_limits = settings.limits;
         let state = web::Data::new(AppState {
             settings,
             store,
@@ -114,7 +132,12 @@ impl Application {
             generations: Arc::new(LocalGenerations::default()),
             unsaved: Arc::new(Unsaved::default()),
             stopping: AtomicBool::new(false),
+            keys,
+            limiter: Arc::new(LocalLimiter::new(settings_limits)),
         });
+        if state.keys.as_ref().is_some_and(|k| k.file().is_some()) {
+            reload_keys_on_hangup(state.clone())?;
+        }
         let app_state = state.clone();
         let request_timeout = state.settings.request_timeout;
         let server = HttpServer::new(move || {
@@ -234,6 +257,23 @@ impl Application {
         }
         served
     }
+}
+
+/// Re-reads the keys file on every SIGHUP. Watched from start-up on, so that a SIGHUP never
+/// finds the default action (ending the process) in place.
+fn reload_keys_on_hangup(state: web::Data<AppState>) -> Result<(), StartupError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).map_err(StartupError::Hangup)?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(keys) = &state.keys else { return };
+            match keys.reload() {
+                Ok(n) => log::info!("SIGHUP: client keys reloaded, {n} key(s)"),
+                Err(e) => log::error!("SIGHUP: the client keys were not reloaded, the old ones stay: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Stops accepting, and makes new connections fail at once instead of waiting in the

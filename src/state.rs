@@ -2,9 +2,12 @@
 
 use crate::config::Settings;
 use crate::conversation::{Conversation, ConversationId, Store, StoreError};
+use crate::edge::auth::{Client, Keyring};
+use crate::error::{ApiError, RequestError};
 use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
 use crate::generation::runner::{Limits, Timing};
+use crate::limits::Limiter;
 use crate::prompts::Presets;
 use crate::upstream::AnyProvider;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ pub struct AppState {
     pub unsaved: Arc<Unsaved>,
     /// Set on SIGTERM/SIGINT: no new answer starts (a kept-alive connection may still ask).
     pub stopping: AtomicBool,
+    /// The client keys, when `settings.auth_on()`.
+    pub keys: Option<Keyring>,
+    pub limiter: Arc<dyn Limiter>,
 }
 
 impl AppState {
@@ -35,6 +41,36 @@ impl AppState {
             self.unsaved.apply(c);
         }
         Ok(conversation)
+    }
+
+    /// Conversation `id` as `client` may see it: a conversation of another key is
+    /// `UnknownConversation` (404), exactly as one that does not exist.
+    pub async fn owned_conversation(&self, id: ConversationId, client: &Client) -> Result<Conversation, ApiError> {
+        match self.conversation(id).await? {
+            Some(c) if client.may_see(c.owner.as_deref()) => Ok(c),
+            _ => Err(RequestError::UnknownConversation(id).into()),
+        }
+    }
+
+    /// Refuses (404) a conversation `client` may not see, stored or still only live (its
+    /// first answer runs before its row is stored). Without keys, everything is visible and
+    /// nothing is read.
+    pub async fn check_owner(&self, id: ConversationId, client: &Client) -> Result<(), ApiError> {
+        if let Client::Address(_) = client {
+            return Ok(());
+        }
+        let visible = match self.generations.owner(id) {
+            Some(owner) => client.may_see(owner.as_deref()),
+            None => self
+                .store
+                .conversation(id)
+                .await?
+                .is_some_and(|c| client.may_see(c.owner.as_deref())),
+        };
+        match visible {
+            true => Ok(()),
+            false => Err(RequestError::UnknownConversation(id).into()),
+        }
     }
 
     pub fn timing(&self) -> Timing {

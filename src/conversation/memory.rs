@@ -35,6 +35,7 @@ impl Store for MemoryStore {
                 update_time: root.create_time,
                 current_node: root.id,
                 messages: vec![root],
+                owner: turn.owner,
             });
         }
         let conversation = all
@@ -63,10 +64,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<Summary>, StoreError> {
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<Summary>, StoreError> {
         let mut items: Vec<Summary> = self
             .lock()
             .values()
+            .filter(|c| owner.is_none() || c.owner.as_deref() == owner)
             .map(|c| Summary {
                 id: c.id,
                 title: c.title.clone(),

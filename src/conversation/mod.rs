@@ -191,6 +191,9 @@ pub struct Conversation {
     /// The newest message: where a turn without `parent_message_id` continues.
     pub current_node: MessageId,
     pub messages: Vec<Message>,
+    /// The client key name that created it; `None`: created without keys, and then
+    /// visible only while keys are off.
+    pub owner: Option<String>,
 }
 
 impl Conversation {

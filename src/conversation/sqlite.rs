@@ -38,6 +38,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX conversations_by_update ON conversations(update_time DESC);",
     // 2: where each upstream chunk of an answer ends, for resuming after a frame id.
     "ALTER TABLE messages ADD COLUMN chunk_ends BLOB;",
+    // 3: the client key name that created a conversation (NULL: created without keys).
+    "ALTER TABLE conversations ADD COLUMN owner TEXT;
+    CREATE INDEX conversations_by_owner ON conversations(owner, update_time DESC);",
 ];
 
 pub struct SqliteStore {
@@ -203,12 +206,20 @@ fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, S
     let key = id.to_string();
     let head = conn
         .query_row(
-            "SELECT title, create_time, update_time, current_node FROM conversations WHERE id = ?1",
+            "SELECT title, create_time, update_time, current_node, owner FROM conversations WHERE id = ?1",
             [&key],
-            |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            },
         )
         .optional()?;
-    let Some((title, create_time, update_time, current_node)) = head else {
+    let Some((title, create_time, update_time, current_node, owner)) = head else {
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
@@ -240,6 +251,7 @@ fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, S
         update_time,
         current_node: message_id(&current_node)?,
         messages,
+        owner,
     }))
 }
 
@@ -255,10 +267,16 @@ impl Store for SqliteStore {
                 let key = turn.conversation_id.to_string();
                 if let Some((title, root)) = &turn.new_conversation {
                     tx.prepare_cached(
-                        "INSERT INTO conversations (id, title, create_time, update_time, current_node)
-                     VALUES (?1, ?2, ?3, ?3, ?4)",
+                        "INSERT INTO conversations (id, title, create_time, update_time, current_node, owner)
+                     VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
                     )?
-                    .execute(params![key, title, root.create_time, root.id.to_string()])?;
+                    .execute(params![
+                        key,
+                        title,
+                        root.create_time,
+                        root.id.to_string(),
+                        turn.owner
+                    ])?;
                     insert_message(tx, turn.conversation_id, root)?;
                 }
                 let changed = tx
@@ -296,11 +314,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn list(&self) -> Result<Vec<Summary>, StoreError> {
-        self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT id, title, update_time FROM conversations ORDER BY update_time DESC")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<Summary>, StoreError> {
+        let owner = owner.map(str::to_owned);
+        self.read(move |conn| {
+            // `?1 IS NULL`: no owner asked for, every conversation.
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, title, update_time FROM conversations WHERE ?1 IS NULL OR owner = ?1
+                 ORDER BY update_time DESC",
+            )?;
+            let rows = stmt.query_map([owner], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
             let mut items = Vec::new();
             for row in rows {
                 let (id, title, update_time) = row?;
@@ -337,6 +359,7 @@ mod tests {
         NewTurn {
             conversation_id,
             new_conversation: Some(("q".into(), root)),
+            owner: Some("alice".into()),
             user,
             assistant,
         }
@@ -357,6 +380,19 @@ mod tests {
         assert_eq!(m.status, Status::Error);
         assert_eq!(m.finish, Some(FinishType::Interrupted));
         assert_eq!(m.error.as_ref().unwrap()["code"], "gateway_stopped");
+    }
+
+    #[tokio::test]
+    async fn a_conversation_keeps_its_owner_and_lists_are_per_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        let id = ConversationId::new();
+        store.begin_turn(turn(id)).await.unwrap();
+        let stored = store.conversation(id).await.unwrap().unwrap();
+        assert_eq!(stored.owner.as_deref(), Some("alice"));
+        assert_eq!(store.list(Some("alice")).await.unwrap().len(), 1);
+        assert!(store.list(Some("bob")).await.unwrap().is_empty());
+        assert_eq!(store.list(None).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -46,6 +46,8 @@ pub struct NewTurn {
     pub conversation_id: ConversationId,
     /// Set when the turn starts a conversation: its title and root node.
     pub new_conversation: Option<(String, Message)>,
+    /// The new conversation's owner (a client key name); ignored when continuing one.
+    pub owner: Option<String>,
     pub user: Message,
     pub assistant: Message,
 }
@@ -74,8 +76,8 @@ pub trait Store: Send + Sync + 'static {
     /// Writes an answer's text and status durably: a checkpoint, or its end.
     async fn update_answer(&self, update: AnswerUpdate) -> Result<(), StoreError>;
 
-    /// Every conversation, most recently updated first.
-    async fn list(&self) -> Result<Vec<Summary>, StoreError>;
+    /// Most recently updated first: every conversation (`None`), or those of one owner.
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<Summary>, StoreError>;
 
     /// Removes a conversation and its messages; `false` when there was none.
     async fn delete(&self, id: ConversationId) -> Result<bool, StoreError>;

@@ -5,20 +5,27 @@
 //!   whose name its owner re-points at 127.0.0.1 (DNS rebinding) is same-origin with the
 //!   gateway for the browser: only the `Host` it sends tells the two apart. And a foreign
 //!   page can send a `POST` that CORS never asked about (see [`origin::check`]).
+//! - [`admit`] also names the client ([`auth::Client`]): with client keys, by its key
+//!   (401 without a valid one, except for the page and `/healthz`); without, by its peer
+//!   address. Routes take it as an extractor.
 //! - [`finish`]: the security headers on every response, and the JSON error body on the
 //!   errors the framework answers by itself.
 
+pub mod auth;
 pub mod origin;
 
 use crate::config::Settings;
 use crate::error::{ApiError, RequestError};
+use crate::routes::web::is_page_file;
 use crate::state::AppState;
 use actix_web::body::{EitherBody, MessageBody, to_bytes_limited};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::{ConnectionType, Method, StatusCode, Version};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use auth::Client;
+use std::future::{Ready, ready};
 
 /// Refuses a request for a host this gateway does not serve (421), and a cross-site one
 /// that would change something (403), before any route, store or upstream sees it.
@@ -26,13 +33,82 @@ pub async fn admit<B: MessageBody>(
     req: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
-    let refusal = match req.app_data::<web::Data<AppState>>() {
-        Some(state) => check(req.request(), &state.settings).err().map(ApiError::from),
-        None => Some(ApiError::Internal("the application state is missing")),
+    let admitted = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => check(req.request(), &state.settings)
+            .map_err(ApiError::from)
+            .and_then(|()| authenticate(req.request(), state)),
+        None => Err(ApiError::Internal("the application state is missing")),
     };
-    match refusal {
-        Some(error) => Ok(req.into_response(error.error_response()).map_into_right_body()),
-        None => next.call(req).await.map(ServiceResponse::map_into_left_body),
+    match admitted {
+        Ok(client) => {
+            req.extensions_mut().insert(client);
+            next.call(req).await.map(ServiceResponse::map_into_left_body)
+        }
+        Err(error) => Ok(req.into_response(error.error_response()).map_into_right_body()),
+    }
+}
+
+/// Who is asking. Without keys, its peer address (not `X-Forwarded-For`: any client can
+/// write that); with keys, the name of the key it presents, or 401.
+fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Client, ApiError> {
+    let anonymous = Client::Address(req.peer_addr().map(|a| a.ip()));
+    let Some(keyring) = &state.keys else {
+        return Ok(anonymous);
+    };
+    if is_public(req, &state.settings) {
+        return Ok(anonymous);
+    }
+    let keys = keyring.current();
+    presented_key(req)
+        .and_then(|key| keys.name_of(&key).map(|name| Client::Key(name.to_owned())))
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// What anyone may fetch: the page and its files, `/healthz`, and CORS preflights (a
+/// browser sends them without credentials; the real request that follows needs its key).
+fn is_public(req: &HttpRequest, settings: &Settings) -> bool {
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    let path = req.path();
+    let preflight =
+        req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    preflight || (reading && (path == "/" || path == "/healthz" || is_page_file(&settings.web_dir, path)))
+}
+
+/// `Authorization: Bearer KEY`; on a stream GET also `?api_key=KEY` (EventSource cannot
+/// set headers). The query is never logged: no log line here prints a request's target.
+fn presented_key(req: &HttpRequest) -> Option<String> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim().to_owned());
+    bearer.or_else(|| {
+        let segments: Vec<&str> = req.path().split('/').collect();
+        let stream = req.method() == Method::GET && matches!(segments[..], ["", "conv", _, "stream"]);
+        if !stream {
+            return None;
+        }
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()?
+            .into_inner()
+            .remove("api_key")
+    })
+}
+
+/// Routes take the client [`admit`] named as an argument.
+impl FromRequest for Client {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<Client>()
+                .cloned()
+                .ok_or(ApiError::Internal("the request's client was not named")),
+        )
     }
 }
 

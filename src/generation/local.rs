@@ -51,6 +51,7 @@ impl Content {
 
 struct Generation {
     identity: AnswerIdentity,
+    owner: Option<String>,
     template: FrameTemplate,
     content: Mutex<Content>,
     /// Woken on every change; each reader checks what is new for it.
@@ -111,9 +112,10 @@ impl LocalGenerations {
 
 #[async_trait]
 impl Generations for LocalGenerations {
-    fn start(&self, identity: AnswerIdentity, never_alone: bool) -> Box<dyn Producer> {
+    fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer> {
         let (signals, inbox) = mpsc::unbounded_channel();
         let generation = Arc::new(Generation {
+            owner,
             template: FrameTemplate::new(&identity),
             identity,
             content: Mutex::new(Content {
@@ -144,6 +146,12 @@ impl Generations for LocalGenerations {
             emptied: Arc::clone(&self.emptied),
             finished: false,
         })
+    }
+
+    fn owner(&self, conversation: ConversationId) -> Option<Option<String>> {
+        let registry = self.lock();
+        let message = registry.by_conversation.get(&conversation)?.first()?;
+        registry.by_message.get(message).map(|g| g.owner.clone())
     }
 
     fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader> {

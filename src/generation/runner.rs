@@ -50,6 +50,8 @@ pub struct Run {
     pub unsaved: Arc<Unsaved>,
     pub timing: Timing,
     pub limits: Limits,
+    /// The client's live-answer slot (see `limits`), held until the answer has ended.
+    pub slot: Option<crate::limits::StreamSlot>,
 }
 
 /// How an answer ended.
@@ -81,6 +83,7 @@ async fn drive(run: Run) {
         unsaved,
         timing,
         limits,
+        slot,
     } = run;
     let mut runner = Runner {
         identity,
@@ -96,6 +99,7 @@ async fn drive(run: Run) {
     // Drop the upstream before the final write: tokens nobody reads stop now.
     drop(stream);
     runner.end(ending).await;
+    drop(slot);
 }
 
 /// One generation's runner, once started.

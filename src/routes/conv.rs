@@ -1,6 +1,7 @@
 //! `POST /conv`: one conversation turn. The answer becomes a generation that runs in the
 //! gateway; this request is its first reader (or, with `"background": true`, none).
 
+use crate::edge::auth::Client;
 use crate::error::{ApiError, RequestError};
 use crate::generation::runner::{self, Run};
 use crate::generation::{ReadFrom, Reader, ReaderItem, Target};
@@ -21,6 +22,7 @@ pub async fn post(
     state: web::Data<AppState>,
     request: HttpRequest,
     payload: web::Payload,
+    client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let limits = BodyLimits {
         bytes: state.settings.max_body_bytes,
@@ -39,7 +41,13 @@ pub async fn post(
     };
     let background = turn_request.background;
     let never_alone = background && !turn_request.cancel_unread;
-    let turn = turn::prepare(&state, turn_request).await?;
+    let turn = turn::prepare(&state, turn_request, &client).await?;
+
+    // The client's limits, checked last before the upstream sees anything, so that only a
+    // turn that goes upstream counts. The slot first: a turn it refuses is not counted.
+    let limited = client.limit_key();
+    let slot = state.limiter.stream_slot(&limited)?;
+    state.limiter.count_turn(&limited)?;
 
     // Wait for the upstream's status before answering, so that a refusal reaches the
     // client as a real HTTP status with the upstream's own message.
@@ -49,7 +57,8 @@ pub async fn post(
         .map_err(|_| UpstreamError::IdleTimeout(idle))??;
 
     let identity = turn.identity;
-    let producer = state.generations.start(identity.clone(), never_alone);
+    let owner = client.owner().map(str::to_owned);
+    let producer = state.generations.start(identity.clone(), owner, never_alone);
     // Subscribed before the runner starts, so that this reader sees the answer from its
     // first chunk and an early failure as a refusal.
     let target = Target {
@@ -69,6 +78,7 @@ pub async fn post(
         unsaved: state.unsaved.clone(),
         timing: state.timing(),
         limits: state.limits(),
+        slot,
     });
     let Some(mut reader) = reader else {
         return Ok(HttpResponse::Accepted().json(json!({

@@ -5,6 +5,7 @@
 use super::conv::{BodyLimits, read_body};
 use super::conversation_id;
 use crate::conversation::MessageId;
+use crate::edge::auth::Client;
 use crate::error::{ApiError, RequestError};
 use crate::generation::Target;
 use crate::state::AppState;
@@ -27,8 +28,10 @@ pub async fn post(
     path: web::Path<String>,
     request: HttpRequest,
     payload: web::Payload,
+    client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
+    state.check_owner(conversation, &client).await?;
     let limits = BodyLimits {
         bytes: MAX_BODY,
         within: state.settings.request_timeout,

@@ -5,6 +5,7 @@
 use super::conv::{event_stream, sse_response};
 use super::conversation_id;
 use crate::conversation::{MessageId, Role};
+use crate::edge::auth::Client;
 use crate::error::{ApiError, RequestError};
 use crate::generation::{ReadFrom, Target, replay};
 use crate::state::AppState;
@@ -25,8 +26,11 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
     request: HttpRequest,
+    client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
+    // Before anything about it is looked at: another key's conversation does not exist.
+    state.check_owner(conversation, &client).await?;
     let query = web::Query::<Query>::from_query(request.query_string())
         .map_err(|e| RequestError::InvalidQuery(format!("the query string is not valid: {e}")))?
         .into_inner();

@@ -57,7 +57,7 @@ pub async fn fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
 
 /// Whether `path` names one of the page's files (`/` its index). Only plain names are
 /// looked up: nothing that could leave the directory.
-fn is_page_file(dir: &Path, path: &str) -> bool {
+pub fn is_page_file(dir: &Path, path: &str) -> bool {
     let relative = path.trim_start_matches('/');
     if relative.is_empty() {
         return is_built(dir);

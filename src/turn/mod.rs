@@ -5,6 +5,7 @@ pub mod history;
 
 use crate::conversation::store::NewTurn;
 use crate::conversation::{ConversationId, Message, MessageId, Role, Status, now, title_from, tree};
+use crate::edge::auth::Client;
 use crate::error::{ApiError, RequestError};
 use crate::state::AppState;
 use crate::upstream::ChatRequest;
@@ -104,7 +105,9 @@ pub struct PreparedTurn {
     pub identity: AnswerIdentity,
 }
 
-pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedTurn, ApiError> {
+/// `client`: who sends it; it may continue only a conversation it may see, and owns one
+/// it starts.
+pub async fn prepare(state: &AppState, request: TurnRequest, client: &Client) -> Result<PreparedTurn, ApiError> {
     let TurnRequest {
         content,
         conversation,
@@ -127,10 +130,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
 
     let (conversation_id, new_conversation, parent, branch) = match conversation {
         Some(id) => {
-            let conversation = state
-                .conversation(id)
-                .await?
-                .ok_or(RequestError::UnknownConversation(id))?;
+            let conversation = state.owned_conversation(id, client).await?;
             let parent = parent.unwrap_or(conversation.current_node);
             if conversation.message(parent).is_none() {
                 return Err(RequestError::UnknownMessage(parent).into());
@@ -199,6 +199,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest) -> Result<PreparedT
         new_turn: NewTurn {
             conversation_id,
             new_conversation,
+            owner: client.owner().map(str::to_owned),
             user,
             assistant,
         },

@@ -86,9 +86,10 @@ function mockControl(base) {
 
 /**
  * Starts mock, gateway and browser. Call `stop()` at the end (the test files do it in
- * `after`). With `demo`, the gateway gets no upstream at all and runs its demo provider.
+ * `after`). With `demo`, the gateway gets no upstream at all and runs its demo provider;
+ * `gatewayArgs` are more flags for it (client keys, limits).
  */
-export async function startStack({ demo = false } = {}) {
+export async function startStack({ demo = false, gatewayArgs = [] } = {}) {
   // cargo's target directory, wherever CARGO_TARGET_DIR puts it
   const debug = join(resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target'), 'debug')
   const mockBin = join(debug, 'mockllm')
@@ -115,6 +116,7 @@ export async function startStack({ demo = false } = {}) {
       ...upstream,
       '--store', 'memory',
       '--web-dir', 'web/dist',
+      ...gatewayArgs,
     ])
     servers.push(gateway)
     const gatewayUrl = await gateway.url

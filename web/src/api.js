@@ -5,6 +5,41 @@ export function apiUrl(path) {
   return new URL(path, document.baseURI).toString()
 }
 
+// The client key (when the gateway asks for one), kept in this browser so that a reload
+// does not ask again. Memory stands in when storage is off (private mode).
+const KEY_ITEM = 'chatgate.apiKey'
+let keyInMemory = ''
+let onUnauthorized = () => {}
+
+export function clientKey() {
+  try {
+    return localStorage.getItem(KEY_ITEM) || keyInMemory
+  } catch {
+    return keyInMemory
+  }
+}
+
+export function setClientKey(key) {
+  keyInMemory = key
+  try {
+    if (key) localStorage.setItem(KEY_ITEM, key)
+    else localStorage.removeItem(KEY_ITEM)
+  } catch {
+    // private mode: the key lasts until the tab closes
+  }
+}
+
+/** `Authorization: Bearer KEY` when a key is set; sent on every call, streams included. */
+export function authHeaders() {
+  const key = clientKey()
+  return key ? { Authorization: `Bearer ${key}` } : {}
+}
+
+/** `fn()` runs whenever the gateway answers 401: the key is missing or no longer valid. */
+export function whenUnauthorized(fn) {
+  onUnauthorized = fn
+}
+
 /** An error the gateway (or the network) reported, with what a person should read. */
 export class ApiError extends Error {
   constructor(message, { status = 0, type = '', code = '', retryAfter = null } = {}) {
@@ -27,6 +62,7 @@ export function errorFromResponse(status, body, retryAfterHeader) {
   } catch {
     detail = null
   }
+  if (status === 401) onUnauthorized()
   const retryAfter = parseRetryAfter(retryAfterHeader)
   let message = detail?.message || fallbackMessage(status)
   if (status === 429) {
@@ -50,6 +86,7 @@ function parseRetryAfter(value) {
 
 function fallbackMessage(status) {
   if (status === 0) return 'Could not reach the gateway. Is it running?'
+  if (status === 401) return 'This gateway needs a client key.'
   if (status === 404) return 'Not found.'
   if (status === 413) return 'That message is too large.'
   if (status === 429) return 'The model is rate limited.'
@@ -58,7 +95,7 @@ function fallbackMessage(status) {
 }
 
 async function request(method, path, body) {
-  const init = { method, headers: { Accept: 'application/json' } }
+  const init = { method, headers: { Accept: 'application/json', ...authHeaders() } }
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json'
     init.body = JSON.stringify(body)

@@ -1,7 +1,7 @@
 // The page's state and everything that changes it: which conversation is open, its tree,
 // the turn being streamed, the sidebar list. Components read `state` and call `actions`.
 import { reactive } from 'vue'
-import { answerStreamPath, api } from './api.js'
+import { answerStreamPath, api, setClientKey, whenUnauthorized } from './api.js'
 import { followAnswer } from './stream.js'
 import * as tree from './tree.js'
 
@@ -34,6 +34,7 @@ export const state = reactive({
   streaming: null, // { stop, detach } while an answer is being followed
   preset: stored('chatgate.preset'),
   model: stored('chatgate.model'),
+  needKey: false, // the gateway answered 401: the page asks for a client key
 })
 
 export const setPreset = (value) => store('chatgate.preset', (state.preset = value))
@@ -366,13 +367,25 @@ async function remove(id) {
   refreshList()
 }
 
-function start() {
-  window.addEventListener('hashchange', onHashChange)
-  window.addEventListener('popstate', onHashChange)
+/** Keeps `key` in this browser and loads again what the missing key kept out. */
+function useKey(key) {
+  setClientKey(key.trim())
+  state.needKey = false
+  state.notice = null
   load()
   refreshList()
   const id = conversationFromHash()
   if (id) open(id)
 }
 
-export const actions = { start, newChat, send, regenerate, editAndResend, retry, switchBranch, remove, refreshList, stop: stopStreaming }
+function start() {
+  window.addEventListener('hashchange', onHashChange)
+  window.addEventListener('popstate', onHashChange)
+  whenUnauthorized(() => (state.needKey = true))
+  load()
+  refreshList()
+  const id = conversationFromHash()
+  if (id) open(id)
+}
+
+export const actions = { start, useKey, newChat, send, regenerate, editAndResend, retry, switchBranch, remove, refreshList, stop: stopStreaming }

@@ -4,7 +4,7 @@
 // on from there. Every JSON frame carries the whole answer so far in
 // `message.content.parts[0]`, so a resumed stream simply replaces the text.
 import { SSE } from 'sse.js'
-import { apiUrl, ApiError, errorFromResponse } from './api.js'
+import { apiUrl, ApiError, authHeaders, errorFromResponse } from './api.js'
 
 /** Until a stream's own `retry:` says otherwise (the gateway sends 1000). */
 const DEFAULT_RETRY_MS = 1000
@@ -73,7 +73,9 @@ function connect(path, cursor, onFrame) {
   if (cursor.lastEventId) url.searchParams.set('last_event_id', cursor.lastEventId)
   const source = new SSE(url.toString(), {
     method: 'GET',
-    headers: { Accept: 'text/event-stream' },
+    // sse.js reads with XMLHttpRequest, which can send the key as a header: it never needs
+    // `?api_key=` (that is for EventSource), so the key stays out of URLs.
+    headers: { Accept: 'text/event-stream', ...authHeaders() },
     reconnectDelay: cursor.retryMs,
     start: false,
   })
