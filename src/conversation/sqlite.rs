@@ -3,7 +3,7 @@
 //! them in groups (`group_commit.rs`); reads run on tokio's blocking pool. Either way disk
 //! waits never stall the threads that relay tokens.
 
-use super::group_commit::Writer;
+use super::group_commit::{Durability, Writer};
 use super::store::{AnswerUpdate, NewTurn, Store, StoreError};
 use super::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status, Summary, now};
 use async_trait::async_trait;
@@ -81,7 +81,8 @@ impl SqliteStore {
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    // WAL lets readers run beside the writer; FULL makes each commit survive power loss.
+    // WAL lets readers run beside the writer; FULL makes each commit survive power loss
+    // (the writer commits checkpoints of running answers with NORMAL: see `group_commit`).
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -262,8 +263,10 @@ impl Store for SqliteStore {
     }
 
     async fn begin_turn(&self, turn: NewTurn) -> Result<(), StoreError> {
+        // Deferred: the turn is written beside its answer's first token, and its commit
+        // should not compete with it (see `group_commit`).
         self.writer
-            .write(move |tx| {
+            .write_as(Durability::Deferred, move |tx| {
                 let key = turn.conversation_id.to_string();
                 if let Some((title, root)) = &turn.new_conversation {
                     tx.prepare_cached(
@@ -293,8 +296,14 @@ impl Store for SqliteStore {
     }
 
     async fn update_answer(&self, update: AnswerUpdate) -> Result<(), StoreError> {
+        // A checkpoint of a running answer is not synced by itself; the end is synced at
+        // once (see `group_commit`).
+        let durability = match update.status {
+            Status::InProgress => Durability::Unsynced,
+            _ => Durability::Now,
+        };
         self.writer
-            .write(move |tx| {
+            .write_as(durability, move |tx| {
                 tx.prepare_cached(
                     "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5, chunk_ends = ?6
                      WHERE id = ?1",
@@ -307,8 +316,14 @@ impl Store for SqliteStore {
                     update.error.as_ref().map(|e| e.to_string()),
                     encode_ends(&update.chunk_ends),
                 ])?;
-                tx.prepare_cached("UPDATE conversations SET update_time = ?2 WHERE id = ?1")?
-                    .execute(params![update.conversation_id.to_string(), now()])?;
+                // A conversation's update time is when its turn began (`begin_turn`) or its
+                // answer ended, not every checkpoint in between: lists do not reorder
+                // while answers run, and a checkpoint costs one row, not a row and the
+                // conversations' indexes.
+                if durability == Durability::Now {
+                    tx.prepare_cached("UPDATE conversations SET update_time = ?2 WHERE id = ?1")?
+                        .execute(params![update.conversation_id.to_string(), now()])?;
+                }
                 Ok(())
             })
             .await
@@ -380,6 +395,35 @@ mod tests {
         assert_eq!(m.status, Status::Error);
         assert_eq!(m.finish, Some(FinishType::Interrupted));
         assert_eq!(m.error.as_ref().unwrap()["code"], "gateway_stopped");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_committed_without_a_sync_is_in_the_file_for_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let id = ConversationId::new();
+        let t = turn(id);
+        let answer = t.assistant.id;
+        let store = SqliteStore::open(&path).unwrap();
+        store.begin_turn(t).await.unwrap();
+        let checkpoint = AnswerUpdate {
+            conversation_id: id,
+            id: answer,
+            content: "so far".into(),
+            chunk_ends: vec![2, 6],
+            status: Status::InProgress,
+            finish: None,
+            error: None,
+        };
+        store.update_answer(checkpoint).await.unwrap();
+        // no end: the process stops here
+        drop(store);
+
+        let reopened = SqliteStore::open(&path).unwrap();
+        let conversation = reopened.conversation(id).await.unwrap().unwrap();
+        let m = conversation.message(answer).unwrap();
+        assert_eq!((m.content.as_str(), m.chunk_ends.as_slice()), ("so far", &[2, 6][..]));
+        assert_eq!(m.finish, Some(FinishType::Interrupted));
     }
 
     #[tokio::test]

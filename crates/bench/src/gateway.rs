@@ -78,14 +78,84 @@ pub fn cpu_ms(pid: u32) -> f64 {
     ticks * 1000.0 / clock_ticks()
 }
 
+/// CPU time of every thread of process `pid` so far, in nanoseconds (the scheduler's own
+/// count, `/proc/PID/task/*/schedstat`): exact where [`cpu_ms`] counts in clock ticks, for
+/// windows too short for ticks. Threads that ended meanwhile are not counted.
+pub fn cpu_ns(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return f64::NAN;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Busy CPU time of the whole machine so far, all cores, in milliseconds (`/proc/stat`).
+pub fn machine_busy_ms() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return f64::NAN;
+    };
+    let Some(line) = stat.lines().next() else {
+        return f64::NAN;
+    };
+    // user nice system idle iowait irq softirq steal: without IRQ time accounting (the
+    // kernels this ran on) interrupts are charged to the process they interrupted, so
+    // they count on both sides; time stolen by the hypervisor counts as others' too
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return f64::NAN;
+    }
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    busy * 1000.0 / clock_ticks()
+}
+
+/// What the processes outside the benchmark did to the machine: a snapshot to compare.
+pub struct Others {
+    at: std::time::Instant,
+    busy: f64,
+    ours: f64,
+}
+
+impl Others {
+    pub fn now(ours: &[u32]) -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            busy: machine_busy_ms(),
+            ours: ours.iter().map(|&p| cpu_ms(p)).sum(),
+        }
+    }
+
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.at.elapsed()
+    }
+
+    /// Percent of one core that other processes used since `self`.
+    pub fn percent_since(&self, ours: &[u32]) -> f64 {
+        let now = Self::now(ours);
+        let others = (now.busy - self.busy) - (now.ours - self.ours);
+        others.max(0.0) / self.at.elapsed().as_secs_f64() / 10.0
+    }
+}
+
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    // asked once: `getconf` is a process of its own
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 pub fn rss_kib(pid: u32) -> f64 {

@@ -3,9 +3,12 @@
 
 mod client;
 mod clock;
+mod follow;
 mod gateway;
+mod generations;
 mod mock;
 mod pump;
+mod quiet;
 mod scenarios;
 mod stats;
 
@@ -47,9 +50,24 @@ struct Args {
     /// Fewer rounds and a shorter ramp: a quick look, not numbers to publish.
     #[arg(long)]
     quick: bool,
-    /// Run only these parts (for profiling one path): memory, ttft, chunks, bytes, ramp.
+    /// Run only these parts (for profiling one path): memory, ttft, chunks, bytes, fanout,
+    /// resume, ramp.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Another chatgate to measure in the same run, interleaved with the first, as
+    /// `NAME=BIN[,store=STORE][,delta]`: an older build, or the same build with
+    /// `store=memory`. Its store is a fresh SQLite file unless `store=` says otherwise;
+    /// `delta` adds a column for its delta frames. May be given several times.
+    #[arg(long = "also")]
+    also: Vec<String>,
+    /// Before each block of a scenario, wait until other processes on the machine have used
+    /// less than this percentage of one core for two seconds, and measure a block again
+    /// when they used more while it ran; 0: do not wait.
+    #[arg(long, default_value_t = 20.0)]
+    quiet_below: f64,
+    /// Runs of the ramp for each chatgate, each run taking the gateways in another order.
+    #[arg(long, default_value_t = 1)]
+    ramp_runs: usize,
     /// Leave out the TCP pump (the floor column).
     #[arg(long)]
     no_pump: bool,
@@ -64,7 +82,37 @@ enum Part {
     Ttft,
     Chunks,
     Bytes,
+    Fanout,
+    Resume,
     Ramp,
+}
+
+/// A chatgate under test: the first from `--gateway-bin`, others from `--also`.
+struct Chatgate {
+    name: String,
+    bin: PathBuf,
+    store_kind: Option<String>,
+    process: gateway::Gateway,
+    /// Measured in delta mode too, in a column of its own.
+    delta: bool,
+}
+
+/// `NAME=BIN[,store=STORE][,delta]`.
+fn parse_also(spec: &str) -> Result<(String, PathBuf, Option<String>, bool), String> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,delta]"))?;
+    let mut parts = rest.split(',');
+    let bin = PathBuf::from(parts.next().unwrap_or_default());
+    let (mut store, mut delta) = (None, false);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("store", value)) => store = Some(value.to_owned()),
+            None if part == "delta" => delta = true,
+            _ => return Err(format!("--also {spec:?}: unknown option {part:?}")),
+        }
+    }
+    Ok((name.to_owned(), bin, store, delta))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -82,12 +130,34 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let dir = std::env::temp_dir().join(format!("chatgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let store = args
-        .store
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", dir.join("bench.db").display()));
-    let gw = gateway::Gateway::start(&args.gateway_bin, mock.port, &store).await?;
-    eprintln!("chatgate on http://{} (pid {}, store {store})", gw.addr, gw.pid);
+    let fresh = |name: &str| format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+    let mut specs = vec![(
+        "chatgate".to_owned(),
+        args.gateway_bin.clone(),
+        args.store.clone(),
+        true,
+    )];
+    for spec in &args.also {
+        specs.push(parse_also(spec)?);
+    }
+    let mut chatgates = Vec::new();
+    for (name, bin, store_kind, delta) in specs {
+        let store = store_kind.clone().unwrap_or_else(|| fresh(&name.replace(' ', "-")));
+        let process = gateway::Gateway::start(&bin, mock.port, &store).await?;
+        eprintln!(
+            "{name}: {} on http://{} (pid {}, store {store})",
+            bin.display(),
+            process.addr,
+            process.pid
+        );
+        chatgates.push(Chatgate {
+            name,
+            bin,
+            store_kind,
+            process,
+            delta,
+        });
+    }
 
     let direct = Target {
         name: "direct".into(),
@@ -96,22 +166,29 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         protocol: Protocol::OpenAi,
         model: "bench".into(),
     };
-    let chatgate = Target {
-        name: "chatgate".into(),
-        addr: gw.addr,
-        path: "/conv".into(),
-        protocol: Protocol::Conv { delta: false },
-        model: "bench".into(),
-    };
-    // The same gateway asked for delta frames: the gateway's own cost, without the
-    // whole-text frames that grow with the answer.
-    let chatgate_delta = Target {
-        name: "chatgate delta".into(),
-        protocol: Protocol::Conv { delta: true },
-        ..chatgate.clone()
-    };
-    let mut targets = vec![direct.clone(), chatgate.clone(), chatgate_delta];
-    let mut pids = vec![None, Some(gw.pid), Some(gw.pid)];
+    let mut targets = vec![direct.clone()];
+    let mut pids = vec![None];
+    for gw in &chatgates {
+        let full = Target {
+            name: gw.name.clone(),
+            addr: gw.process.addr,
+            path: "/conv".into(),
+            protocol: Protocol::Conv { delta: false },
+            model: "bench".into(),
+        };
+        targets.push(full.clone());
+        pids.push(Some(gw.process.pid));
+        // The same gateway asked for delta frames: the gateway's own cost, without the
+        // whole-text frames that grow with the answer.
+        if gw.delta {
+            targets.push(Target {
+                name: format!("{} delta", gw.name),
+                protocol: Protocol::Conv { delta: true },
+                ..full
+            });
+            pids.push(Some(gw.process.pid));
+        }
+    }
     if let Some(peer) = &args.peer {
         let (addr, path) = parse_base(peer)?;
         targets.push(Target {
@@ -128,6 +205,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         true => None,
         false => Some(gateway::Gateway::start_pump(mock.port).await?),
     };
+    let mut pump_column = None;
     if let Some(pump) = &pump {
         targets.push(Target {
             name: "tcp pump (floor)".into(),
@@ -135,41 +213,56 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..direct.clone()
         });
         pids.push(Some(pump.pid));
+        pump_column = Some(targets.len() - 2);
     }
     let gateways = &targets[1..];
+    let columns = gateways.len();
+    let is_chatgate = |t: &Target| matches!(t.protocol, Protocol::Conv { .. });
     let q = |full: usize, quick: usize| if args.quick { quick } else { full };
     let run = |part: Part| args.only.is_empty() || args.only.contains(&part);
 
     // warm up every path (connection pools, the allocator, the page cache)
-    scenarios::ttft(&mock, &targets, 4, 20).await;
+    scenarios::ttft(&mock, &targets, &mut Vec::new(), 4, 20, 0).await;
+    // Other processes on the machine (a build, a test run) disturb every figure: measure
+    // in blocks while they are quiet (see `quiet`).
+    let mut ours: Vec<u32> = pids.iter().flatten().copied().collect();
+    ours.push(std::process::id());
+    ours.dedup();
+    let mut quiet = quiet::Quiet::new(ours, args.quiet_below);
     let mut table = Table::new(gateways);
 
     // Memory first: later scenarios leave freed memory resident, which would hide growth.
-    // Measured for each process once (the delta column is chatgate's process again).
+    // Measured for each process once (a delta column is its chatgate's process again).
     let mut measured = Vec::new();
     let mut idle = Vec::new();
-    let mut per_stream = Vec::new();
-    for (target, pid) in gateways.iter().zip(&pids[1..]) {
+    let mut per_stream = vec![f64::NAN; columns];
+    for (g, (target, pid)) in gateways.iter().zip(&pids[1..]).enumerate() {
         let pid = pid.filter(|p| !measured.contains(p) && run(Part::Memory));
         let Some(pid) = pid else {
             idle.push(String::new());
-            per_stream.push(String::new());
             continue;
         };
         measured.push(pid);
         eprintln!("memory per open stream, {}…", target.name);
+        quiet.wait().await;
         let mut points = Vec::new();
         for held in [0, q(1000, 200), q(2000, 400), q(4000, 800)] {
             let rss = scenarios::rss_with_open_streams(&mock, target, pid, held).await;
             points.push((held as f64, rss));
         }
-        // with nothing open, after every start-up load (chatgate's tokenizer) is done
+        // the gateway's kept upstream connections go before the next process is measured
+        mock.close_idle();
+        // with nothing open, after every start-up load is done
         idle.push(fmt(points[0].1 / 1024.0, "MiB"));
-        per_stream.push(fmt(slope(&points), "KiB"));
+        per_stream[g] = slope(&points);
     }
     if run(Part::Memory) {
         table.row("RSS idle", idle, "");
-        table.row("RSS per open stream", per_stream, "≤ 8 KiB");
+        let cells = per_stream
+            .iter()
+            .map(|v| if v.is_nan() { String::new() } else { fmt(*v, "KiB") })
+            .collect();
+        table.row("RSS per open stream", cells, "≤ 8 KiB");
     }
 
     let ttft_runs = match run(Part::Ttft) {
@@ -178,20 +271,61 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     for (workers, rounds) in ttft_runs {
         eprintln!("time to first token, {workers} stream(s)…");
-        let cpu_before = gateway::cpu_ms(gw.pid);
-        let s = scenarios::ttft(&mock, &targets, workers, rounds).await;
+        // in blocks, so that a block disturbed by other processes can be measured again
+        let block = if workers == 1 { 100 } else { 5 };
+        let mut conns = Vec::new();
+        let mut s: Vec<Samples> = targets.iter().map(|_| Samples::new(Vec::new())).collect();
+        let mut cpu = vec![0.0; targets.len()];
+        for first in (0..rounds).step_by(block) {
+            let mut tries = 0;
+            let (samples, used) = loop {
+                let before = quiet.begin().await;
+                let cpu_before: Vec<f64> = pids
+                    .iter()
+                    .map(|p| p.map(gateway::cpu_ms).unwrap_or(f64::NAN))
+                    .collect();
+                let samples =
+                    scenarios::ttft(&mock, &targets, &mut conns, workers, block.min(rounds - first), first).await;
+                let used: Vec<f64> = pids
+                    .iter()
+                    .zip(&cpu_before)
+                    .map(|(p, b)| p.map(gateway::cpu_ms).unwrap_or(f64::NAN) - b)
+                    .collect();
+                if quiet.keep(before, &mut tries) {
+                    break (samples, used);
+                }
+            };
+            for (t, samples) in samples.into_iter().enumerate() {
+                s[t].merge(samples);
+                cpu[t] += used[t];
+            }
+        }
         if workers == 1 {
-            // both chatgate columns are turns of the same process
-            let turns = s[1].len() + s[2].len();
-            let per_turn = (gateway::cpu_ms(gw.pid) - cpu_before) * 1000.0 / turns.max(1) as f64;
-            table.row("gateway CPU per turn (4 chunks, stored)", vec![fmt(per_turn, "µs")], "");
+            // a chatgate's columns (whole text and delta) are turns of the same process;
+            // the CPU goes in its first column
+            let mut cells = vec![String::new(); columns];
+            for (t, target) in targets.iter().enumerate().skip(1) {
+                let Some(pid) = pids[t].filter(|_| is_chatgate(target)) else {
+                    continue;
+                };
+                if pids[1..t].contains(&Some(pid)) {
+                    continue;
+                }
+                let turns: usize = (0..targets.len())
+                    .filter(|&u| pids[u] == Some(pid))
+                    .map(|u| s[u].len())
+                    .sum();
+                let per_turn = cpu[t] * 1000.0 / turns.max(1) as f64;
+                cells[t - 1] = fmt(per_turn, "µs");
+            }
+            table.row("gateway CPU per turn (4 chunks, stored)", cells, "");
         }
         let goal = if workers == 1 { "≤ 150 µs" } else { "" };
         table.added(&format!("added TTFT p50, {workers} stream(s)"), &s, 50.0, "µs", "");
         table.added(&format!("added TTFT p99, {workers} stream(s)"), &s, 99.0, "µs", goal);
     }
 
-    let mut cpu_per_k = vec![f64::NAN; gateways.len()];
+    let mut cpu_per_k = vec![f64::NAN; columns];
     // The 1,000 streams open over a second and then run together for another, so that the
     // steady state is measured rather than a thousand turns set up in one instant.
     let chunk_runs = match run(Part::Chunks) {
@@ -210,7 +344,23 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..Shape::default()
         };
         let spread = Duration::from_millis(spread_ms);
-        let r = scenarios::relay(&mock, &targets, &pids, streams, shape, 2, spread).await;
+        let mut conns = scenarios::relay_conns(&targets, streams);
+        let mut r: Option<scenarios::Relay> = None;
+        for round in 0..2 {
+            let mut tries = 0;
+            let this = loop {
+                let before = quiet.begin().await;
+                let this = scenarios::relay(&mock, &targets, &pids, &mut conns, shape, round, spread).await;
+                if quiet.keep(before, &mut tries) {
+                    break this;
+                }
+            };
+            match &mut r {
+                Some(r) => r.merge(this),
+                None => r = Some(this),
+            }
+        }
+        let r = r.expect("two rounds");
         let goal = if streams == 1000 { "≤ 50 µs" } else { "" };
         table.added(
             &format!("added inter-chunk gap p50, {streams} stream(s)"),
@@ -264,39 +414,232 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         table.row("CPU per 1,000 relayed chunks (100 streams × 400)", cpu, "≤ 5 ms");
     }
     if run(Part::Bytes) {
-        long_answers(&mock, &chatgate, &direct, &mut table).await;
+        long_answers(&mock, &targets, &mut table).await;
+    }
+    if run(Part::Fanout) {
+        let readers = q(100, 20);
+        let (chunks, pace) = (q(300, 100), Duration::from_millis(10));
+        let mut memory = vec![String::new(); columns];
+        let mut cpu = vec![String::new(); columns];
+        let mut whole = vec![String::new(); columns];
+        // Memory per reader on a fresh process of each chatgate: in the one measured so far,
+        // the memory freed by earlier scenarios is still resident and would hide the growth.
+        let steps = [1, 1 + readers, 1 + 2 * readers, 1 + 4 * readers];
+        for (i, gw) in chatgates.iter().enumerate() {
+            eprintln!("memory per reader of one generation, {}…", gw.name);
+            let store = gw.store_kind.clone().unwrap_or_else(|| fresh(&format!("readers-{i}")));
+            let process = gateway::Gateway::start(&gw.bin, mock.port, &store).await?;
+            let mut columns_of = targets
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(t, _)| pids[*t] == Some(gw.process.pid));
+            let Some((t, target)) = columns_of.next() else { continue };
+            let fresh_target = Target {
+                addr: process.addr,
+                ..target.clone()
+            };
+            scenarios::ttft(&mock, std::slice::from_ref(&fresh_target), &mut Vec::new(), 1, 20, 0).await;
+            let rss = generations::reader_memory(&mock, &fresh_target, process.pid, &steps).await;
+            memory[t - 1] = match rss {
+                Some(rss) => {
+                    let points: Vec<(f64, f64)> = steps.iter().map(|&n| n as f64).zip(rss).collect();
+                    fmt(slope(&points), "KiB")
+                }
+                None => "n/a".into(),
+            };
+        }
+        for (g, target) in gateways.iter().enumerate() {
+            let Some(pid) = pids[g + 1] else { continue };
+            if !is_chatgate(target) && Some(g) != pump_column {
+                continue;
+            }
+            eprintln!("{readers} readers on one generation, {}…", target.name);
+            let mut measured = Vec::new();
+            for n in [1, readers] {
+                let mut tries = 0;
+                measured.push(loop {
+                    let before = quiet.begin().await;
+                    let out = generations::fanout(&mock, target, pid, n, chunks, pace).await;
+                    if quiet.keep(before, &mut tries) {
+                        break out;
+                    }
+                });
+            }
+            let many = measured.pop().flatten();
+            let one = measured.pop().flatten();
+            let (Some(one), Some(many)) = (one, many) else {
+                cpu[g] = "n/a".into();
+                continue;
+            };
+            cpu[g] = format!(
+                "{} → {}",
+                fmt(one.cpu_per_chunk_us, "µs"),
+                fmt(many.cpu_per_chunk_us, "µs")
+            );
+            whole[g] = match many.coalesced {
+                0 => format!("{}/{readers}", many.faithful),
+                c => format!("{}/{readers} ({c} coalesced)", many.faithful),
+            };
+        }
+        // The pump cannot fan out: its cells are for as many streams as readers, each
+        // relayed for itself, and its memory per open stream.
+        if let Some(p) = pump_column
+            && !per_stream[p].is_nan()
+        {
+            memory[p] = format!("{} per stream", fmt(per_stream[p], "KiB"));
+        }
+        table.row(
+            &format!("one generation, {readers} readers: RSS per extra reader"),
+            memory,
+            "",
+        );
+        table.row(
+            &format!(
+                "one generation: CPU per chunk per reader, 1 → {readers} readers ({chunks} chunks, one every {} ms)",
+                pace.as_millis()
+            ),
+            cpu,
+            "",
+        );
+        table.row(
+            &format!("one generation, {readers} readers: readers with every chunk one frame"),
+            whole,
+            "",
+        );
+    }
+    if run(Part::Resume) {
+        eprintln!("resume after a dropped connection…");
+        let trials = q(200, 40);
+        let block = 20;
+        let mut r: Option<generations::Resume> = None;
+        for _ in (0..trials).step_by(block) {
+            let mut tries = 0;
+            let this = loop {
+                let before = quiet.begin().await;
+                let this = generations::resume(
+                    &mock,
+                    &targets,
+                    block,
+                    40,
+                    Duration::from_millis(2),
+                    Duration::from_millis(10),
+                )
+                .await;
+                if quiet.keep(before, &mut tries) {
+                    break this;
+                }
+            };
+            match &mut r {
+                Some(r) => r.merge(this),
+                None => r = Some(this),
+            }
+        }
+        let r = r.expect("at least one block");
+        let label = "resume latency (reconnect → first frame";
+        for p in [50.0, 99.0] {
+            let base = r.latency[0].p(p);
+            let cells = r.latency[1..]
+                .iter()
+                .map(|s| if s.len() == 0 { "n/a".into() } else { fmt(s.p(p), "µs") })
+                .collect();
+            table.row(
+                &format!("{label}) p{p:.0} (direct, a new request: {})", fmt(base, "µs")),
+                cells,
+                "",
+            );
+        }
+        let cells = gateways
+            .iter()
+            .zip(&r.correct[1..])
+            .map(|(t, (ok, all))| match (is_chatgate(t), all) {
+                (true, 0) => "n/a".into(),
+                (true, _) => format!("{ok}/{all}"),
+                (false, _) => String::new(),
+            })
+            .collect();
+        table.row(
+            "resumed streams with every chunk after the resume point, once",
+            cells,
+            "all",
+        );
     }
     if run(Part::Ramp) {
-        ramp(&mock, &chatgate, gw.pid, &args, &mut table).await;
+        ramp(&mock, &targets, &pids, &args, &mut quiet, &mut table).await;
     }
 
     table.print();
+    println!("\nOther processes on the machine: {}", quiet.summary());
+    drop(chatgates);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-async fn long_answers(mock: &Mock, chatgate: &Target, direct: &Target, table: &mut Table) {
+/// Bytes of one long answer through each chatgate column, whole-text frames and deltas.
+async fn long_answers(mock: &Mock, targets: &[Target], table: &mut Table) {
     eprintln!("long answers…");
     let chunks = 2000;
-    let (full, _) = scenarios::long_answer_bytes(mock, chatgate, chunks).await;
-    let delta_target = Target {
-        protocol: Protocol::Conv { delta: true },
-        ..chatgate.clone()
-    };
-    let (delta, _) = scenarios::long_answer_bytes(mock, &delta_target, chunks).await;
-    let (direct_bytes, _) = scenarios::long_answer_bytes(mock, direct, chunks).await;
+    let (direct_bytes, _) = scenarios::long_answer_bytes(mock, &targets[0], chunks).await;
+    let mut cells = Vec::new();
+    for target in &targets[1..] {
+        cells.push(match target.protocol {
+            Protocol::Conv { delta } => {
+                let (bytes, _) = scenarios::long_answer_bytes(mock, target, chunks).await;
+                format!("{} KiB {}", bytes / 1024, if delta { "delta" } else { "full" })
+            }
+            Protocol::OpenAi => String::new(),
+        });
+    }
     table.row(
         &format!(
             "bytes for a {chunks}-chunk answer (direct: {} KiB)",
             direct_bytes / 1024
         ),
-        vec![format!("{} KiB full, {} KiB delta", full / 1024, delta / 1024)],
+        cells,
         "linear in delta mode",
     );
 }
 
-async fn ramp(mock: &Mock, chatgate: &Target, pid: u32, args: &Args, table: &mut Table) {
-    eprintln!("concurrency ramp…");
+/// The ramp, for each chatgate's whole-text column; with several runs, each run takes the
+/// gateways in another order.
+async fn ramp(
+    mock: &Mock,
+    targets: &[Target],
+    pids: &[Option<u32>],
+    args: &Args,
+    quiet: &mut quiet::Quiet,
+    table: &mut Table,
+) {
+    let columns: Vec<usize> = (1..targets.len())
+        .filter(|&t| targets[t].protocol == Protocol::Conv { delta: false })
+        .collect();
+    let mut cells = vec![Vec::new(); targets.len() - 1];
+    for r in 0..args.ramp_runs.max(1) {
+        for k in 0..columns.len() {
+            let t = columns[(k + r) % columns.len()];
+            let Some(pid) = pids[t] else { continue };
+            eprintln!("concurrency ramp, {}…", targets[t].name);
+            let held = ramp_once(mock, &targets[t], pid, args, quiet).await;
+            cells[t - 1].push(format!(
+                "{} ({:.0} frames/s, worst chunk {:.0} ms)",
+                held.0, held.1, held.2
+            ));
+        }
+    }
+    table.row(
+        "paced streams held without stalls",
+        cells.into_iter().map(|c| c.join("; ")).collect(),
+        "≥ 8,000",
+    );
+}
+
+async fn ramp_once(
+    mock: &Mock,
+    chatgate: &Target,
+    pid: u32,
+    args: &Args,
+    quiet: &mut quiet::Quiet,
+) -> (usize, f64, f64) {
     let mut conns = Vec::new();
     let mut held = (0, 0.0, 0.0);
     let mut steps = vec![1000, 2000, 4000, 8000];
@@ -308,15 +651,22 @@ async fn ramp(mock: &Mock, chatgate: &Target, pid: u32, args: &Args, table: &mut
     }
     for n in steps {
         let me = std::process::id();
-        let (cpu_before, own_before) = (gateway::cpu_ms(pid), gateway::cpu_ms(me));
-        let started = std::time::Instant::now();
-        let step = scenarios::paced(mock, chatgate, &mut conns, n, Duration::from_millis(500)).await;
-        // percent of one core over the step
-        let percent = |ms: f64| ms / started.elapsed().as_secs_f64() / 10.0;
-        let (busy, own) = (
-            percent(gateway::cpu_ms(pid) - cpu_before),
-            percent(gateway::cpu_ms(me) - own_before),
-        );
+        let mut tries = 0;
+        let (step, busy, own) = loop {
+            let before = quiet.begin().await;
+            let (cpu_before, own_before) = (gateway::cpu_ms(pid), gateway::cpu_ms(me));
+            let started = std::time::Instant::now();
+            let step = scenarios::paced(mock, chatgate, &mut conns, n, Duration::from_millis(500)).await;
+            // percent of one core over the step
+            let percent = |ms: f64| ms / started.elapsed().as_secs_f64() / 10.0;
+            let (busy, own) = (
+                percent(gateway::cpu_ms(pid) - cpu_before),
+                percent(gateway::cpu_ms(me) - own_before),
+            );
+            if quiet.keep(before, &mut tries) {
+                break (step, busy, own);
+            }
+        };
         eprintln!(
             "  {n} streams: {} ok, worst chunk latency {:.1} ms (99.9% within {:.1} ms), {:.0} frames/s; \
              CPU: gateway {busy:.0}%, load tool and mock {own:.0}% of a core{}",
@@ -332,14 +682,12 @@ async fn ramp(mock: &Mock, chatgate: &Target, pid: u32, args: &Args, table: &mut
         held = (n, step.frames_per_s, step.worst_latency_ms);
     }
     drop(conns);
-    table.row(
-        "paced streams held without stalls",
-        vec![format!(
-            "{} ({:.0} frames/s, worst chunk {:.0} ms)",
-            held.0, held.1, held.2
-        )],
-        "≥ 8,000",
-    );
+    // let the gateway close the dropped connections, and its kept upstream connections
+    // go, before the next run
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mock.close_idle();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    held
 }
 
 fn parse_base(url: &str) -> Result<(SocketAddr, String), Box<dyn std::error::Error>> {

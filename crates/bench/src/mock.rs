@@ -6,10 +6,11 @@
 use crate::clock;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// What every answer looks like; a scenario sets it before it starts.
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +20,8 @@ pub struct Shape {
     pub chunk_size: usize,
     pub delay: Duration,
     pub first_delay: Duration,
-    /// Send this many chunks, then hold the stream open until [`Mock::release`].
+    /// Send this many chunks, then hold the stream open until [`Mock::release`]; answers
+    /// that start after it do not hold.
     pub hold_after: Option<usize>,
 }
 
@@ -38,7 +40,12 @@ impl Default for Shape {
 pub struct Mock {
     pub port: u16,
     shape: Arc<Mutex<Shape>>,
-    release: Arc<Notify>,
+    /// Counts the releases: an answer holds until it changes.
+    release: Arc<watch::Sender<u64>>,
+    /// Content chunks written so far, over all answers.
+    written: Arc<AtomicUsize>,
+    /// Counts the calls of [`Mock::close_idle`].
+    close: Arc<watch::Sender<u64>>,
 }
 
 impl Mock {
@@ -46,18 +53,51 @@ impl Mock {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let port = listener.local_addr()?.port();
         let shape = Arc::new(Mutex::new(Shape::default()));
-        let release = Arc::new(Notify::new());
-        let (s, r) = (Arc::clone(&shape), Arc::clone(&release));
+        let release = Arc::new(watch::Sender::new(0));
+        let written = Arc::new(AtomicUsize::new(0));
+        let close = Arc::new(watch::Sender::new(0));
+        let (s, r, w, c) = (
+            Arc::clone(&shape),
+            Arc::clone(&release),
+            Arc::clone(&written),
+            Arc::clone(&close),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
+                    // out of file descriptors, say: try again soon rather than spin
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
-                tokio::spawn(serve(socket, Arc::clone(&s), Arc::clone(&r)));
+                let connection = Connection {
+                    shape: Arc::clone(&s),
+                    release: Arc::clone(&r),
+                    written: Arc::clone(&w),
+                    close: Arc::clone(&c),
+                };
+                tokio::spawn(serve(socket, connection));
             }
         });
-        Ok(Self { port, shape, release })
+        Ok(Self {
+            port,
+            shape,
+            release,
+            written,
+            close,
+        })
+    }
+
+    /// Closes every connection that waits for its next request now. A gateway keeps its
+    /// upstream connections open for reuse; after thousands of streams through one gateway
+    /// they would hold as many sockets of this process while the next gateway is measured.
+    pub fn close_idle(&self) {
+        self.close.send_modify(|n| *n += 1);
+    }
+
+    /// Content chunks written so far, over all answers.
+    pub fn written(&self) -> usize {
+        self.written.load(Ordering::Relaxed)
     }
 
     pub fn set(&self, shape: Shape) {
@@ -66,19 +106,46 @@ impl Mock {
 
     /// Lets every held stream finish.
     pub fn release(&self) {
-        self.release.notify_waiters();
+        // Unset first: an answer reads the count before the shape, so it either holds
+        // and sees the count change, or does not hold at all.
+        self.shape.lock().unwrap_or_else(|p| p.into_inner()).hold_after = None;
+        self.release.send_modify(|n| *n += 1);
     }
 }
 
-async fn serve(mut socket: TcpStream, shape: Arc<Mutex<Shape>>, release: Arc<Notify>) {
+/// What every connection shares with the mock.
+struct Connection {
+    shape: Arc<Mutex<Shape>>,
+    release: Arc<watch::Sender<u64>>,
+    written: Arc<AtomicUsize>,
+    close: Arc<watch::Sender<u64>>,
+}
+
+async fn serve(mut socket: TcpStream, connection: Connection) {
+    let Connection {
+        shape,
+        release,
+        written,
+        close,
+    } = connection;
     let mut buf = Vec::with_capacity(4096);
     loop {
+        // between requests: a call of `close_idle` from now on closes the connection
+        let mut closing = close.subscribe();
         // one request: the head, then Content-Length bytes of body
         let head_end = loop {
             if let Some(i) = find(&buf, b"\r\n\r\n") {
                 break i + 4;
             }
-            if read_more(&mut socket, &mut buf).await == 0 {
+            let read = if buf.is_empty() {
+                tokio::select! {
+                    n = read_more(&mut socket, &mut buf) => n,
+                    _ = closing.changed() => 0,
+                }
+            } else {
+                read_more(&mut socket, &mut buf).await
+            };
+            if read == 0 {
                 return;
             }
         };
@@ -89,8 +156,9 @@ async fn serve(mut socket: TcpStream, shape: Arc<Mutex<Shape>>, release: Arc<Not
             }
         }
         buf.drain(..head_end + length);
+        let released = release.subscribe();
         let shape = *shape.lock().unwrap_or_else(|p| p.into_inner());
-        if answer(&mut socket, shape, &release).await.is_err() {
+        if answer(&mut socket, shape, released, &written).await.is_err() {
             return;
         }
     }
@@ -123,9 +191,12 @@ const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntran
 const ROLE: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"bench","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
 const FINISH: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"bench","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
 
-async fn answer(socket: &mut TcpStream, shape: Shape, release: &Notify) -> std::io::Result<()> {
-    let released = release.notified();
-    tokio::pin!(released);
+async fn answer(
+    socket: &mut TcpStream,
+    shape: Shape,
+    mut released: watch::Receiver<u64>,
+    written: &AtomicUsize,
+) -> std::io::Result<()> {
     socket.write_all(HEAD).await?;
     send_event(socket, ROLE).await?;
     if !shape.first_delay.is_zero() {
@@ -136,13 +207,15 @@ async fn answer(socket: &mut TcpStream, shape: Shape, release: &Notify) -> std::
             tokio::time::sleep(shape.delay).await;
         }
         if shape.hold_after == Some(seq) {
-            released.as_mut().await;
+            // resolves at once if a release came after this answer read its shape
+            let _ = released.changed().await;
         }
         let content = marker(seq, clock::now_ns(), shape.chunk_size);
         let event = format!(
             r#"{{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"bench","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}]}}"#
         );
         send_event(socket, &event).await?;
+        written.fetch_add(1, Ordering::Relaxed);
     }
     send_event(socket, FINISH).await?;
     send_event(socket, "[DONE]").await?;

@@ -18,6 +18,8 @@ pub fn run(upstream: String) -> io::Result<()> {
         loop {
             // a failed accept (out of file descriptors, say) ends one connection, not the pump
             let Ok((mut client, _)) = listener.accept().await else {
+                // out of file descriptors, say: try again soon rather than spin
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             };
             let upstream = upstream.clone();

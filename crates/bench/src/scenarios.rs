@@ -8,21 +8,33 @@ use crate::stats::Samples;
 use std::time::{Duration, Instant};
 
 /// Time to first token, in µs, for each target: `workers` clients at once, each asking
-/// `rounds` times of every target in turn.
-pub async fn ttft(mock: &Mock, targets: &[Target], workers: usize, rounds: usize) -> Vec<Samples> {
+/// `rounds` times of every target in turn, on connections of its own that are kept from
+/// one call to the next (`conns`: one set per worker; new ones when it is empty).
+pub async fn ttft(
+    mock: &Mock,
+    targets: &[Target],
+    conns: &mut Vec<Vec<Conn>>,
+    workers: usize,
+    rounds: usize,
+    first_round: usize,
+) -> Vec<Samples> {
     mock.set(Shape {
         chunks: 4,
         ..Shape::default()
     });
-    let tasks: Vec<_> = (0..workers)
-        .map(|w| {
-            let targets = targets.to_vec();
+    while conns.len() < workers {
+        conns.push(targets.iter().map(Conn::new).collect());
+    }
+    let tasks: Vec<_> = conns
+        .drain(..)
+        .enumerate()
+        .map(|(w, mut conns)| {
+            let n = targets.len();
             tokio::spawn(async move {
-                let mut conns: Vec<Conn> = targets.iter().map(Conn::new).collect();
-                let mut out = vec![Vec::new(); targets.len()];
-                for round in 0..rounds {
-                    for k in 0..targets.len() {
-                        let t = (k + round + w) % targets.len();
+                let mut out = vec![Vec::new(); n];
+                for round in first_round..first_round + rounds {
+                    for k in 0..n {
+                        let t = (k + round + w) % n;
                         if let Ok(answer) = conns[t].ask().await
                             && let Some(ns) = answer.ttft_ns()
                         {
@@ -30,13 +42,14 @@ pub async fn ttft(mock: &Mock, targets: &[Target], workers: usize, rounds: usize
                         }
                     }
                 }
-                out
+                (conns, out)
             })
         })
         .collect();
     let mut all = vec![Vec::new(); targets.len()];
     for task in tasks {
-        if let Ok(out) = task.await {
+        if let Ok((back, out)) = task.await {
+            conns.push(back);
             for (t, samples) in out.into_iter().enumerate() {
                 all[t].extend(samples);
             }
@@ -57,63 +70,83 @@ pub struct Relay {
     pub cpu_ms: Vec<f64>,
 }
 
+impl Relay {
+    /// Adds a later round of the same scenario.
+    pub fn merge(&mut self, other: Relay) {
+        for (t, (latency, gaps)) in other.latency.into_iter().zip(other.gaps).enumerate() {
+            self.latency[t].merge(latency);
+            self.gaps[t].merge(gaps);
+            self.faithful[t].0 += other.faithful[t].0;
+            self.faithful[t].1 += other.faithful[t].1;
+            self.faithful[t].2 += other.faithful[t].2;
+            self.chunks[t] += other.chunks[t];
+            self.cpu_ms[t] += other.cpu_ms[t];
+        }
+    }
+}
+
+/// Connections for [`relay`], kept from one round to the next.
+pub fn relay_conns(targets: &[Target], streams: usize) -> Vec<Vec<Conn>> {
+    targets
+        .iter()
+        .map(|t| (0..streams).map(|_| Conn::new(t)).collect())
+        .collect()
+}
+
+/// One round: `streams` answers of `shape` through each target in turn (starting with the
+/// target `round` places on), their starts spread over `spread`.
 pub async fn relay(
     mock: &Mock,
     targets: &[Target],
     pids: &[Option<u32>],
-    streams: usize,
+    conns: &mut [Vec<Conn>],
     shape: Shape,
-    rounds: usize,
+    round: usize,
     spread: Duration,
 ) -> Relay {
     mock.set(shape);
+    let streams = conns.first().map(Vec::len).unwrap_or(0);
     let mut latency = vec![Vec::new(); targets.len()];
     let mut gaps = vec![Vec::new(); targets.len()];
     let mut faithful = vec![(0, 0, 0); targets.len()];
     let mut chunks = vec![0; targets.len()];
     let mut cpu_ms = vec![0.0; targets.len()];
-    let mut conns: Vec<Vec<Conn>> = targets
-        .iter()
-        .map(|t| (0..streams).map(|_| Conn::new(t)).collect())
-        .collect();
-    for round in 0..rounds {
-        for k in 0..targets.len() {
-            let t = (k + round) % targets.len();
-            let cpu_before = pids[t].map(gateway::cpu_ms);
-            let answers = run_spread(std::mem::take(&mut conns[t]), spread).await;
-            if let (Some(pid), Some(before)) = (pids[t], cpu_before) {
-                cpu_ms[t] += gateway::cpu_ms(pid) - before;
-            }
-            let mut back = Vec::with_capacity(streams);
-            for (conn, answer) in answers {
-                back.push(conn);
-                let Ok(answer) = answer else {
-                    faithful[t].2 += 1;
-                    continue;
-                };
-                faithful[t].2 += 1;
-                if answer.faithful && !answer.coalesced && answer.chunks.len() == shape.chunks {
-                    faithful[t].0 += 1;
-                } else if answer.faithful && answer.coalesced {
-                    faithful[t].1 += 1;
-                }
-                chunks[t] += answer.chunks.len();
-                latency[t].extend(
-                    answer
-                        .chunks
-                        .iter()
-                        .map(|(_, sent, arrived)| (arrived - sent) as f64 / 1000.0),
-                );
-                gaps[t].extend(
-                    answer
-                        .chunks
-                        .windows(2)
-                        .filter(|w| w[1].0 == w[0].0 + 1)
-                        .map(|w| (w[1].2 - w[0].2) as f64 / 1000.0),
-                );
-            }
-            conns[t] = back;
+    for k in 0..targets.len() {
+        let t = (k + round) % targets.len();
+        let cpu_before = pids[t].map(gateway::cpu_ms);
+        let answers = run_spread(std::mem::take(&mut conns[t]), spread).await;
+        if let (Some(pid), Some(before)) = (pids[t], cpu_before) {
+            cpu_ms[t] += gateway::cpu_ms(pid) - before;
         }
+        let mut back = Vec::with_capacity(streams);
+        for (conn, answer) in answers {
+            back.push(conn);
+            let Ok(answer) = answer else {
+                faithful[t].2 += 1;
+                continue;
+            };
+            faithful[t].2 += 1;
+            if answer.faithful && !answer.coalesced && answer.chunks.len() == shape.chunks {
+                faithful[t].0 += 1;
+            } else if answer.faithful && answer.coalesced {
+                faithful[t].1 += 1;
+            }
+            chunks[t] += answer.chunks.len();
+            latency[t].extend(
+                answer
+                    .chunks
+                    .iter()
+                    .map(|(_, sent, arrived)| (arrived - sent) as f64 / 1000.0),
+            );
+            gaps[t].extend(
+                answer
+                    .chunks
+                    .windows(2)
+                    .filter(|w| w[1].0 == w[0].0 + 1)
+                    .map(|w| (w[1].2 - w[0].2) as f64 / 1000.0),
+            );
+        }
+        conns[t] = back;
     }
     Relay {
         latency: latency.into_iter().map(Samples::new).collect(),
@@ -224,10 +257,19 @@ pub async fn rss_with_open_streams(mock: &Mock, target: &Target, pid: u32, held:
         hold_after: Some(2),
         ..Shape::default()
     });
+    let written = mock.written();
     let conns: Vec<Conn> = (0..held).map(|_| Conn::new(target)).collect();
     let running = tokio::spawn(run_all(conns));
     // give every stream time to open and take its first chunks
     tokio::time::sleep(Duration::from_millis(1500 + held as u64 / 2)).await;
+    // and wait for any that have not (a connection whose first SYN was dropped is retried
+    // a second or more later)
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while mock.written() < written + 2 * held {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let rss = gateway::rss_kib(pid);
     mock.release();
     let _ = running.await;

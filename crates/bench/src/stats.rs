@@ -9,6 +9,12 @@ impl Samples {
         Self(values)
     }
 
+    /// Adds another set's samples (a later block of the same measurement).
+    pub fn merge(&mut self, other: Samples) {
+        self.0.extend(other.0);
+        self.0.sort_by(f64::total_cmp);
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
