@@ -1,7 +1,8 @@
 //! One answer's writes to the store, in order: the turn, checkpoints of the text while it
 //! runs, then the end. Checkpoints go through the store's group commit with every other
 //! answer's, at most one in flight per answer (a newer one replaces a waiting one), so a
-//! running answer costs a write a second, never one per token.
+//! running answer costs a write a second, never one per token. The writes are driven by
+//! the answer's runner, on its task.
 //!
 //! A write that fails for a passing reason (the database busy, the disk full) is retried
 //! until it succeeds. Meanwhile the end it carries is kept in [`Unsaved`], which reads of
@@ -11,9 +12,11 @@
 use crate::conversation::store::{AnswerUpdate, NewTurn};
 use crate::conversation::{Conversation, MessageId, Store, StoreError};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
 
 /// Ends that the store has not taken yet, by message id.
 #[derive(Default)]
@@ -43,44 +46,108 @@ impl Unsaved {
     }
 }
 
-type EndRequest = (AnswerUpdate, oneshot::Sender<Result<(), StoreError>>);
+/// A write under way.
+type Writing = Pin<Box<dyn Future<Output = Written> + Send>>;
 
-/// The runner's handle on its answer's writes.
+enum Written {
+    Turn(Result<(), StoreError>),
+    Checkpoint(Result<(), StoreError>),
+}
+
+/// One answer's writes, driven by its runner's own task (no task or channel of its own):
+/// the runner polls [`Lane::poll`] on every pass of its loop, and awaits [`Lane::end`].
 pub struct Lane {
-    checkpoints: watch::Sender<Option<AnswerUpdate>>,
-    end: Option<oneshot::Sender<EndRequest>>,
+    id: MessageId,
+    store: Arc<dyn Store>,
+    unsaved: Arc<Unsaved>,
+    /// Kept until the turn is stored, to write it again if the first attempt failed.
+    turn: Option<NewTurn>,
+    /// The turn's write: `None` while it is under way.
+    begun: Option<Result<(), StoreError>>,
+    writing: Option<Writing>,
+    /// The newest checkpoint not yet under way.
+    waiting: Option<AnswerUpdate>,
 }
 
 /// Starts writing `turn`; checkpoints and the end follow through the returned lane.
 pub fn open(store: Arc<dyn Store>, unsaved: Arc<Unsaved>, turn: NewTurn) -> Lane {
-    let (checkpoints, latest) = watch::channel(None);
-    let (end, ended) = oneshot::channel();
-    tokio::spawn(run(store, unsaved, turn, latest, ended));
+    let writing = begin(Arc::clone(&store), turn.clone());
     Lane {
-        checkpoints,
-        end: Some(end),
+        id: turn.assistant.id,
+        store,
+        unsaved,
+        turn: Some(turn),
+        begun: None,
+        writing: Some(writing),
+        waiting: None,
     }
+}
+
+fn begin(store: Arc<dyn Store>, turn: NewTurn) -> Writing {
+    Box::pin(async move { Written::Turn(store.begin_turn(turn).await) })
 }
 
 impl Lane {
     /// Queues a checkpoint; one still waiting is replaced.
-    pub fn checkpoint(&self, update: AnswerUpdate) {
-        self.checkpoints.send_replace(Some(update));
+    pub fn checkpoint(&mut self, update: AnswerUpdate) {
+        self.waiting = Some(update);
     }
 
-    /// Writes the end; resolves with the first attempt's outcome. After a passing failure
-    /// the write goes on being retried in the background.
-    pub async fn end(&mut self, update: AnswerUpdate) -> Result<(), StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        let Some(end) = self.end.take() else {
-            return Err(StoreError::Commit("the answer was already ended".into()));
-        };
-        if end.send((update, reply)).is_err() {
-            return Err(StoreError::Commit("the answer's store task stopped".into()));
+    /// Moves the writes on; never ready. The runner's task is woken when a write is done.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if let Some(writing) = &mut self.writing {
+                let Poll::Ready(written) = writing.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                self.writing = None;
+                self.settle(written);
+            }
+            if !matches!(self.begun, Some(Ok(()))) {
+                return Poll::Pending;
+            }
+            let Some(update) = self.waiting.take() else {
+                return Poll::Pending;
+            };
+            let store = Arc::clone(&self.store);
+            self.writing = Some(Box::pin(async move {
+                Written::Checkpoint(store.update_answer(update).await)
+            }));
         }
-        outcome
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Commit("the answer's store task stopped".into())))
+    }
+
+    fn settle(&mut self, written: Written) {
+        match written {
+            Written::Turn(begun) => {
+                if begun.is_ok() {
+                    self.turn = None;
+                }
+                self.begun = Some(begun);
+            }
+            // The next checkpoint, or the end, carries the same text and more.
+            Written::Checkpoint(Err(e)) => log::warn!("answer {}: checkpoint not stored: {e}", self.id),
+            Written::Checkpoint(Ok(())) => {}
+        }
+    }
+
+    /// Writes the end, after the write under way; resolves with the first attempt's
+    /// outcome. After a passing failure the write goes on being retried on a task of its
+    /// own, and the end is laid over reads of the conversation meanwhile.
+    pub async fn end(mut self, update: AnswerUpdate) -> Result<(), StoreError> {
+        if let Some(writing) = self.writing.take() {
+            let written = writing.await;
+            self.settle(written);
+        }
+        // The end carries the same text and more.
+        self.waiting = None;
+        let mut begun = self.begun.take().unwrap_or(Ok(()));
+        let first = write_end(&*self.store, self.turn.as_ref(), &mut begun, &update).await;
+        if first.as_ref().is_err_and(StoreError::is_transient) {
+            let id = update.id;
+            self.unsaved.lock().insert(id, update.clone());
+            tokio::spawn(retry(self.store, self.unsaved, self.turn, begun, update));
+        }
+        first
     }
 }
 
@@ -88,52 +155,21 @@ impl Lane {
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
-async fn run(
+async fn retry(
     store: Arc<dyn Store>,
     unsaved: Arc<Unsaved>,
-    turn: NewTurn,
-    mut latest: watch::Receiver<Option<AnswerUpdate>>,
-    mut ended: oneshot::Receiver<EndRequest>,
+    turn: Option<NewTurn>,
+    mut begun: Result<(), StoreError>,
+    update: AnswerUpdate,
 ) {
-    let id = turn.assistant.id;
-    let mut begun = store.begin_turn(turn.clone()).await;
-    let (update, reply) = loop {
-        tokio::select! {
-            end = &mut ended => match end {
-                Ok(end) => break end,
-                // The runner is gone without an end: the next start marks the answer.
-                Err(_) => return,
-            },
-            changed = latest.changed(), if begun.is_ok() => {
-                if changed.is_err() {
-                    continue;
-                }
-                let checkpoint = latest.borrow_and_update().clone();
-                if let Some(checkpoint) = checkpoint
-                    && let Err(e) = store.update_answer(checkpoint).await
-                {
-                    // The next checkpoint, or the end, carries the same text and more.
-                    log::warn!("answer {id}: checkpoint not stored: {e}");
-                }
-            }
-        }
-    };
-    let first = write_end(&*store, &turn, &mut begun, &update).await;
-    let retry = first.as_ref().is_err_and(StoreError::is_transient);
-    if retry {
-        unsaved.lock().insert(id, update.clone());
-    }
-    let _ = reply.send(first);
-    if !retry {
-        return;
-    }
+    let id = update.id;
     let mut wait = RETRY_FIRST;
     let mut tries = 1;
     loop {
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
         tries += 1;
-        match write_end(&*store, &turn, &mut begun, &update).await {
+        match write_end(&*store, turn.as_ref(), &mut begun, &update).await {
             Ok(()) => {
                 log::info!("answer {id}: stored after {tries} tries");
                 break;
@@ -156,11 +192,13 @@ async fn run(
 /// Writes the turn if it is not written yet, then the answer's end.
 async fn write_end(
     store: &dyn Store,
-    turn: &NewTurn,
+    turn: Option<&NewTurn>,
     begun: &mut Result<(), StoreError>,
     update: &AnswerUpdate,
 ) -> Result<(), StoreError> {
-    if begun.as_ref().is_err_and(StoreError::is_transient) {
+    if begun.as_ref().is_err_and(StoreError::is_transient)
+        && let Some(turn) = turn
+    {
         *begun = store.begin_turn(turn.clone()).await;
     }
     match begun {

@@ -17,10 +17,12 @@ use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, escape_int
 use crate::wire::sse;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{Notify, mpsc, oneshot};
+use std::task::{Context, Poll};
+use tokio::sync::{Notify, oneshot};
 
 /// Chunks a reader may fall behind before its next frame jumps to the latest text.
 pub const MAX_BACKLOG: u64 = 32;
@@ -57,13 +59,63 @@ struct Generation {
     /// Woken on every change; each reader checks what is new for it.
     wake: Notify,
     readers: AtomicUsize,
-    signals: mpsc::UnboundedSender<Signal>,
+    signals: Signals,
 }
 
 impl Generation {
     fn lock(&self) -> MutexGuard<'_, Content> {
         // Every update is a single append or assignment: a panic cannot leave it half done.
         self.content.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a runner is told, as flags and a waker rather than a channel: the runner looks at
+/// them on every pass of its loop (once per chunk), and a load of one atomic is all that
+/// costs when nothing was raised.
+#[derive(Default)]
+struct Signals {
+    raised: AtomicU8,
+    /// The reply to the stop request that raised [`STOP`].
+    stop: Mutex<Option<oneshot::Sender<bool>>>,
+    runner: AtomicWaker,
+}
+
+const STOP: u8 = 1;
+const SHUTDOWN: u8 = 2;
+const READERS: u8 = 4;
+
+impl Signals {
+    fn raise(&self, flag: u8) {
+        self.raised.fetch_or(flag, Ordering::SeqCst);
+        self.runner.wake();
+    }
+
+    fn stop_slot(&self) -> MutexGuard<'_, Option<oneshot::Sender<bool>>> {
+        // Only ever set or taken whole.
+        self.stop.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the most urgent raised signal.
+    fn take(&self) -> Option<Signal> {
+        let raised = self.raised.load(Ordering::SeqCst);
+        if raised == 0 {
+            return None;
+        }
+        for flag in [STOP, SHUTDOWN, READERS] {
+            if raised & flag == 0 || self.raised.fetch_and(!flag, Ordering::SeqCst) & flag == 0 {
+                continue;
+            }
+            match flag {
+                STOP => {
+                    if let Some(reply) = self.stop_slot().take() {
+                        return Some(Signal::Stop(reply));
+                    }
+                }
+                SHUTDOWN => return Some(Signal::Shutdown),
+                _ => return Some(Signal::Readers),
+            }
+        }
+        None
     }
 }
 
@@ -113,7 +165,6 @@ impl LocalGenerations {
 #[async_trait]
 impl Generations for LocalGenerations {
     fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer> {
-        let (signals, inbox) = mpsc::unbounded_channel();
         let generation = Arc::new(Generation {
             owner,
             template: FrameTemplate::new(&identity),
@@ -127,7 +178,7 @@ impl Generations for LocalGenerations {
             }),
             wake: Notify::new(),
             readers: AtomicUsize::new(0),
-            signals,
+            signals: Signals::default(),
         });
         let mut registry = self.lock();
         let id = &generation.identity;
@@ -140,7 +191,6 @@ impl Generations for LocalGenerations {
         drop(registry);
         Box::new(LocalProducer {
             generation,
-            inbox,
             never_alone,
             registry: Arc::clone(&self.registry),
             emptied: Arc::clone(&self.emptied),
@@ -160,20 +210,33 @@ impl Generations for LocalGenerations {
     }
 
     async fn stop(&self, target: Target) -> bool {
-        let Some(signals) = self.lock().find(target).map(|g| g.signals.clone()) else {
+        let Some(generation) = self.lock().find(target).map(Arc::clone) else {
             return false;
         };
         let (reply, stopped) = oneshot::channel();
-        if signals.send(Signal::Stop(reply)).is_err() {
-            return false;
+        {
+            let mut slot = generation.signals.stop_slot();
+            if slot.is_some() {
+                // Another request is stopping it: that one stops it.
+                return false;
+            }
+            *slot = Some(reply);
         }
+        // Looked at after the reply is in place: an answer that ended meanwhile has either
+        // dropped the reply (see `finish`) or is seen ended here.
+        if generation.lock().end.is_some() {
+            generation.signals.stop_slot().take();
+        } else {
+            generation.signals.raise(STOP);
+        }
+        drop(generation);
         // The runner drops the reply unanswered when the answer ended first.
         stopped.await.unwrap_or(false)
     }
 
     fn shutdown(&self) {
         for generation in self.lock().by_message.values() {
-            let _ = generation.signals.send(Signal::Shutdown);
+            generation.signals.raise(SHUTDOWN);
         }
     }
 
@@ -196,14 +259,12 @@ impl Generations for LocalGenerations {
 
 struct LocalProducer {
     generation: Arc<Generation>,
-    inbox: mpsc::UnboundedReceiver<Signal>,
     never_alone: bool,
     registry: Arc<Mutex<Registry>>,
     emptied: Arc<Notify>,
     finished: bool,
 }
 
-#[async_trait]
 impl Producer for LocalProducer {
     fn append(&mut self, chunk: &str) {
         let mut content = self.generation.lock();
@@ -224,6 +285,8 @@ impl Producer for LocalProducer {
     fn finish(&mut self, end: End) {
         self.generation.lock().end = Some(end);
         self.finished = true;
+        // A stop that came too late to be taken is answered: it did not stop the answer.
+        self.generation.signals.stop_slot().take();
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         registry.remove(&self.generation.identity);
         let empty = registry.by_message.is_empty();
@@ -251,11 +314,17 @@ impl Producer for LocalProducer {
         }
     }
 
-    async fn signal(&mut self) -> Signal {
-        match self.inbox.recv().await {
-            Some(signal) => signal,
-            // The registry's sender lives in the generation this producer holds.
-            None => std::future::pending().await,
+    fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Signal> {
+        let signals = &self.generation.signals;
+        if let Some(signal) = signals.take() {
+            return Poll::Ready(signal);
+        }
+        signals.runner.register(cx.waker());
+        // Raised between the look and the registration: its wake-up may have gone to the
+        // previous waker.
+        match signals.take() {
+            Some(signal) => Poll::Ready(signal),
+            None => Poll::Pending,
         }
     }
 }
@@ -280,7 +349,7 @@ struct Presence(Arc<Generation>);
 impl Presence {
     fn new(generation: Arc<Generation>) -> Self {
         if generation.readers.fetch_add(1, Ordering::SeqCst) == 0 {
-            let _ = generation.signals.send(Signal::Readers);
+            generation.signals.raise(READERS);
         }
         Self(generation)
     }
@@ -289,7 +358,7 @@ impl Presence {
 impl Drop for Presence {
     fn drop(&mut self) {
         if self.0.readers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let _ = self.0.signals.send(Signal::Readers);
+            self.0.signals.raise(READERS);
         }
     }
 }

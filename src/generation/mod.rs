@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 /// How a generation ended.
@@ -77,7 +78,6 @@ pub struct Snapshot {
 }
 
 /// The runner's side of one generation.
-#[async_trait]
 pub trait Producer: Send {
     /// Adds one upstream chunk's text; readers are woken.
     fn append(&mut self, chunk: &str);
@@ -88,8 +88,10 @@ pub trait Producer: Send {
     fn finish(&mut self, end: End);
     fn snapshot(&self) -> Snapshot;
     fn readers(&self) -> usize;
-    /// The next signal; pending forever when there is none.
-    async fn signal(&mut self) -> Signal;
+    /// The next signal, if there is one; otherwise `cx` is woken when one comes. Polled on
+    /// every pass of the runner's loop, so it allocates nothing and takes no lock when
+    /// there is no signal.
+    fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Signal>;
 }
 
 /// Which generation a reader or a stop means.

@@ -15,6 +15,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::upstream::{ChunkStream, UpstreamError};
 use crate::wire::chatgpt::AnswerIdentity;
 use futures::StreamExt;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -133,10 +134,12 @@ impl Runner {
                 .reset(tokio::time::Instant::now() + timing.detached_grace.max(FIRST_READER_WAIT));
         }
         let mut unsaved_text = false;
+        // When the upstream last sent anything.
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
-                signal = producer.signal() => match signal {
+                signal = poll_fn(|cx| producer.poll_signal(cx)) => match signal {
                     Signal::Stop(reply) => return Ending::Stopped(reply),
                     Signal::Shutdown => return Ending::ShuttingDown,
                     Signal::Readers if producer.readers() > 0 => alone = false,
@@ -151,11 +154,19 @@ impl Runner {
                 },
                 _ = &mut grace, if alone => return Ending::Unread,
                 _ = &mut idle => {
+                    // Moved on lazily: a chunk only notes its time.
+                    let deadline = heard + timing.idle;
+                    if deadline > tokio::time::Instant::now() {
+                        idle.as_mut().reset(deadline);
+                        continue;
+                    }
                     return match finish {
                         Some(f) => Ending::Finished(f),
                         None => Ending::Failed(UpstreamError::IdleTimeout(timing.idle).into()),
                     };
                 }
+                // Never ready: the store writes move on as they complete.
+                () = poll_fn(|cx| self.lane.poll(cx)) => {}
                 _ = &mut heartbeat, if !has_text => {
                     producer.heartbeat();
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + timing.heartbeat);
@@ -196,7 +207,7 @@ impl Runner {
                             return Ending::Failed(UpstreamError::TooLarge { limit }.into());
                         }
                         finish = chunk.finish.or(finish);
-                        idle.as_mut().reset(tokio::time::Instant::now() + timing.idle);
+                        heard = tokio::time::Instant::now();
                     }
                     Some(Err(e)) => return Ending::Failed(e.into()),
                     None => {
@@ -212,8 +223,7 @@ impl Runner {
 
     /// Stores the answer, then ends the generation: every reader gets the last frame after
     /// the answer is on disk, so nothing a client saw can be lost.
-    async fn end(mut self, ending: Ending) {
-        let identity = &self.identity;
+    async fn end(self, ending: Ending) {
         let mut stop_reply = None;
         let (mut status, finish, mut error) = match ending {
             Ending::Finished(f) => (Status::FinishedSuccessfully, f, None),
@@ -225,13 +235,21 @@ impl Runner {
             Ending::ShuttingDown => (Status::Error, FinishType::Interrupted, Some(ApiError::Stopping)),
             Ending::Failed(e) => (Status::Error, FinishType::Interrupted, Some(e)),
         };
-        let snapshot = self.producer.snapshot();
+        let Runner {
+            identity,
+            mut producer,
+            lane,
+            started,
+            ..
+        } = self;
+        let identity = &identity;
+        let snapshot = producer.snapshot();
         log::info!(
             "conversation {} answer {}: {} after {:.0} ms, {} bytes{}",
             identity.conversation_id,
             identity.message_id,
             status.as_str(),
-            self.started.elapsed().as_secs_f64() * 1000.0,
+            started.elapsed().as_secs_f64() * 1000.0,
             snapshot.text.len(),
             error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default(),
         );
@@ -244,7 +262,7 @@ impl Runner {
             finish: Some(finish),
             error: error.as_ref().map(ApiError::object),
         };
-        if let Err(e) = self.lane.end(update).await {
+        if let Err(e) = lane.end(update).await {
             log::error!(
                 "conversation {} answer {}: not stored: {e}",
                 identity.conversation_id,
@@ -253,7 +271,7 @@ impl Runner {
             status = Status::Error;
             error = Some(e.into());
         }
-        self.producer.finish(End {
+        producer.finish(End {
             status,
             finish,
             error: error.as_ref().map(ErrorBody::from),

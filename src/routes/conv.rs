@@ -12,10 +12,12 @@ use crate::wire::sse;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt};
 use serde_json::json;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub async fn post(
@@ -145,13 +147,37 @@ pub async fn read_body(
 
 /// The `text/event-stream` response: `retry: 1000`, then what the reader renders.
 pub fn event_stream(first: Option<Bytes>, reader: Reader) -> HttpResponse {
-    let head = stream::iter([Some(Bytes::from_static(sse::RETRY)), first].into_iter().flatten());
-    // Refusals and final objects are only yielded to readers that asked for them.
-    let rest = reader.map(|item| match item {
-        ReaderItem::Bytes(bytes) => bytes,
-        ReaderItem::Refused(_) | ReaderItem::Final(_) => Bytes::new(),
-    });
-    sse_response(head.chain(rest).map(Ok::<_, Infallible>))
+    let head = match first {
+        Some(first) => [sse::RETRY, &first].concat().into(),
+        None => Bytes::from_static(sse::RETRY),
+    };
+    sse_response(Frames {
+        head: Some(head),
+        reader,
+    })
+}
+
+/// A reader's bytes after a head, with nothing but an `Option` to look at per frame.
+struct Frames {
+    head: Option<Bytes>,
+    reader: Reader,
+}
+
+impl Stream for Frames {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(head)));
+        }
+        self.reader.as_mut().poll_next(cx).map(|item| {
+            item.map(|item| match item {
+                ReaderItem::Bytes(bytes) => Ok(bytes),
+                // Refusals and final objects are only yielded to readers that asked for them.
+                ReaderItem::Refused(_) | ReaderItem::Final(_) => Ok(Bytes::new()),
+            })
+        })
+    }
 }
 
 pub fn sse_response(body: impl Stream<Item = Result<Bytes, Infallible>> + 'static) -> HttpResponse {
