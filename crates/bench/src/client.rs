@@ -9,6 +9,10 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Sent with every request: the client key of a chatgate started with `keys` (see
+/// `gateway`); a gateway without keys, the mock and the pump ignore it.
+pub const AUTHORIZATION: &str = "authorization: Bearer bench-client-key";
+
 /// How the target speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -104,7 +108,7 @@ impl Conn {
             ),
         };
         let request = format!(
-            "POST {} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: text/event-stream\r\nauthorization: Bearer bench\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST {} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: text/event-stream\r\n{AUTHORIZATION}\r\ncontent-length: {}\r\n\r\n{body}",
             self.target.path,
             body.len()
         );

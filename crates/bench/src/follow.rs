@@ -46,7 +46,10 @@ pub async fn request(
 ) -> io::Result<Response> {
     let mut socket = TcpStream::connect(addr).await?;
     socket.set_nodelay(true)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n{}\r\n",
+        crate::client::AUTHORIZATION
+    );
     for h in headers {
         head.push_str(h);
         head.push_str("\r\n");

@@ -15,8 +15,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the chatgate binary `bin` on a free port against the mock on `mock_port`.
-    pub async fn start(bin: &Path, mock_port: u16, store: &str) -> io::Result<Self> {
+    /// Starts the chatgate binary `bin` on a free port against the mock on `mock_port`;
+    /// with `keys`, every request needs the client key the load client sends.
+    pub async fn start(bin: &Path, mock_port: u16, store: &str, keys: bool) -> io::Result<Self> {
         let mut command = Command::new(bin);
         command
             .args(["--listen", "127.0.0.1:0"])
@@ -25,6 +26,9 @@ impl Gateway {
             .args(["--store", store])
             .args(["--upstream-idle-timeout", "600"])
             .env("RUST_LOG", "warn");
+        if keys {
+            command.args(["--api-keys", "bench:bench-client-key"]);
+        }
         Self::spawn(command, "chatgate listening on http://").await
     }
 

@@ -55,8 +55,9 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Another chatgate to measure in the same run, interleaved with the first, as
-    /// `NAME=BIN[,store=STORE][,delta]`: an older build, or the same build with
-    /// `store=memory`. Its store is a fresh SQLite file unless `store=` says otherwise;
+    /// `NAME=BIN[,store=STORE][,delta][,keys]`: an older build, or the same build with
+    /// `store=memory` or with client keys on (`keys`: `--api-keys`, which every request
+    /// then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
     /// `delta` adds a column for its delta frames. May be given several times.
     #[arg(long = "also")]
     also: Vec<String>,
@@ -95,24 +96,42 @@ struct Chatgate {
     process: gateway::Gateway,
     /// Measured in delta mode too, in a column of its own.
     delta: bool,
+    /// Started with a client key, which every request then carries.
+    keys: bool,
 }
 
-/// `NAME=BIN[,store=STORE][,delta]`.
-fn parse_also(spec: &str) -> Result<(String, PathBuf, Option<String>, bool), String> {
+/// One chatgate to measure, as `--also` gives it.
+struct Spec {
+    name: String,
+    bin: PathBuf,
+    store: Option<String>,
+    delta: bool,
+    keys: bool,
+}
+
+/// `NAME=BIN[,store=STORE][,delta][,keys]`.
+fn parse_also(spec: &str) -> Result<Spec, String> {
     let (name, rest) = spec
         .split_once('=')
-        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,delta]"))?;
+        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,delta][,keys]"))?;
     let mut parts = rest.split(',');
     let bin = PathBuf::from(parts.next().unwrap_or_default());
-    let (mut store, mut delta) = (None, false);
+    let (mut store, mut delta, mut keys) = (None, false, false);
     for part in parts {
         match part.split_once('=') {
             Some(("store", value)) => store = Some(value.to_owned()),
             None if part == "delta" => delta = true,
+            None if part == "keys" => keys = true,
             _ => return Err(format!("--also {spec:?}: unknown option {part:?}")),
         }
     }
-    Ok((name.to_owned(), bin, store, delta))
+    Ok(Spec {
+        name: name.to_owned(),
+        bin,
+        store,
+        delta,
+        keys,
+    })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -131,19 +150,27 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("chatgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let fresh = |name: &str| format!("sqlite://{}", dir.join(format!("{name}.db")).display());
-    let mut specs = vec![(
-        "chatgate".to_owned(),
-        args.gateway_bin.clone(),
-        args.store.clone(),
-        true,
-    )];
+    let mut specs = vec![Spec {
+        name: "chatgate".to_owned(),
+        bin: args.gateway_bin.clone(),
+        store: args.store.clone(),
+        delta: true,
+        keys: false,
+    }];
     for spec in &args.also {
         specs.push(parse_also(spec)?);
     }
     let mut chatgates = Vec::new();
-    for (name, bin, store_kind, delta) in specs {
+    for Spec {
+        name,
+        bin,
+        store: store_kind,
+        delta,
+        keys,
+    } in specs
+    {
         let store = store_kind.clone().unwrap_or_else(|| fresh(&name.replace(' ', "-")));
-        let process = gateway::Gateway::start(&bin, mock.port, &store).await?;
+        let process = gateway::Gateway::start(&bin, mock.port, &store, keys).await?;
         eprintln!(
             "{name}: {} on http://{} (pid {}, store {store})",
             bin.display(),
@@ -156,6 +183,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             store_kind,
             process,
             delta,
+            keys,
         });
     }
 
@@ -428,7 +456,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         for (i, gw) in chatgates.iter().enumerate() {
             eprintln!("memory per reader of one generation, {}…", gw.name);
             let store = gw.store_kind.clone().unwrap_or_else(|| fresh(&format!("readers-{i}")));
-            let process = gateway::Gateway::start(&gw.bin, mock.port, &store).await?;
+            let process = gateway::Gateway::start(&gw.bin, mock.port, &store, gw.keys).await?;
             let mut columns_of = targets
                 .iter()
                 .enumerate()
