@@ -112,6 +112,10 @@ impl Status {
 pub enum FinishType {
     Stop,
     MaxTokens,
+    /// The model asked for tools to be called (`/v1` only: `/conv` sends no tools).
+    ToolCalls,
+    /// The upstream's content filter ended it.
+    ContentFilter,
     /// Cut short by a Stop, by nobody reading, or by an error.
     Interrupted,
 }
@@ -121,7 +125,20 @@ impl FinishType {
         match self {
             FinishType::Stop => "stop",
             FinishType::MaxTokens => "max_tokens",
+            FinishType::ToolCalls => "tool_calls",
+            FinishType::ContentFilter => "content_filter",
             FinishType::Interrupted => "interrupted",
+        }
+    }
+
+    /// An upstream's finish reason (OpenAI's, or Anthropic's `stop_reason`): anything
+    /// else is a plain stop.
+    pub fn from_upstream(reason: &str) -> Self {
+        match reason {
+            "length" | "max_tokens" => FinishType::MaxTokens,
+            "tool_calls" | "tool_use" | "function_call" => FinishType::ToolCalls,
+            "content_filter" | "refusal" => FinishType::ContentFilter,
+            _ => FinishType::Stop,
         }
     }
 
@@ -129,6 +146,8 @@ impl FinishType {
         match raw {
             "stop" => Some(FinishType::Stop),
             "max_tokens" => Some(FinishType::MaxTokens),
+            "tool_calls" => Some(FinishType::ToolCalls),
+            "content_filter" => Some(FinishType::ContentFilter),
             "interrupted" => Some(FinishType::Interrupted),
             _ => None,
         }

@@ -86,7 +86,7 @@ pub fn assemble(
     let bound = REPLY_PRIMING
         + system.map_or(0, most)
         + most(new_turn)
-        + history.iter().map(|m| most(&m.content)).sum::<usize>();
+        + history.iter().map(|m| most(&m.text())).sum::<usize>();
     if bound <= budget.for_prompt() {
         let mut messages = Vec::with_capacity(history.len() + 2);
         messages.extend(system.map(|s| ChatMessage::new("system", s)));
@@ -101,7 +101,7 @@ pub fn assemble(
     let counter = counter();
     let cost = |text: &str| PER_MESSAGE + counter.count(text);
     let fixed = REPLY_PRIMING + system.map_or(0, cost) + cost(new_turn);
-    let costs: Vec<usize> = history.iter().map(|m| cost(&m.content)).collect();
+    let costs: Vec<usize> = history.iter().map(|m| cost(&m.text())).collect();
     let mut total = fixed + costs.iter().sum::<usize>();
 
     let mut start = 0;

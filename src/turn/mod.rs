@@ -195,6 +195,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest, client: &Client) ->
         upstream: ChatRequest {
             model,
             messages: assembled.messages,
+            params: Default::default(),
         },
         new_turn: NewTurn {
             conversation_id,

@@ -7,7 +7,7 @@
 //! read yields at least an empty chunk, so that keep-alive bytes count as life.
 
 use super::sse_decode::{SseDecoder, SseEvent};
-use super::{Chunk, UpstreamError};
+use super::{Chunk, ReasoningField, ToolCallDelta, UpstreamError, Usage};
 use crate::conversation::FinishType;
 use serde::Deserialize;
 use serde_json::Value;
@@ -99,8 +99,8 @@ impl ChunkDecoder {
                     if !self.finished {
                         self.finished = true;
                         out.push(Ok(Chunk {
-                            text: String::new(),
                             finish: Some(FinishType::Stop),
+                            ..Chunk::default()
                         }));
                     }
                     self.over = true;
@@ -122,6 +122,16 @@ struct ChunkWire {
     choices: Vec<ChoiceWire>,
     #[serde(default)]
     error: Option<Value>,
+    #[serde(default)]
+    usage: Option<UsageWire>,
+}
+
+#[derive(Deserialize)]
+struct UsageWire {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +146,30 @@ struct ChoiceWire {
 struct DeltaWire {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCallWire>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallWire {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionWire>,
+}
+
+#[derive(Deserialize)]
+struct FunctionWire {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 /// What one upstream event means.
@@ -173,19 +207,54 @@ fn parse_event(event: &SseEvent) -> Result<Option<Parsed>, UpstreamError> {
     if chunk.error.is_some() {
         return Err(in_stream_error(data));
     }
-    // Only the first choice is relayed: the gateway never asks for `n > 1`.
-    let Some(choice) = chunk.choices.into_iter().next() else {
-        return Ok(None); // the usage chunk
-    };
-    let text = choice.delta.and_then(|d| d.content).unwrap_or_default();
-    let finish = choice.finish_reason.map(|reason| match reason.as_str() {
-        "length" => FinishType::MaxTokens,
-        _ => FinishType::Stop,
+    let usage = chunk.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
     });
-    if text.is_empty() && finish.is_none() {
+    // Only the first choice is relayed: `n` above 1 is refused before the upstream.
+    let Some(choice) = chunk.choices.into_iter().next() else {
+        // The usage chunk (`"choices":[]`).
+        return Ok(usage.map(|usage| {
+            Parsed::Chunk(Chunk {
+                usage: Some(usage),
+                ..Chunk::default()
+            })
+        }));
+    };
+    let mut out = Chunk {
+        usage,
+        finish: choice.finish_reason.map(|reason| FinishType::from_upstream(&reason)),
+        ..Chunk::default()
+    };
+    if let Some(delta) = choice.delta {
+        out.text = delta.content.unwrap_or_default();
+        if let Some(reasoning) = delta.reasoning_content.filter(|r| !r.is_empty()) {
+            out.reasoning = reasoning;
+        } else if let Some(reasoning) = delta.reasoning.filter(|r| !r.is_empty()) {
+            out.reasoning = reasoning;
+            out.reasoning_field = ReasoningField::Reasoning;
+        }
+        out.tool_calls = delta
+            .tool_calls
+            .into_iter()
+            .map(|call| {
+                let function = call.function.unwrap_or(FunctionWire {
+                    name: None,
+                    arguments: None,
+                });
+                ToolCallDelta {
+                    index: call.index,
+                    id: call.id,
+                    name: function.name,
+                    arguments: function.arguments.unwrap_or_default(),
+                }
+            })
+            .collect();
+    }
+    if !out.has_content() && out.finish.is_none() && out.usage.is_none() {
         return Ok(None); // the role chunk
     }
-    Ok(Some(Parsed::Chunk(Chunk { text, finish })))
+    Ok(Some(Parsed::Chunk(out)))
 }
 
 fn in_stream_error(data: &str) -> UpstreamError {
@@ -318,7 +387,36 @@ mod tests {
             chunk(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#),
             None
         );
-        assert_eq!(chunk(r#"{"choices":[],"usage":{"total_tokens":3}}"#), None);
+        let usage =
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#).unwrap();
+        assert_eq!(
+            usage.usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5
+            })
+        );
+        assert!(!usage.has_content());
+        let reasoning = chunk(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#).unwrap();
+        assert_eq!((reasoning.reasoning.as_str(), reasoning.text.as_str()), ("hmm", ""));
+        assert_eq!(reasoning.reasoning_field, ReasoningField::ReasoningContent);
+        let reasoning = chunk(r#"{"choices":[{"delta":{"reasoning":"so"}}]}"#).unwrap();
+        assert_eq!(reasoning.reasoning_field, ReasoningField::Reasoning);
+        let call = chunk(
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a"}}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            call.tool_calls,
+            vec![ToolCallDelta {
+                index: 1,
+                id: Some("call_1".into()),
+                name: Some("f".into()),
+                arguments: "{\"a".into()
+            }]
+        );
+        let end = chunk(r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#).unwrap();
+        assert_eq!(end.finish, Some(FinishType::ToolCalls));
         assert_eq!(
             chunk(r#"{"choices":[{"delta":{"content":"hi"},"finish_reason":null}]}"#)
                 .unwrap()

@@ -25,8 +25,8 @@ pub fn answer(request: &ChatRequest) -> String {
         .iter()
         .rev()
         .find(|m| m.role == "user")
-        .map(|m| m.content.as_str())
-        .unwrap_or("");
+        .map(|m| m.text())
+        .unwrap_or_default();
     let quoted: String = question.chars().take(200).collect();
     let earlier = request
         .messages
@@ -56,12 +56,12 @@ impl Provider for DemoProvider {
             for (i, c) in text.char_indices() {
                 if c == ' ' && i > start {
                     tokio::time::sleep(delay).await;
-                    yield Ok(Chunk { text: text[start..i].to_owned(), finish: None });
+                    yield Ok(Chunk::text(&text[start..i]));
                     start = i;
                 }
             }
             tokio::time::sleep(delay).await;
-            yield Ok(Chunk { text: text[start..].to_owned(), finish: Some(FinishType::Stop) });
+            yield Ok(Chunk { finish: Some(FinishType::Stop), ..Chunk::text(&text[start..]) });
         }))
     }
 }

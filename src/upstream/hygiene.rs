@@ -130,10 +130,7 @@ impl AnswerGate {
     pub fn end(&mut self, out: &mut Vec<Item>) {
         let held = self.text.release();
         if !held.is_empty() {
-            out.push(Ok(Chunk {
-                text: held,
-                finish: None,
-            }));
+            out.push(Ok(Chunk::text(held)));
         }
     }
 }

@@ -16,39 +16,128 @@ pub mod sse_decode;
 use crate::conversation::FinishType;
 use async_trait::async_trait;
 use futures::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::time::Duration;
 
-/// One message of the upstream conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One message of the upstream conversation, in OpenAI's shape: `content` is a string (or,
+/// from `/v1` clients, an array of parts, or null beside `tool_calls`); other fields
+/// (`tool_calls`, `tool_call_id`, `name`) are kept as the client sent them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    #[serde(default)]
+    pub content: Value,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
         Self {
             role: role.to_owned(),
-            content: content.to_owned(),
+            content: Value::String(content.to_owned()),
+            extra: Map::new(),
+        }
+    }
+
+    /// The content's text: the string, or the text parts of an array joined by newlines.
+    pub fn text(&self) -> Cow<'_, str> {
+        match &self.content {
+            Value::String(s) => Cow::Borrowed(s),
+            Value::Array(parts) => Cow::Owned(
+                parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            _ => Cow::Borrowed(""),
         }
     }
 }
 
 /// What is asked of the upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
+    /// The model as the client named it; the router maps it to targets.
     pub model: String,
     pub messages: Vec<ChatMessage>,
+    /// Request fields passed through to the upstream as the client sent them (from `/v1`:
+    /// `tools`, `tool_choice`, `response_format`, `temperature`, `top_p`, `max_tokens`,
+    /// `max_completion_tokens`, `stop`, `n`, `user`, …). Never `model`, `messages`,
+    /// `stream` or `stream_options`: the provider sets those.
+    pub params: Map<String, Value>,
 }
 
-/// A piece of the answer: new text, and, on the last piece, why the answer ended. A piece
-/// with neither says the upstream is still sending (keep-alive bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A piece of the answer. A piece with nothing in it says the upstream is still sending
+/// (keep-alive bytes). The answer ends after the piece that carries `finish`.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Chunk {
+    /// New answer text.
     pub text: String,
+    /// New reasoning ("thinking") text, kept apart from the answer.
+    pub reasoning: String,
+    /// The field the upstream sent `reasoning` in, for `/v1` to send it back the same way.
+    pub reasoning_field: ReasoningField,
+    /// Pieces of tool calls, in the order the upstream sent them.
+    pub tool_calls: Vec<ToolCallDelta>,
+    /// Token counts, cumulative: the latest one that came is the answer's.
+    pub usage: Option<Usage>,
     pub finish: Option<FinishType>,
+}
+
+impl Chunk {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Carries something a client would see (text, reasoning or a tool call): the first such
+    /// piece is the answer's first token.
+    pub fn has_content(&self) -> bool {
+        !self.text.is_empty() || !self.reasoning.is_empty() || !self.tool_calls.is_empty()
+    }
+}
+
+/// Where OpenAI-compatible servers put reasoning text in a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReasoningField {
+    /// `reasoning_content` (DeepSeek, vLLM, and what Anthropic thinking becomes).
+    #[default]
+    ReasoningContent,
+    /// `reasoning` (OpenRouter, Ollama).
+    Reasoning,
+}
+
+impl ReasoningField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasoningField::ReasoningContent => "reasoning_content",
+            ReasoningField::Reasoning => "reasoning",
+        }
+    }
+}
+
+/// A piece of one tool call, as OpenAI streams them: the first piece of a call has its `id`
+/// and function `name`, later pieces add to its `arguments`; `index` says which call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+/// Token counts of one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// The answer as it arrives. It ends after the piece that carries `finish`, or with an

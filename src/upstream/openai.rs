@@ -70,6 +70,15 @@ struct RequestBody<'a> {
     model: &'a str,
     messages: &'a [ChatMessage],
     stream: bool,
+    /// Usage comes in a last chunk of its own (`"choices":[]`) only when asked for.
+    stream_options: StreamOptions,
+    #[serde(flatten)]
+    params: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[async_trait]
@@ -89,6 +98,8 @@ impl OpenAiProvider {
             model: &request.model,
             messages: &request.messages,
             stream: true,
+            stream_options: StreamOptions { include_usage: true },
+            params: &request.params,
         };
         let body = serde_json::to_vec(&body).map_err(|e| UpstreamError::BadChunk(e.to_string()))?;
         let mut builder = self
