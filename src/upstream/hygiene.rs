@@ -8,7 +8,7 @@
 
 use super::chunks::Item;
 use super::redact::{Redactor, TextGuard};
-use super::{Chunk, ChunkStream, UpstreamError};
+use super::{Chunk, ChunkStream, ToolCallDelta, UpstreamError};
 use futures::StreamExt;
 use std::sync::Arc;
 
@@ -97,10 +97,16 @@ fn seconds(value: &str) -> Option<String> {
     Some(seconds.to_string())
 }
 
-/// One answer's way through the gate, item by item.
+/// One answer's way through the gate, item by item. Answer text, reasoning text and
+/// tool-call arguments each have their own guard: the key may be split across the pieces
+/// of any of them.
 pub struct AnswerGate {
     hygiene: Arc<Hygiene>,
     text: TextGuard,
+    reasoning: TextGuard,
+    arguments: TextGuard,
+    /// The tool call whose arguments `arguments` holds back the end of.
+    call: Option<u32>,
 }
 
 impl AnswerGate {
@@ -108,6 +114,9 @@ impl AnswerGate {
         Self {
             hygiene,
             text: TextGuard::default(),
+            reasoning: TextGuard::default(),
+            arguments: TextGuard::default(),
+            call: None,
         }
     }
 
@@ -116,7 +125,14 @@ impl AnswerGate {
     pub fn item(&mut self, item: Item, out: &mut Vec<Item>) {
         match item {
             Ok(mut chunk) => {
-                chunk.text = self.text.pass(&self.hygiene.redactor, chunk.text);
+                let redactor = &self.hygiene.redactor;
+                chunk.text = self.text.pass(redactor, chunk.text);
+                if !chunk.reasoning.is_empty() {
+                    chunk.reasoning = self.reasoning.pass(redactor, std::mem::take(&mut chunk.reasoning));
+                }
+                if !chunk.tool_calls.is_empty() {
+                    chunk.tool_calls = self.tool_calls(std::mem::take(&mut chunk.tool_calls));
+                }
                 out.push(Ok(chunk));
             }
             Err(e) => {
@@ -126,11 +142,44 @@ impl AnswerGate {
         }
     }
 
+    fn tool_calls(&mut self, calls: Vec<ToolCallDelta>) -> Vec<ToolCallDelta> {
+        let hygiene = Arc::clone(&self.hygiene);
+        let redactor = &hygiene.redactor;
+        let mut out = Vec::with_capacity(calls.len());
+        for mut call in calls {
+            if self.call.is_some_and(|held| held != call.index) {
+                // Another call starts: the previous one's held-back end is its own.
+                out.extend(self.release_arguments());
+            }
+            self.call = Some(call.index);
+            call.id = call.id.map(|id| redactor.clean_message(&id));
+            call.name = call.name.map(|name| redactor.clean_message(&name));
+            call.arguments = self.arguments.pass(redactor, call.arguments);
+            out.push(call);
+        }
+        out
+    }
+
+    fn release_arguments(&mut self) -> Option<ToolCallDelta> {
+        let held = self.arguments.release();
+        let index = self.call?;
+        (!held.is_empty()).then(|| ToolCallDelta {
+            index,
+            arguments: held,
+            ..ToolCallDelta::default()
+        })
+    }
+
     /// The answer ended: what is held back is released.
     pub fn end(&mut self, out: &mut Vec<Item>) {
-        let held = self.text.release();
-        if !held.is_empty() {
-            out.push(Ok(Chunk::text(held)));
+        let held = Chunk {
+            text: self.text.release(),
+            reasoning: self.reasoning.release(),
+            tool_calls: self.release_arguments().into_iter().collect(),
+            ..Chunk::default()
+        };
+        if held.has_content() {
+            out.push(Ok(held));
         }
     }
 }
@@ -205,5 +254,63 @@ mod tests {
         let hygiene = Hygiene::new(None);
         let message = hygiene.message(&"é".repeat(5000));
         assert_eq!(message.chars().count(), MESSAGE_LIMIT + 1);
+    }
+
+    /// Everything a client would see of `items`, joined per kind.
+    fn seen(items: Vec<Chunk>) -> (String, String, String) {
+        let mut gate = AnswerGate::new(Arc::new(Hygiene::new(Some(KEY))));
+        let mut out = Vec::new();
+        for chunk in items {
+            gate.item(Ok(chunk), &mut out);
+        }
+        gate.end(&mut out);
+        let mut seen = (String::new(), String::new(), String::new());
+        for chunk in out.into_iter().map(Result::unwrap) {
+            seen.0.push_str(&chunk.text);
+            seen.1.push_str(&chunk.reasoning);
+            for call in chunk.tool_calls {
+                seen.2.push_str(&format!("{}:{}|", call.index, call.arguments));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_key_split_across_reasoning_or_tool_call_pieces_is_redacted() {
+        let (head, tail) = KEY.split_at(9);
+        let reasoning = |r: &str| Chunk {
+            reasoning: r.into(),
+            ..Chunk::default()
+        };
+        let call = |index: u32, arguments: &str| Chunk {
+            tool_calls: vec![ToolCallDelta {
+                index,
+                arguments: arguments.into(),
+                ..ToolCallDelta::default()
+            }],
+            ..Chunk::default()
+        };
+        let (text, thought, _) = seen(vec![
+            Chunk::text("a"),
+            reasoning(&format!("x {head}")),
+            reasoning(&format!("{tail} y")),
+        ]);
+        assert_eq!((text.as_str(), thought.as_str()), ("a", "x [redacted] y"));
+        let (_, _, calls) = seen(vec![
+            call(0, &format!("{{\"k\":\"{head}")),
+            call(0, &format!("{tail}\"}}")),
+            call(1, "{}"),
+        ]);
+        assert!(!calls.contains(head) || !calls.contains(tail), "{calls}");
+        assert!(calls.contains("[redacted]"), "{calls}");
+        // What a call held back stays that call's, and comes before the next call starts.
+        let (_, _, calls) = seen(vec![call(0, r#"{"a":"sk-te"#), call(1, "{}")]);
+        let pieces: Vec<(&str, &str)> = calls
+            .split_terminator('|')
+            .map(|p| p.split_once(':').unwrap())
+            .collect();
+        let of = |i: &str| pieces.iter().filter(|p| p.0 == i).map(|p| p.1).collect::<String>();
+        assert_eq!((of("0"), of("1")), (r#"{"a":"sk-te"#.to_owned(), "{}".to_owned()));
+        assert_eq!(pieces.last().unwrap().0, "1", "{calls}");
     }
 }
