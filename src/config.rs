@@ -472,7 +472,17 @@ mod tests {
 
     #[test]
     fn no_upstream_at_all_means_the_demo_provider() {
-        let s = settings(&["--upstream-url", "", "--upstream-key", ""]).unwrap();
+        let none = [
+            "--upstream-url",
+            "",
+            "--upstream-key",
+            "",
+            "--anthropic-url",
+            "",
+            "--anthropic-key",
+            "",
+        ];
+        let s = settings(&none).unwrap();
         assert!(matches!(s.upstream, UpstreamKind::Demo { .. }));
         assert_eq!(s.model, "demo");
     }
