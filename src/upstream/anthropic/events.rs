@@ -414,7 +414,7 @@ mod tests {
         ]));
         let answer: String = out.iter().map(|c| c.text.as_str()).collect();
         assert_eq!(answer, "Hello!");
-        let last_usage = out.iter().filter_map(|c| c.usage).last();
+        let last_usage = out.iter().filter_map(|c| c.usage).next_back();
         assert_eq!(
             last_usage,
             Some(Usage {
