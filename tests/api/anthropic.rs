@@ -93,6 +93,19 @@ async fn thinking_is_never_part_of_the_answer_text() {
 }
 
 #[tokio::test]
+async fn a_tool_call_ends_the_answer_with_tool_calls_as_its_finish() {
+    let app = spawn_anthropic_app().await;
+    let stream = app.ask("weather in Paris [mock:tool]").await;
+    stream.assert_finished();
+    assert_eq!(stream.text(), "Echo: weather in Paris");
+    let last = stream.last();
+    assert_eq!(
+        last["message"]["metadata"]["finish_details"],
+        json!({"type": "tool_calls"})
+    );
+}
+
+#[tokio::test]
 async fn overloaded_after_the_200_but_before_any_text_is_an_error_response() {
     let app = spawn_anthropic_app().await;
     let response = app

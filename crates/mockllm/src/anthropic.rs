@@ -79,6 +79,19 @@ pub fn refusal(api_key: Option<&str>, version: Option<&str>, body: &Value) -> Op
         Value::Array(blocks) if blocks.iter().all(|b| b["type"] == "text" && b["text"].is_string()) => {}
         _ => return invalid("system: Input should be a valid string"),
     }
+    if let Some(thinking) = body.get("thinking") {
+        let max_tokens = body["max_tokens"].as_u64().unwrap_or(0);
+        match (thinking["type"].as_str(), thinking["budget_tokens"].as_u64()) {
+            (Some("disabled"), _) => {}
+            (Some("enabled"), Some(budget)) if (1024..max_tokens).contains(&budget) => {}
+            (Some("enabled"), _) => {
+                return invalid(
+                    "thinking.enabled.budget_tokens: Input should be at least 1024 and less than max_tokens",
+                );
+            }
+            _ => return invalid("thinking: Input tag does not match 'enabled' or 'disabled'"),
+        }
+    }
     if let Some(tools) = body.get("tools") {
         let well_formed = |t: &Value| t["name"].is_string() && t["input_schema"].is_object();
         if !tools.as_array().is_some_and(|t| t.iter().all(well_formed)) {
@@ -321,6 +334,12 @@ mod tests {
         let mut system_role = request("hi");
         system_role["messages"] = json!([{"role": "system", "content": "be brief"}]);
         assert_eq!(status(refusal(Some("k"), Some("v"), &system_role)), Some(400));
+        let mut thinking = request("hi");
+        thinking["max_tokens"] = json!(2000);
+        thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+        assert!(refusal(Some("k"), Some("v"), &thinking).is_none());
+        thinking["thinking"]["budget_tokens"] = json!(2000);
+        assert_eq!(status(refusal(Some("k"), Some("v"), &thinking)), Some(400));
         let mut extra = request("hi");
         extra["stream_options"] = json!({"include_usage": true});
         assert_eq!(status(refusal(Some("k"), Some("v"), &extra)), Some(400));
