@@ -19,11 +19,15 @@ pub fn body(request: &ChatRequest) -> Value {
         body.insert("system".into(), json!(system));
     }
     body.insert("messages".into(), Value::Array(messages));
+    // A client that knows Anthropic may ask for thinking in its own terms; its budget is
+    // part of `max_tokens`, so the default leaves room for an answer after it.
+    let thinking = params.get("thinking").filter(|t| t.is_object());
+    let budget = thinking.and_then(|t| t["budget_tokens"].as_u64()).unwrap_or(0);
     let max_tokens = ["max_tokens", "max_completion_tokens"]
         .iter()
         .find_map(|k| params.get(*k).and_then(Value::as_u64))
         .filter(|n| *n > 0)
-        .unwrap_or(DEFAULT_MAX_TOKENS);
+        .unwrap_or(DEFAULT_MAX_TOKENS.saturating_add(budget));
     body.insert("max_tokens".into(), json!(max_tokens));
     body.insert("stream".into(), json!(true));
     for key in ["temperature", "top_p", "top_k"] {
@@ -53,8 +57,7 @@ pub fn body(request: &ChatRequest) -> Value {
     if let Some(user) = params.get("user").and_then(Value::as_str) {
         body.insert("metadata".into(), json!({"user_id": user}));
     }
-    // A client that knows Anthropic may ask for thinking in its own terms.
-    if let Some(thinking) = params.get("thinking").filter(|t| t.is_object()) {
+    if let Some(thinking) = thinking {
         body.insert("thinking".into(), thinking.clone());
     }
     Value::Object(body)
@@ -256,6 +259,16 @@ mod tests {
         assert_eq!(
             (list["max_tokens"].clone(), list["stop_sequences"].clone()),
             (json!(5), json!(["a", "b"]))
+        );
+        let thinking = super::body(&request(
+            vec![ChatMessage::new("user", "hi")],
+            json!({"thinking": {"type": "enabled", "budget_tokens": 2000}}),
+        ));
+        assert_eq!(thinking["thinking"]["budget_tokens"], 2000);
+        assert_eq!(
+            thinking["max_tokens"],
+            DEFAULT_MAX_TOKENS + 2000,
+            "room for the answer after the thinking"
         );
     }
 
