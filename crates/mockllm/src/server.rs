@@ -103,12 +103,13 @@ impl MockLlm {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Answers the next chat request with `script` instead of the default behaviour.
+    /// Answers the next chat request (OpenAI's or Anthropic's) with `script` instead of the
+    /// default behaviour.
     pub fn enqueue(&self, script: Script) {
         self.shared.lock().scripts.push_back(script);
     }
 
-    /// Every chat request body received, oldest first.
+    /// Every chat request body received (OpenAI's and Anthropic's), oldest first.
     pub fn requests(&self) -> Vec<Value> {
         self.shared.lock().requests.clone()
     }
