@@ -18,6 +18,16 @@ pub struct Directives {
     pub error_after: Option<usize>,
     /// Send the role chunk, then nothing, forever.
     pub stall: bool,
+    /// Anthropic: after `message_start` (and `error-after` words), an `overloaded_error` event.
+    pub overloaded: bool,
+    /// Anthropic: think aloud (a thinking block) before answering.
+    pub thinking: bool,
+    /// Anthropic: answer with a call of the request's first tool.
+    pub tool: bool,
+    /// Anthropic: end the stream without `message_stop`.
+    pub no_stop: bool,
+    /// Anthropic: send an event of a type the reference does not name.
+    pub unknown_event: bool,
 }
 
 impl Default for Directives {
@@ -30,6 +40,11 @@ impl Default for Directives {
             retry_after: None,
             error_after: None,
             stall: false,
+            overloaded: false,
+            thinking: false,
+            tool: false,
+            no_stop: false,
+            unknown_event: false,
         }
     }
 }
@@ -69,6 +84,11 @@ fn apply(d: &mut Directives, body: &str) -> bool {
         ("retry-after", Ok(n)) => d.retry_after = Some(n),
         ("error-after", Ok(n)) => d.error_after = Some(n as usize),
         ("stall", _) => d.stall = true,
+        ("anthropic-overloaded", _) => d.overloaded = true,
+        ("thinking", _) => d.thinking = true,
+        ("tool", _) => d.tool = true,
+        ("no-stop", _) => d.no_stop = true,
+        ("unknown-event", _) => d.unknown_event = true,
         _ => return false,
     }
     true
@@ -85,6 +105,9 @@ mod tests {
         assert_eq!(d.words, 3);
         assert_eq!(d.status, Some(429));
         assert_eq!(d.retry_after, Some(7));
+        let (text, d) = parse("think [mock:thinking][mock:tool] [mock:no-stop][mock:anthropic-overloaded]");
+        assert_eq!(text, "think");
+        assert!(d.thinking && d.tool && d.no_stop && d.overloaded && !d.unknown_event);
     }
 
     #[test]
