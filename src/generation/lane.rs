@@ -61,7 +61,7 @@ pub struct Lane {
     store: Arc<dyn Store>,
     unsaved: Arc<Unsaved>,
     /// Kept until the turn is stored, to write it again if the first attempt failed.
-    turn: Option<NewTurn>,
+    turn: Option<Box<NewTurn>>,
     /// The turn's write: `None` while it is under way.
     begun: Option<Result<(), StoreError>>,
     writing: Option<Writing>,
@@ -76,7 +76,7 @@ pub fn open(store: Arc<dyn Store>, unsaved: Arc<Unsaved>, turn: NewTurn) -> Lane
         id: turn.assistant.id,
         store,
         unsaved,
-        turn: Some(turn),
+        turn: Some(Box::new(turn)),
         begun: None,
         writing: Some(writing),
         waiting: None,
@@ -141,7 +141,7 @@ impl Lane {
         // The end carries the same text and more.
         self.waiting = None;
         let mut begun = self.begun.take().unwrap_or(Ok(()));
-        let first = write_end(&*self.store, self.turn.as_ref(), &mut begun, &update).await;
+        let first = write_end(&*self.store, self.turn.as_deref(), &mut begun, &update).await;
         if first.as_ref().is_err_and(StoreError::is_transient) {
             let id = update.id;
             self.unsaved.lock().insert(id, update.clone());
@@ -158,7 +158,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 async fn retry(
     store: Arc<dyn Store>,
     unsaved: Arc<Unsaved>,
-    turn: Option<NewTurn>,
+    turn: Option<Box<NewTurn>>,
     mut begun: Result<(), StoreError>,
     update: AnswerUpdate,
 ) {
@@ -169,7 +169,7 @@ async fn retry(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
         tries += 1;
-        match write_end(&*store, turn.as_ref(), &mut begun, &update).await {
+        match write_end(&*store, turn.as_deref(), &mut begun, &update).await {
             Ok(()) => {
                 log::info!("answer {id}: stored after {tries} tries");
                 break;

@@ -71,13 +71,9 @@ const FIRST_READER_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the generation on its own task.
 pub fn spawn(run: Run) {
-    tokio::spawn(drive(run));
-}
-
-async fn drive(run: Run) {
     let Run {
         identity,
-        mut stream,
+        stream,
         turn,
         producer,
         store,
@@ -86,7 +82,7 @@ async fn drive(run: Run) {
         limits,
         slot,
     } = run;
-    let mut runner = Runner {
+    let runner = Runner {
         identity,
         producer,
         // The turn is written while the answer streams, so the first token does not wait
@@ -96,10 +92,16 @@ async fn drive(run: Run) {
         limits,
         started: Instant::now(),
     };
+    tokio::spawn(drive(runner, stream, slot));
+}
+
+/// The task: every held stream has one, so what it holds across its awaits is kept small
+/// (the end, which runs once, is boxed).
+async fn drive(mut runner: Runner, mut stream: ChunkStream, slot: Option<crate::limits::StreamSlot>) {
     let ending = runner.relay(&mut stream).await;
     // Drop the upstream before the final write: tokens nobody reads stop now.
     drop(stream);
-    runner.end(ending).await;
+    Box::pin(runner.end(ending)).await;
     drop(slot);
 }
 
