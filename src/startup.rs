@@ -162,6 +162,8 @@ impl Application {
                 .service(web::resource("/prompts").get(routes::prompts::list))
                 .service(web::resource("/config").get(routes::config::get))
                 .service(web::resource("/healthz").get(routes::health::get))
+                .service(web::resource("/v1/chat/completions").post(routes::v1::chat_completions))
+                .service(web::resource("/v1/models").get(routes::v1::models))
                 .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
                 .default_service(web::to(routes::web::fallback))
         })

@@ -82,6 +82,11 @@ impl AppState {
         }
     }
 
+    /// The models clients may name (`GET /v1/models`).
+    pub fn model_names(&self) -> Vec<String> {
+        vec![self.settings.model.clone()]
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_answer_bytes: self.settings.max_answer_bytes,

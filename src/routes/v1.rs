@@ -1,0 +1,116 @@
+//! `/v1`: OpenAI's Chat Completions API, so that any OpenAI SDK works with
+//! `base_url = http://HOST:PORT/v1` and a client key as its API key.
+//!
+//! Stateless: nothing is stored and no generation is registered. The response relays the
+//! upstream's answer itself, so a client that goes away drops the response, the relay and
+//! with them the upstream stream: the upstream request is cancelled at once. Same keys,
+//! limits, body limits and upstream hygiene as `POST /conv`.
+
+mod relay;
+mod request;
+
+use super::conv::{BodyLimits, read_body, sse_response};
+use crate::edge::auth::Client;
+use crate::error::{ApiError, OpenAiError};
+use crate::state::AppState;
+use crate::upstream::{Provider, UpstreamError};
+use crate::wire::openai::{self, ChunkWriter, Completion, Gathered};
+use crate::wire::sse;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use relay::Relay;
+use request::CompletionRequest;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    client: Client,
+) -> Result<HttpResponse, OpenAiError> {
+    let limits = BodyLimits {
+        bytes: state.settings.max_body_bytes,
+        within: state.settings.request_timeout,
+    };
+    let body = read_body(&request, payload, limits).await?;
+    if state.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::Stopping.into());
+    }
+    let asked = CompletionRequest::parse(&body, &state.settings.model)?;
+
+    // As on `/conv`: the slot first, so that a request it refuses is not counted. The slot
+    // is held until the answer has been sent (it moves into the response's stream).
+    let limited = client.limit_key();
+    let slot = state.limiter.stream_slot(&limited).map_err(OpenAiError)?;
+    state.limiter.count_turn(&limited).map_err(OpenAiError)?;
+
+    let completion = Completion::new(&asked.upstream.model);
+    let idle = state.settings.upstream_idle_timeout;
+    let stream = tokio::time::timeout(idle, state.provider.stream_chat(asked.upstream))
+        .await
+        .map_err(|_| UpstreamError::IdleTimeout(idle))??;
+    let mut relay = Relay::new(stream, idle, state.settings.max_answer_bytes);
+
+    if !asked.stream {
+        let mut gathered = Gathered::default();
+        while let Some(piece) = relay.next().await {
+            gathered.add(piece?);
+        }
+        drop(slot);
+        return Ok(HttpResponse::Ok().json(gathered.object(&completion, relay.usage())));
+    }
+
+    // Wait for the first piece before answering, so that an upstream that fails before it
+    // does so with a real HTTP status and OpenAI's error body. One that says nothing for a
+    // heartbeat gets its stream opened, to keep the connection and proxies alive.
+    let heartbeat = state.settings.heartbeat;
+    let first = match tokio::time::timeout(heartbeat, relay.next()).await {
+        Ok(Some(Err(error))) => return Err(error.into()),
+        Ok(first) => Some(first),
+        Err(_) => None,
+    };
+    let events = async_stream::stream! {
+        let _slot = slot;
+        let mut writer = ChunkWriter::new(completion, asked.include_usage);
+        let mut out = Vec::with_capacity(2);
+        yield Ok::<Bytes, Infallible>(writer.opening());
+        let mut first = first;
+        loop {
+            let piece = match first.take() {
+                Some(piece) => piece,
+                None => match tokio::time::timeout(heartbeat, relay.next()).await {
+                    Ok(piece) => piece,
+                    Err(_) => {
+                        yield Ok(Bytes::from_static(sse::HEARTBEAT));
+                        continue;
+                    }
+                },
+            };
+            match piece {
+                Some(Ok(chunk)) => {
+                    writer.piece(&chunk, &mut out);
+                    for event in out.drain(..) {
+                        yield Ok(event);
+                    }
+                }
+                Some(Err(error)) => {
+                    yield Ok(openai::error_event(&ApiError::from(error).openai_body().object));
+                    return;
+                }
+                None => break,
+            }
+        }
+        if let Some(usage) = writer.usage(relay.usage()) {
+            yield Ok(usage);
+        }
+        yield Ok(Bytes::from_static(openai::DONE));
+    };
+    Ok(sse_response(events))
+}
+
+/// `GET /v1/models`.
+pub async fn models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(openai::model_list(&state.model_names()))
+}
