@@ -20,3 +20,4 @@ mod streaming;
 mod upstream_errors;
 mod upstream_formats;
 mod upstream_hygiene;
+mod v1;
