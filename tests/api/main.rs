@@ -21,3 +21,4 @@ mod upstream_errors;
 mod upstream_formats;
 mod upstream_hygiene;
 mod v1;
+mod v1_sdk;
