@@ -3,6 +3,8 @@
 
 use crate::helpers::*;
 use futures::StreamExt;
+use mockllm::Script;
+use mockllm::wire::{self, Completion};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -442,6 +444,56 @@ async fn an_upstream_silent_before_the_first_token_is_a_504() {
     let app = spawn_app_with(|s| s.upstream_idle_timeout = Duration::from_millis(300)).await;
     let error = openai_error(app.complete(streaming("wait [mock:stall]", json!({}))).await, 504).await;
     assert_eq!(error["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn an_upstream_silent_after_the_first_token_ends_the_stream_with_an_error_event() {
+    let app = spawn_app_with(|s| s.upstream_idle_timeout = Duration::from_millis(300)).await;
+    let c = Completion::new("mock-model", 1);
+    app.mock
+        .enqueue(Script::stream(vec![c.role(), c.content("partial")]).then_stall());
+    let stream = app.complete_streamed(streaming("x", json!({}))).await;
+    assert!(!ends_with_done(&stream));
+    let chunks = chunks_of(&stream);
+    assert_eq!(content(&chunks), "partial");
+    assert_eq!(chunks.last().unwrap()["error"]["code"], "upstream_timeout");
+    let stats = app
+        .mock
+        .wait_for_stats(Duration::from_secs(5), |s| s.cancelled == 1)
+        .await;
+    assert_eq!(stats.cancelled, 1, "the silent upstream is dropped: {stats:?}");
+}
+
+#[tokio::test]
+async fn the_upstream_key_never_reaches_a_v1_client_and_nothing_follows_the_finish() {
+    let app = spawn_app().await;
+    let c = Completion::new("mock-model", 1);
+    let (head, tail) = KEY.split_at(10);
+    app.mock.enqueue(Script::stream(vec![
+        c.role(),
+        c.content(&format!("a {head}")),
+        c.content(&format!("{tail} b")),
+        // What may be the start of the key is held back past the finish, then released.
+        c.content(" end sk-"),
+        c.content("te"),
+        c.finish("stop"),
+        c.usage(1, 2),
+        wire::DONE.to_owned(),
+    ]));
+    let stream = app.complete_streamed(streaming("x", json!({}))).await;
+    let chunks = chunks_of(&stream);
+    assert_eq!(content(&chunks), "a [redacted] b end sk-te");
+    let finish = chunks
+        .iter()
+        .position(|c| !c["choices"][0]["finish_reason"].is_null())
+        .unwrap();
+    assert_eq!(finish, chunks.len() - 1, "the finish chunk is the last");
+    assert!(
+        stream
+            .events
+            .iter()
+            .all(|e| !e.data.contains(KEY) && !e.data.contains(tail))
+    );
 }
 
 #[tokio::test]

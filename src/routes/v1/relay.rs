@@ -2,9 +2,14 @@
 //! finish), with the limits `/conv` answers have: the upstream's longest silence, and the
 //! size of the answer's text and, separately, of its reasoning.
 //!
+//! The finish is passed on last, when the upstream's stream ends: text the hygiene gate
+//! held back (it might have been the start of the key) is released only then, and a client
+//! must not see content after the finish.
+//!
 //! Nothing here runs on its own: the relay is read by the response, and dropping it (the
 //! client went away) drops the upstream stream, which cancels the upstream request.
 
+use crate::conversation::FinishType;
 use crate::upstream::{Chunk, ChunkStream, UpstreamError, Usage};
 use futures::StreamExt;
 use std::time::Duration;
@@ -18,7 +23,8 @@ pub struct Relay {
     max_answer_bytes: usize,
     text_bytes: usize,
     reasoning_bytes: usize,
-    finished: bool,
+    /// How the upstream said the answer ends, passed on when its stream ends.
+    finish: Option<FinishType>,
     usage: Option<Usage>,
     /// The answer reached its size limit: this error follows the piece cut at the limit.
     cut: Option<UpstreamError>,
@@ -34,7 +40,7 @@ impl Relay {
             max_answer_bytes,
             text_bytes: 0,
             reasoning_bytes: 0,
-            finished: false,
+            finish: None,
             usage: None,
             cut: None,
             over: false,
@@ -70,33 +76,38 @@ impl Relay {
                 None => return self.end(UpstreamError::Truncated),
             };
             self.usage = chunk.usage.or(self.usage);
-            if self.cut_at_limit(&mut chunk) {
+            let finishing = chunk.finish.take().or(self.finish);
+            if self.cut_at_limit(&mut chunk, finishing.is_some()) {
                 self.over = true;
-                chunk.finish = None;
                 if !chunk.has_content() {
                     return self.cut.take().map(Err);
                 }
                 return Some(Ok(chunk));
             }
-            self.finished |= chunk.finish.is_some();
-            if chunk.has_content() || chunk.finish.is_some() {
+            self.finish = finishing;
+            if chunk.has_content() {
                 return Some(Ok(chunk));
             }
         }
         None
     }
 
-    /// The upstream stopped (`why`): an error unless the answer had finished.
+    /// The upstream stopped (`why`): the finish if it had come, else the error.
     fn end(&mut self, why: UpstreamError) -> Option<Result<Chunk, UpstreamError>> {
         self.over = true;
-        (!self.finished).then_some(Err(why))
+        Some(match self.finish.take() {
+            Some(finish) => Ok(Chunk {
+                finish: Some(finish),
+                ..Chunk::default()
+            }),
+            None => Err(why),
+        })
     }
 
     /// Cuts the chunk's text and reasoning at their limits; true if either reached it (the
     /// answer ends there, with `TooLarge`), as `/conv` cuts an answer.
-    fn cut_at_limit(&mut self, chunk: &mut Chunk) -> bool {
+    fn cut_at_limit(&mut self, chunk: &mut Chunk, finishing: bool) -> bool {
         let limit = self.max_answer_bytes;
-        let finishing = chunk.finish.is_some();
         let text = cut(&mut chunk.text, &mut self.text_bytes, limit, finishing);
         let reasoning = cut(&mut chunk.reasoning, &mut self.reasoning_bytes, limit, finishing);
         if text || reasoning {
@@ -126,7 +137,6 @@ fn cut(piece: &mut String, so_far: &mut usize, limit: usize, finishing: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::FinishType;
 
     fn relay(items: Vec<Result<Chunk, UpstreamError>>, limit: usize) -> Relay {
         Relay::new(Box::pin(futures::stream::iter(items)), Duration::from_secs(5), limit)
@@ -141,7 +151,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn empty_pieces_are_skipped_and_the_usage_is_kept() {
+    async fn empty_pieces_are_skipped_the_usage_is_kept_and_the_finish_comes_last() {
         let usage = Usage {
             prompt_tokens: 1,
             completion_tokens: 2,
@@ -154,10 +164,22 @@ mod tests {
             usage: Some(usage),
             ..Chunk::default()
         };
-        let items = vec![Ok(Chunk::default()), Ok(Chunk::text("a")), Ok(finish), Ok(usage_chunk)];
+        let late = Chunk::text("b");
+        let items = vec![
+            Ok(Chunk::default()),
+            Ok(Chunk::text("a")),
+            Ok(finish),
+            Ok(usage_chunk),
+            Ok(late),
+        ];
         let mut relay = relay(items, 100);
         assert_eq!(relay.next().await.unwrap().unwrap().text, "a");
-        assert!(relay.next().await.unwrap().unwrap().finish.is_some());
+        assert_eq!(
+            relay.next().await.unwrap().unwrap().text,
+            "b",
+            "text released late comes first"
+        );
+        assert_eq!(relay.next().await.unwrap().unwrap().finish, Some(FinishType::Stop));
         assert!(relay.next().await.is_none());
         assert_eq!(relay.usage(), Some(usage));
     }
