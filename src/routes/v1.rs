@@ -12,16 +12,20 @@ mod request;
 use super::conv::{BodyLimits, read_body, sse_response};
 use crate::edge::auth::Client;
 use crate::error::{ApiError, OpenAiError};
+use crate::limits::StreamSlot;
 use crate::state::AppState;
-use crate::upstream::{Provider, UpstreamError};
+use crate::upstream::{Chunk, Provider, UpstreamError};
 use crate::wire::openai::{self, ChunkWriter, Completion, Gathered};
 use crate::wire::sse;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
+use futures::Stream;
 use relay::Relay;
 use request::CompletionRequest;
+use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -54,12 +58,9 @@ pub async fn chat_completions(
     let mut relay = Relay::new(stream, idle, state.settings.max_answer_bytes);
 
     if !asked.stream {
-        let mut gathered = Gathered::default();
-        while let Some(piece) = relay.next().await {
-            gathered.add(piece?);
-        }
+        let object = gather(&mut relay, &completion).await?;
         drop(slot);
-        return Ok(HttpResponse::Ok().json(gathered.object(&completion, relay.usage())));
+        return Ok(HttpResponse::Ok().json(object));
     }
 
     // Wait for the first piece before answering, so that an upstream that fails before it
@@ -71,43 +72,85 @@ pub async fn chat_completions(
         Ok(first) => Some(first),
         Err(_) => None,
     };
-    let events = async_stream::stream! {
-        let _slot = slot;
-        let mut writer = ChunkWriter::new(completion, asked.include_usage);
-        let mut out = Vec::with_capacity(2);
-        yield Ok::<Bytes, Infallible>(writer.opening());
-        let mut first = first;
-        loop {
-            let piece = match first.take() {
-                Some(piece) => piece,
-                None => match tokio::time::timeout(heartbeat, relay.next()).await {
-                    Ok(piece) => piece,
-                    Err(_) => {
-                        yield Ok(Bytes::from_static(sse::HEARTBEAT));
-                        continue;
-                    }
-                },
-            };
-            match piece {
-                Some(Ok(chunk)) => {
-                    writer.piece(&chunk, &mut out);
-                    for event in out.drain(..) {
-                        yield Ok(event);
-                    }
-                }
-                Some(Err(error)) => {
-                    yield Ok(openai::error_event(&ApiError::from(error).openai_body().object));
-                    return;
-                }
-                None => break,
-            }
-        }
-        if let Some(usage) = writer.usage(relay.usage()) {
-            yield Ok(usage);
-        }
-        yield Ok(Bytes::from_static(openai::DONE));
+    let streamed = Streamed {
+        relay,
+        first,
+        writer: ChunkWriter::new(completion, asked.include_usage),
+        heartbeat,
+        slot,
     };
-    Ok(sse_response(events))
+    Ok(sse_response(streamed.events()))
+}
+
+/// The whole answer as one `chat.completion` object; any error is the response's.
+async fn gather(relay: &mut Relay, completion: &Completion) -> Result<Value, OpenAiError> {
+    let mut gathered = Gathered::default();
+    while let Some(piece) = relay.next().await {
+        gathered.add(piece?);
+    }
+    Ok(gathered.object(completion, relay.usage()))
+}
+
+/// A streamed answer, once its response has begun.
+struct Streamed {
+    relay: Relay,
+    /// What came before the response began (`Some(None)`: the answer ended already).
+    first: Option<Option<Piece>>,
+    writer: ChunkWriter,
+    /// The longest quiet before a `: keep-alive` comment.
+    heartbeat: Duration,
+    /// The client's live-answer slot, held until the stream ends or is dropped.
+    slot: Option<StreamSlot>,
+}
+
+type Piece = Result<Chunk, UpstreamError>;
+
+impl Streamed {
+    /// The events: the role, the answer's chunks, the usage when asked for and `[DONE]`; or,
+    /// on an error, an error event and the end.
+    fn events(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
+        let Streamed {
+            mut relay,
+            mut first,
+            mut writer,
+            heartbeat,
+            slot,
+        } = self;
+        async_stream::stream! {
+            let _slot = slot;
+            let mut out = Vec::with_capacity(2);
+            yield Ok(writer.opening());
+            loop {
+                let piece = match first.take() {
+                    Some(piece) => piece,
+                    None => match tokio::time::timeout(heartbeat, relay.next()).await {
+                        Ok(piece) => piece,
+                        Err(_) => {
+                            yield Ok(Bytes::from_static(sse::HEARTBEAT));
+                            continue;
+                        }
+                    },
+                };
+                match piece {
+                    Some(Ok(chunk)) => {
+                        writer.piece(&chunk, &mut out);
+                        for event in out.drain(..) {
+                            yield Ok(event);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        yield Ok(openai::error_event(&ApiError::from(error).openai_body().object));
+                        return;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(usage) = writer.usage(relay.usage()) {
+                yield Ok(usage);
+            }
+            yield Ok(Bytes::from_static(openai::DONE));
+        }
+    }
 }
 
 /// `GET /v1/models`.

@@ -447,6 +447,25 @@ async fn an_upstream_silent_before_the_first_token_is_a_504() {
 }
 
 #[tokio::test]
+async fn a_quiet_upstream_gets_the_stream_opened_after_a_heartbeat_and_errors_come_in_band() {
+    let app = spawn_app_with(|s| {
+        s.heartbeat = Duration::from_millis(100);
+        s.upstream_idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let response = app.complete(streaming("wait [mock:stall]", json!({}))).await;
+    assert_eq!(response.status(), 200, "the stream opens before the first token");
+    let stream = read_stream(response).await;
+    let first = &stream.events[0];
+    let first: Value = serde_json::from_str(&first.data).expect("the role chunk comes first");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert!(stream.events.iter().any(|e| e.comment.as_deref() == Some("keep-alive")));
+    let chunks = chunks_of(&stream);
+    assert_eq!(chunks.last().unwrap()["error"]["code"], "upstream_timeout");
+    assert!(!ends_with_done(&stream));
+}
+
+#[tokio::test]
 async fn an_upstream_silent_after_the_first_token_ends_the_stream_with_an_error_event() {
     let app = spawn_app_with(|s| s.upstream_idle_timeout = Duration::from_millis(300)).await;
     let c = Completion::new("mock-model", 1);
