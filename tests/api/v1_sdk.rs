@@ -1,6 +1,7 @@
-//! The official `openai` npm package, unchanged, against `/v1` (tests/sdk/openai-sdk.mjs):
-//! what its users would see, streaming, not streaming, tool calls, the model list and the
-//! typed errors it raises.
+//! The official `openai` packages, unchanged, against `/v1`: the npm package
+//! (tests/sdk/openai-sdk.mjs) and the Python package (tests/sdk/openai_sdk.py). Each script
+//! reports, in one JSON shape, what its users would see: streaming, not streaming, tool
+//! calls through the SDK's own stream helper, the model list and the typed errors it raises.
 
 use crate::helpers::*;
 use serde_json::{Value, json};
@@ -10,22 +11,51 @@ use std::time::Duration;
 
 const CLIENT_KEY: &str = "sk-client-sdk-0001";
 
-/// Runs the SDK script against `base_url`; its JSON report.
-async fn run_sdk(base_url: String) -> Value {
+/// One SDK's script: how to run it, and what installs what it needs.
+struct Sdk {
+    /// The interpreter, relative to tests/sdk when it is a path.
+    interpreter: &'static str,
+    script: &'static str,
+    /// A file that exists once the SDK is installed, relative to tests/sdk.
+    installed: &'static str,
+    install: &'static str,
+}
+
+const NODE: Sdk = Sdk {
+    interpreter: "node",
+    script: "openai-sdk.mjs",
+    installed: "node_modules/openai/package.json",
+    install: "npm ci --prefix tests/sdk",
+};
+
+const PYTHON: Sdk = Sdk {
+    interpreter: ".venv/bin/python",
+    script: "openai_sdk.py",
+    installed: ".venv/bin/python",
+    install: "python3 -m venv tests/sdk/.venv && tests/sdk/.venv/bin/pip install -r tests/sdk/requirements.txt",
+};
+
+/// Runs `sdk`'s script against `base_url`; its JSON report.
+async fn run_sdk(sdk: &Sdk, base_url: String) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
     assert!(
-        dir.join("node_modules/openai/package.json").is_file(),
-        "the openai npm package is not installed in tests/sdk: run `npm ci --prefix tests/sdk` \
-         (scripts/test does it before the Rust tests)"
+        dir.join(sdk.installed).is_file(),
+        "the SDK for tests/sdk/{} is not installed: run `{}` (scripts/test does it before the Rust tests)",
+        sdk.script,
+        sdk.install
     );
-    let child = Command::new("node")
-        .arg(dir.join("openai-sdk.mjs"))
+    let interpreter = match sdk.interpreter.contains('/') {
+        true => dir.join(sdk.interpreter),
+        false => sdk.interpreter.into(),
+    };
+    let child = Command::new(&interpreter)
+        .arg(dir.join(sdk.script))
         .env("CHATGATE_BASE_URL", base_url)
         .env("CHATGATE_KEY", CLIENT_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `node` (Node.js 20 or later is needed): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", interpreter.display()));
     // Waited for off the runtime: the gateway under test runs on this test's thread.
     let output = tokio::time::timeout(
         Duration::from_secs(120),
@@ -47,8 +77,17 @@ async fn run_sdk(base_url: String) -> Value {
 
 #[tokio::test]
 async fn the_official_openai_npm_package_works_unchanged_against_v1() {
+    works_unchanged(&NODE).await;
+}
+
+#[tokio::test]
+async fn the_official_openai_python_package_works_unchanged_against_v1() {
+    works_unchanged(&PYTHON).await;
+}
+
+async fn works_unchanged(sdk: &Sdk) {
     let app = spawn_app_with(|s| s.api_keys = Some(format!("sdk:{CLIENT_KEY}"))).await;
-    let report = run_sdk(app.url("/v1")).await;
+    let report = run_sdk(sdk, app.url("/v1")).await;
 
     let streamed = &report["streamed"];
     assert_eq!(streamed["text"], echo("hello from the sdk", 3));
