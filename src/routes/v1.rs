@@ -14,7 +14,7 @@ use crate::edge::auth::Client;
 use crate::error::{ApiError, OpenAiError};
 use crate::limits::StreamSlot;
 use crate::state::AppState;
-use crate::upstream::{Chunk, Provider, UpstreamError};
+use crate::upstream::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
 use crate::wire::openai::{self, ChunkWriter, Completion, Gathered};
 use crate::wire::sse;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -50,11 +50,9 @@ pub async fn chat_completions(
     let slot = state.limiter.stream_slot(&limited).map_err(OpenAiError)?;
     state.limiter.count_turn(&limited).map_err(OpenAiError)?;
 
-    let completion = Completion::new(&asked.upstream.model);
+    let (stream, model) = open(&state, asked.upstream).await?;
+    let completion = Completion::new(&model);
     let idle = state.settings.upstream_idle_timeout;
-    let stream = tokio::time::timeout(idle, state.provider.stream_chat(asked.upstream))
-        .await
-        .map_err(|_| UpstreamError::IdleTimeout(idle))??;
     let mut relay = Relay::new(stream, idle, state.settings.max_answer_bytes);
 
     if !asked.stream {
@@ -80,6 +78,17 @@ pub async fn chat_completions(
         slot,
     };
     Ok(sse_response(streamed.events()))
+}
+
+/// Sends the request upstream and waits for its status: the answer, and the upstream
+/// model name it went to (which every chunk names).
+async fn open(state: &AppState, request: ChatRequest) -> Result<(ChunkStream, String), UpstreamError> {
+    let model = request.model.clone();
+    let idle = state.settings.upstream_idle_timeout;
+    let stream = tokio::time::timeout(idle, state.provider.stream_chat(request))
+        .await
+        .map_err(|_| UpstreamError::IdleTimeout(idle))??;
+    Ok((stream, model))
 }
 
 /// The whole answer as one `chat.completion` object; any error is the response's.

@@ -396,10 +396,14 @@ async fn an_upstream_4xx_keeps_its_status_and_message_and_a_5xx_is_a_502() {
     assert_eq!(error["message"], "The request was refused by the mock.");
     assert_eq!(error["type"], "invalid_request_error");
 
+    // A wait longer than any retry budget: the refusal reaches the client at once.
     let response = app
-        .complete(streaming("slow down [mock:status=429] [mock:retry-after=7]", json!({})))
+        .complete(streaming(
+            "slow down [mock:status=429] [mock:retry-after=30]",
+            json!({}),
+        ))
         .await;
-    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["retry-after"], "30");
     let error = openai_error(response, 429).await;
     assert_eq!(
         error["message"],

@@ -124,7 +124,7 @@ async fn works_unchanged(sdk: &Sdk) {
     assert_eq!(limited["class"], "RateLimitError", "{limited}");
     assert_eq!(limited["isRateLimit"], true);
     assert_eq!(limited["status"], 429);
-    assert_eq!(limited["retryAfter"], "7");
+    assert_eq!(limited["retryAfter"], "30");
     assert!(
         limited["message"]
             .as_str()

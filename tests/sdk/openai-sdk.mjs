@@ -98,9 +98,10 @@ const out = {};
   out.models = models;
 }
 
-// Typed errors.
+// Typed errors. The 429 asks for a wait longer than any retry budget: it reaches the caller
+// at once.
 out.rateLimited = await caught(() =>
-  client.chat.completions.create({ model, messages: user('[mock:status=429] [mock:retry-after=7]'), stream: true }),
+  client.chat.completions.create({ model, messages: user('[mock:status=429] [mock:retry-after=30]'), stream: true }),
 );
 out.badRequest = await caught(() => client.chat.completions.create({ model, messages: user('[mock:status=400]') }));
 out.refusedN = await caught(() => client.chat.completions.create({ model, messages: user('two'), n: 2 }));

@@ -113,10 +113,11 @@ out["tools"] = {
 # The model list.
 out["models"] = [{"id": m.id, "object": m.object, "owned_by": m.owned_by} for m in client.models.list()]
 
-# Typed errors.
+# Typed errors. The 429 asks for a wait longer than any retry budget: it reaches the caller
+# at once.
 out["rateLimited"] = caught(
     lambda: client.chat.completions.create(
-        model=MODEL, messages=user("[mock:status=429] [mock:retry-after=7]"), stream=True
+        model=MODEL, messages=user("[mock:status=429] [mock:retry-after=30]"), stream=True
     )
 )
 out["badRequest"] = caught(lambda: client.chat.completions.create(model=MODEL, messages=user("[mock:status=400]")))
