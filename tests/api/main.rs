@@ -21,4 +21,5 @@ mod upstream_errors;
 mod upstream_formats;
 mod upstream_hygiene;
 mod v1;
+mod v1_errors;
 mod v1_sdk;
