@@ -4,7 +4,8 @@
 //! Stateless: nothing is stored and no generation is registered. The response relays the
 //! upstream's answer itself, so a client that goes away drops the response, the relay and
 //! with them the upstream stream: the upstream request is cancelled at once. Same keys,
-//! limits, body limits and upstream hygiene as `POST /conv`.
+//! limits, body limits and upstream hygiene as `POST /conv`. A shutdown waits for these
+//! answers for its grace, then ends them in-band, as it ends generations (see `relays`).
 
 mod relay;
 mod request;
@@ -13,6 +14,7 @@ use super::conv::{BodyLimits, read_body, sse_response};
 use crate::edge::auth::Client;
 use crate::error::{ApiError, OpenAiError};
 use crate::limits::StreamSlot;
+use crate::relays::Relayed;
 use crate::state::AppState;
 use crate::upstream::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
 use crate::wire::openai::{self, ChunkWriter, Completion, Gathered};
@@ -49,6 +51,7 @@ pub async fn chat_completions(
     let limited = client.limit_key();
     let slot = state.limiter.stream_slot(&limited).map_err(OpenAiError)?;
     state.limiter.count_turn(&limited).map_err(OpenAiError)?;
+    let mut relayed = state.relays.start();
 
     let (stream, model) = open(&state, asked.upstream).await?;
     let completion = Completion::new(&model);
@@ -56,7 +59,10 @@ pub async fn chat_completions(
     let mut relay = Relay::new(stream, idle, state.settings.max_answer_bytes);
 
     if !asked.stream {
-        let object = gather(&mut relay, &completion).await?;
+        let object = tokio::select! {
+            object = gather(&mut relay, &completion) => object?,
+            () = relayed.ended() => return Err(ApiError::Stopping.into()),
+        };
         drop(slot);
         return Ok(HttpResponse::Ok().json(object));
     }
@@ -76,6 +82,7 @@ pub async fn chat_completions(
         writer: ChunkWriter::new(completion, asked.include_usage),
         heartbeat,
         slot,
+        relayed,
     };
     Ok(sse_response(streamed.events()))
 }
@@ -110,13 +117,24 @@ struct Streamed {
     heartbeat: Duration,
     /// The client's live-answer slot, held until the stream ends or is dropped.
     slot: Option<StreamSlot>,
+    /// Counted as running, for a shutdown to wait for and end.
+    relayed: Relayed,
 }
 
 type Piece = Result<Chunk, UpstreamError>;
 
+/// What the stream does next.
+enum Next {
+    Piece(Option<Piece>),
+    /// Nothing came for a heartbeat interval.
+    Quiet,
+    /// The shutdown grace is over.
+    Stopping,
+}
+
 impl Streamed {
     /// The events: the role, the answer's chunks, the usage when asked for and `[DONE]`; or,
-    /// on an error, an error event and the end.
+    /// on an error (the gateway stopping too), an error event and the end.
     fn events(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
         let Streamed {
             mut relay,
@@ -124,21 +142,31 @@ impl Streamed {
             mut writer,
             heartbeat,
             slot,
+            mut relayed,
         } = self;
         async_stream::stream! {
             let _slot = slot;
             let mut out = Vec::with_capacity(2);
             yield Ok(writer.opening());
             loop {
-                let piece = match first.take() {
-                    Some(piece) => piece,
-                    None => match tokio::time::timeout(heartbeat, relay.next()).await {
-                        Ok(piece) => piece,
-                        Err(_) => {
-                            yield Ok(Bytes::from_static(sse::HEARTBEAT));
-                            continue;
-                        }
+                let next = match first.take() {
+                    Some(piece) => Next::Piece(piece),
+                    None => tokio::select! {
+                        biased;
+                        () = relayed.ended() => Next::Stopping,
+                        piece = tokio::time::timeout(heartbeat, relay.next()) => piece.map_or(Next::Quiet, Next::Piece),
                     },
+                };
+                let piece = match next {
+                    Next::Piece(piece) => piece,
+                    Next::Quiet => {
+                        yield Ok(Bytes::from_static(sse::HEARTBEAT));
+                        continue;
+                    }
+                    Next::Stopping => {
+                        yield Ok(openai::error_event(&ApiError::Stopping.openai_body().object));
+                        return;
+                    }
                 };
                 match piece {
                     Some(Ok(chunk)) => {

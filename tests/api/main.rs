@@ -23,3 +23,4 @@ mod upstream_hygiene;
 mod v1;
 mod v1_errors;
 mod v1_sdk;
+mod v1_shutdown;
