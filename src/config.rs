@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
 
 /// The raw command line and environment, as the contract names them.
 #[derive(Debug, Parser)]
@@ -30,6 +31,15 @@ pub struct Cli {
     /// A file holding the upstream key (a key given as a flag shows in `ps`).
     #[arg(long, env = "OPENAI_API_KEY_FILE")]
     pub upstream_key_file: Option<PathBuf>,
+
+    /// The Anthropic Messages API base URL (`/v1/messages` is appended); with no OpenAI
+    /// setting, it or an Anthropic key selects Anthropic as the upstream.
+    #[arg(long, env = "ANTHROPIC_BASE_URL")]
+    pub anthropic_url: Option<String>,
+
+    /// Sent to Anthropic as `x-api-key`; never logged, never sent to a client.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    pub anthropic_key: Option<String>,
 
     /// Model used when a request names none [default: gpt-4o-mini, or `demo`].
     #[arg(long, env = "CHATGATE_MODEL")]
@@ -141,6 +151,8 @@ pub enum CorsOrigins {
 pub enum UpstreamKind {
     /// An OpenAI-compatible API.
     OpenAi { base_url: String, key: Option<String> },
+    /// The Anthropic Messages API; `base_url` has no `/v1`.
+    Anthropic { base_url: String, key: Option<String> },
     /// The built-in demo provider: no upstream was configured.
     Demo { delay: Duration },
 }
@@ -232,7 +244,7 @@ fn host_name(host: &str) -> &str {
 pub enum ConfigError {
     #[error("--store must be `sqlite://PATH` or `memory`, got {0:?}")]
     Store(String),
-    #[error("--upstream-url must start with http:// or https://, got {0:?}")]
+    #[error("the upstream URL must start with http:// or https://, got {0:?}")]
     UpstreamUrl(String),
     #[error("{0} must be a positive number of seconds")]
     Seconds(&'static str),
@@ -268,7 +280,19 @@ impl Settings {
             }
         };
         let url = cli.upstream_url.filter(|u| !u.trim().is_empty());
+        let anthropic_url = cli.anthropic_url.filter(|u| !u.trim().is_empty());
+        let anthropic_key = cli.anthropic_key.filter(|k| !k.trim().is_empty());
         let upstream = match (url, key) {
+            (None, None) if anthropic_url.is_some() || anthropic_key.is_some() => {
+                let base_url = anthropic_url.unwrap_or_else(|| DEFAULT_ANTHROPIC_URL.to_owned());
+                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                    return Err(ConfigError::UpstreamUrl(base_url));
+                }
+                UpstreamKind::Anthropic {
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    key: anthropic_key,
+                }
+            }
             (None, None) => UpstreamKind::Demo {
                 delay: Duration::from_millis(cli.demo_delay_ms),
             },
@@ -287,6 +311,7 @@ impl Settings {
             match upstream {
                 UpstreamKind::Demo { .. } => "demo",
                 UpstreamKind::OpenAi { .. } => "gpt-4o-mini",
+                UpstreamKind::Anthropic { .. } => "claude-sonnet-4-5",
             }
             .to_owned()
         });
@@ -447,7 +472,17 @@ mod tests {
 
     #[test]
     fn no_upstream_at_all_means_the_demo_provider() {
-        let s = settings(&["--upstream-url", "", "--upstream-key", ""]).unwrap();
+        let none = [
+            "--upstream-url",
+            "",
+            "--upstream-key",
+            "",
+            "--anthropic-url",
+            "",
+            "--anthropic-key",
+            "",
+        ];
+        let s = settings(&none).unwrap();
         assert!(matches!(s.upstream, UpstreamKind::Demo { .. }));
         assert_eq!(s.model, "demo");
     }
@@ -462,6 +497,41 @@ mod tests {
             }
             other => panic!("expected OpenAI, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_anthropic_key_alone_means_anthropic_and_an_openai_setting_wins() {
+        let none = ["--upstream-url", "", "--upstream-key", ""];
+        let s = settings(&[&none[..], &["--anthropic-url", "", "--anthropic-key", "sk-ant-x"]].concat()).unwrap();
+        match s.upstream {
+            UpstreamKind::Anthropic { base_url, key } => {
+                assert_eq!(base_url, DEFAULT_ANTHROPIC_URL);
+                assert_eq!(key.as_deref(), Some("sk-ant-x"));
+            }
+            other => panic!("expected Anthropic, got {other:?}"),
+        }
+        assert_eq!(s.model, "claude-sonnet-4-5");
+        let proxy = settings(
+            &[
+                &none[..],
+                &["--anthropic-url", "http://proxy:8080/", "--anthropic-key", ""],
+            ]
+            .concat(),
+        );
+        assert!(
+            matches!(proxy.unwrap().upstream, UpstreamKind::Anthropic { base_url, key: None } if base_url == "http://proxy:8080")
+        );
+        let both = settings(&[
+            "--upstream-url",
+            "",
+            "--upstream-key",
+            "sk-x",
+            "--anthropic-key",
+            "sk-ant-x",
+        ])
+        .unwrap();
+        assert!(matches!(both.upstream, UpstreamKind::OpenAi { .. }));
+        assert!(settings(&[&none[..], &["--anthropic-url", "api.anthropic.com"]].concat()).is_err());
     }
 
     #[test]

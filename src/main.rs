@@ -7,16 +7,30 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    // clap takes the key from the flag or from OPENAI_API_KEY: a key the environment does
-    // not hold came from the command line, where `ps` shows it to every user.
-    if let Some(key) = &cli.upstream_key
-        && !key.trim().is_empty()
-        && std::env::var("OPENAI_API_KEY").ok().as_deref() != Some(key.as_str())
-    {
-        log::warn!(
-            "the upstream key was given with --upstream-key, which shows in the process list (ps): \
-             use OPENAI_API_KEY or --upstream-key-file instead"
-        );
+    // clap takes a key from its flag or from its variable: a key the environment does not
+    // hold came from the command line, where `ps` shows it to every user.
+    for (key, flag, variable, instead) in [
+        (
+            &cli.upstream_key,
+            "--upstream-key",
+            "OPENAI_API_KEY",
+            "OPENAI_API_KEY or --upstream-key-file",
+        ),
+        (
+            &cli.anthropic_key,
+            "--anthropic-key",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_API_KEY",
+        ),
+    ] {
+        if let Some(key) = key
+            && !key.trim().is_empty()
+            && std::env::var(variable).ok().as_deref() != Some(key.as_str())
+        {
+            log::warn!(
+                "the upstream key was given with {flag}, which shows in the process list (ps): use {instead} instead"
+            );
+        }
     }
     let settings = match Settings::from_cli(cli) {
         Ok(settings) => settings,

@@ -17,6 +17,7 @@ use crate::relays::Relays;
 use crate::routes;
 use crate::state::AppState;
 use crate::upstream::AnyProvider;
+use crate::upstream::anthropic::AnthropicProvider;
 use crate::upstream::demo::DemoProvider;
 use crate::upstream::openai::OpenAiProvider;
 use actix_cors::Cors;
@@ -82,9 +83,27 @@ impl Application {
                 );
                 AnyProvider::OpenAi(OpenAiProvider::new(base_url, key.clone(), settings.max_answer_bytes)?)
             }
+            UpstreamKind::Anthropic { base_url, key } => {
+                log::info!(
+                    "upstream: {base_url}/v1/messages (Anthropic), default model {}, {}",
+                    settings.model,
+                    if key.is_some() {
+                        "with an API key"
+                    } else {
+                        "without an API key"
+                    }
+                );
+                AnyProvider::Anthropic(AnthropicProvider::new(
+                    base_url,
+                    key.clone(),
+                    settings.max_answer_bytes,
+                )?)
+            }
             UpstreamKind::Demo { delay } => {
                 log::warn!("==============================================================");
-                log::warn!("DEMO MODE: no upstream is configured (OPENAI_API_KEY or OPENAI_BASE_URL),");
+                log::warn!(
+                    "DEMO MODE: no upstream is configured (OPENAI_API_KEY, OPENAI_BASE_URL or ANTHROPIC_API_KEY),"
+                );
                 log::warn!("so every answer is a canned demo text, not a language model's.");
                 log::warn!("==============================================================");
                 AnyProvider::Demo(DemoProvider::new(*delay))

@@ -116,6 +116,20 @@ impl ChunkDecoder {
     }
 }
 
+impl super::http::AnswerDecoder for ChunkDecoder {
+    fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>) {
+        ChunkDecoder::read(self, bytes, out);
+    }
+
+    fn end(&mut self, out: &mut Vec<Item>) {
+        ChunkDecoder::end(self, out);
+    }
+
+    fn is_over(&self) -> bool {
+        ChunkDecoder::is_over(self)
+    }
+}
+
 #[derive(Deserialize)]
 struct ChunkWire {
     #[serde(default)]
@@ -293,7 +307,7 @@ pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
 /// serde_json refuses a surrogate escape that is not half of a pair (`\ud800` alone), and
 /// tokenizers do cut pairs: such an escape becomes `\ufffd`. Only data with a `\u`
 /// followed by `d` is looked at closely, so the common line costs one `memchr` scan.
-fn mend_surrogates(data: &str) -> Cow<'_, str> {
+pub(super) fn mend_surrogates(data: &str) -> Cow<'_, str> {
     let bytes = data.as_bytes();
     let suspect = memchr::memchr_iter(b'\\', bytes)
         .any(|i| bytes.get(i + 1) == Some(&b'u') && matches!(bytes.get(i + 2), Some(b'd' | b'D')));

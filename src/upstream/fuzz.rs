@@ -11,10 +11,10 @@ use crate::error::ApiError;
 use proptest::prelude::*;
 use std::sync::Arc;
 
-const KEY: &str = "sk-fz/Q9x_Z-k3y7Lw0p";
+pub(super) const KEY: &str = "sk-fz/Q9x_Z-k3y7Lw0p";
 
 /// One byte of the key as it may appear inside a JSON string on the wire.
-fn spelled_key_byte(b: u8, how: u8) -> String {
+pub(super) fn spelled_key_byte(b: u8, how: u8) -> String {
     match how % 6 {
         0 => (b as char).to_string(),
         1 if b == b'/' => "\\/".to_owned(),
@@ -160,7 +160,7 @@ fn decoded(text: &[u8]) -> Vec<u8> {
     out
 }
 
-fn shows_the_key(text: &str) -> bool {
+pub(super) fn shows_the_key(text: &str) -> bool {
     let key = KEY.as_bytes();
     let has = |t: &[u8]| t.windows(key.len()).any(|w| w == key);
     has(text.as_bytes()) || has(&decoded(text.as_bytes()))

@@ -3,8 +3,8 @@
 //!
 //! The key is redacted ([`Redactor`]) in answer text, however it is spelled or split across
 //! chunks, and in every error's text. What a client does not need is not passed on at all:
-//! an error keeps its message and, only when it is one of OpenAI's own, its code; a
-//! `Retry-After` only when it is a plain number of seconds; no other field or header.
+//! an error keeps its message and, only when it is one of OpenAI's or Anthropic's own, its
+//! code; a `Retry-After` only when it is a plain number of seconds; no other field or header.
 
 use super::chunks::Item;
 use super::redact::{Redactor, TextGuard};
@@ -25,6 +25,17 @@ const KNOWN_CODES: &[&str] = &[
     "unsupported_parameter",
     "unsupported_value",
     "string_above_max_length",
+    // Anthropic's error types, which its provider passes on as codes.
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
 ];
 
 /// The longest wait a `Retry-After` may ask of a client.
@@ -237,6 +248,11 @@ mod tests {
             code: Some("rate_limit_exceeded".into()),
         });
         assert!(matches!(known, UpstreamError::InStream { code: Some(c), .. } if c == "rate_limit_exceeded"));
+        let overloaded = hygiene.error(UpstreamError::InStream {
+            message: "Overloaded".into(),
+            code: Some("overloaded_error".into()),
+        });
+        assert!(matches!(overloaded, UpstreamError::InStream { code: Some(c), .. } if c == "overloaded_error"));
     }
 
     #[test]

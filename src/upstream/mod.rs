@@ -4,10 +4,12 @@
 //! What an upstream sends passes through [`hygiene`] before anything else sees it: its key
 //! is redacted ([`redact`]) and what a client does not need is dropped.
 
+pub mod anthropic;
 pub mod chunks;
 pub mod demo;
 #[cfg(test)]
 mod fuzz;
+pub mod http;
 pub mod hygiene;
 pub mod openai;
 pub mod redact;
@@ -180,6 +182,7 @@ pub trait Provider: Send + Sync {
 /// The configured provider.
 pub enum AnyProvider {
     OpenAi(openai::OpenAiProvider),
+    Anthropic(anthropic::AnthropicProvider),
     Demo(demo::DemoProvider),
 }
 
@@ -191,6 +194,7 @@ impl AnyProvider {
     pub fn name(&self) -> &'static str {
         match self {
             AnyProvider::OpenAi(_) => "openai",
+            AnyProvider::Anthropic(_) => "anthropic",
             AnyProvider::Demo(_) => "demo",
         }
     }
@@ -201,6 +205,7 @@ impl Provider for AnyProvider {
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
         match self {
             AnyProvider::OpenAi(p) => p.stream_chat(request).await,
+            AnyProvider::Anthropic(p) => p.stream_chat(request).await,
             AnyProvider::Demo(p) => p.stream_chat(request).await,
         }
     }

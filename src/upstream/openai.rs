@@ -3,29 +3,16 @@
 //! [`hygiene`] gate first: the key this provider holds never leaves it.
 
 use super::chunks::{ChunkDecoder, error_details};
+use super::http::{Clients, ErrorResponse, answer_stream, describe};
 use super::hygiene::{self, Hygiene};
 use super::{ChatMessage, ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
-use futures::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::Serialize;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
-use std::time::Duration;
-
-/// Most of an error body worth reading; bodies are short, a proxy's HTML page is not.
-const ERROR_BODY_LIMIT: usize = 16 * 1024;
+use std::sync::Arc;
 
 pub struct OpenAiProvider {
-    /// One HTTP client, and so one connection pool, per thread. hyper drives a connection
-    /// on a task of the runtime that opened it, and actix runs a single-threaded runtime
-    /// per worker: a connection opened on one worker and reused from another would wake
-    /// the first worker's thread for every chunk of every answer.
-    clients: Mutex<HashMap<ThreadId, reqwest::Client>>,
-    /// Built at start-up, so that settings that cannot make a client fail there; shared
-    /// by any thread whose own client could not be built after all.
-    fallback: reqwest::Client,
+    clients: Clients,
     url: String,
     key: Option<String>,
     hygiene: Arc<Hygiene>,
@@ -36,33 +23,13 @@ pub struct OpenAiProvider {
 impl OpenAiProvider {
     pub fn new(base_url: &str, key: Option<String>, max_answer_bytes: usize) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            clients: Mutex::default(),
-            fallback: build_client()?,
+            clients: Clients::new()?,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             hygiene: Arc::new(Hygiene::new(key.as_deref())),
             key,
             max_answer_bytes,
         })
     }
-
-    /// This thread's client.
-    fn client(&self) -> reqwest::Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(std::thread::current().id())
-            .or_insert_with(|| build_client().unwrap_or_else(|_| self.fallback.clone()))
-            .clone()
-    }
-}
-
-fn build_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        // Nagle's algorithm would hold the request's last segment for the ACK of the
-        // previous one, adding ~40 ms to every turn.
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build()
 }
 
 #[derive(Serialize)]
@@ -103,7 +70,8 @@ impl OpenAiProvider {
         };
         let body = serde_json::to_vec(&body).map_err(|e| UpstreamError::BadChunk(e.to_string()))?;
         let mut builder = self
-            .client()
+            .clients
+            .get()
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "text/event-stream")
@@ -120,70 +88,17 @@ impl OpenAiProvider {
         if !status.is_success() {
             return Err(refusal(response).await);
         }
-        Ok(decode(response, self.max_answer_bytes))
+        Ok(answer_stream(response, ChunkDecoder::new(self.max_answer_bytes)))
     }
 }
 
-/// The error and its causes on one line: reqwest's own message alone rarely says why.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-async fn refusal(mut response: reqwest::Response) -> UpstreamError {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut body = Vec::new();
-    while body.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(bytes)) => body.extend_from_slice(&bytes),
-            _ => break,
-        }
-    }
-    let (message, code) = error_details(&body);
-    let message = match message {
-        Some(m) if !m.is_empty() => m,
-        _ => status.canonical_reason().unwrap_or("no reason given").to_owned(),
-    };
+async fn refusal(response: reqwest::Response) -> UpstreamError {
+    let error = ErrorResponse::read(response).await;
+    let (message, code) = error_details(&error.body);
     UpstreamError::Refused {
-        status: status.as_u16(),
-        message,
+        status: error.status.as_u16(),
+        message: error.message_or_reason(message),
         code,
-        retry_after,
+        retry_after: error.retry_after,
     }
-}
-
-/// The response body as chunks, read by [`ChunkDecoder`].
-fn decode(response: reqwest::Response, max_answer_bytes: usize) -> ChunkStream {
-    Box::pin(async_stream::stream! {
-        let mut body = response.bytes_stream();
-        let mut decoder = ChunkDecoder::new(max_answer_bytes);
-        let mut items = Vec::new();
-        while !decoder.is_over() {
-            match body.next().await {
-                Some(Ok(bytes)) => decoder.read(&bytes, &mut items),
-                Some(Err(e)) => {
-                    yield Err(UpstreamError::Broken(describe(&e)));
-                    return;
-                }
-                None => decoder.end(&mut items),
-            }
-            for item in items.drain(..) {
-                yield item;
-            }
-        }
-    })
 }

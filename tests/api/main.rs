@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, against the mock upstream (crates/mockllm)
-//! speaking OpenAI's exact streaming format, driven over real sockets.
+//! speaking OpenAI's (or Anthropic's) exact streaming format, driven over real sockets.
 
+mod anthropic;
 mod auth_and_limits;
 mod bad_input;
 mod budget_and_prompts;

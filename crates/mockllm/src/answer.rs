@@ -18,7 +18,7 @@ pub struct Part {
 }
 
 impl Part {
-    fn new(delay_ms: u64, bytes: impl Into<Bytes>) -> Self {
+    pub(crate) fn new(delay_ms: u64, bytes: impl Into<Bytes>) -> Self {
         Self {
             delay_ms,
             bytes: bytes.into(),
@@ -77,6 +77,11 @@ impl Script {
 
     /// A refusal with `status` and the API's JSON error body.
     pub fn refuse(status: u16, body: impl Into<String>) -> Self {
+        Self::json(status, body)
+    }
+
+    /// A JSON response with `status`: a refusal, or an answer that is not streamed.
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
         Self {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
@@ -133,7 +138,7 @@ pub fn plan(request: &Value, n: u64) -> Script {
     stream_answer(&echo(&text, &d), model, n, &d, include_usage)
 }
 
-fn echo(text: &str, d: &Directives) -> String {
+pub(crate) fn echo(text: &str, d: &Directives) -> String {
     let mut answer = format!("Echo: {text}");
     for i in 1..=d.words {
         answer.push_str(&format!(" w{i}"));

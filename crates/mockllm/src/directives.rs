@@ -27,6 +27,16 @@ pub struct Directives {
     pub reasoning_field: &'static str,
     /// The finish reason sent (`stop`, or `tool_calls` for tool calls).
     pub finish: Option<&'static str>,
+    /// Anthropic: after `message_start` (and `error-after` words), an `overloaded_error` event.
+    pub overloaded: bool,
+    /// Anthropic: think aloud (a thinking block) before answering.
+    pub thinking: bool,
+    /// Anthropic: answer with a call of the request's first tool.
+    pub tool: bool,
+    /// Anthropic: end the stream without `message_stop`.
+    pub no_stop: bool,
+    /// Anthropic: send an event of a type the reference does not name.
+    pub unknown_event: bool,
 }
 
 impl Default for Directives {
@@ -43,6 +53,11 @@ impl Default for Directives {
             reasoning: 0,
             reasoning_field: "reasoning_content",
             finish: None,
+            overloaded: false,
+            thinking: false,
+            tool: false,
+            no_stop: false,
+            unknown_event: false,
         }
     }
 }
@@ -95,6 +110,11 @@ fn apply(d: &mut Directives, body: &str) -> bool {
             "content_filter" => d.finish = Some("content_filter"),
             _ => return false,
         },
+        ("anthropic-overloaded", _) => d.overloaded = true,
+        ("thinking", _) => d.thinking = true,
+        ("tool", _) => d.tool = true,
+        ("no-stop", _) => d.no_stop = true,
+        ("unknown-event", _) => d.unknown_event = true,
         _ => return false,
     }
     true
@@ -114,6 +134,9 @@ mod tests {
         let (_, d) = parse("[mock:tool-calls=2][mock:reasoning=3][mock:reasoning-field=reasoning][mock:finish=length]");
         assert_eq!((d.tool_calls, d.reasoning, d.reasoning_field), (2, 3, "reasoning"));
         assert_eq!(d.finish, Some("length"));
+        let (text, d) = parse("think [mock:thinking][mock:tool] [mock:no-stop][mock:anthropic-overloaded]");
+        assert_eq!(text, "think");
+        assert!(d.thinking && d.tool && d.no_stop && d.overloaded && !d.unknown_event);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The mock's HTTP server, its recorded requests and its stream counters.
 
 use crate::answer::{self, Script};
+use crate::anthropic;
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -24,12 +25,21 @@ pub struct Stats {
     pub active: u64,
 }
 
+/// The headers of one `POST /v1/messages` that the Anthropic API reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnthropicHeaders {
+    pub api_key: Option<String>,
+    pub version: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     scripts: VecDeque<Script>,
     requests: Vec<Value>,
     /// The `Authorization` header of each chat request (`None`: there was none).
     authorizations: Vec<Option<String>>,
+    /// The `x-api-key` and `anthropic-version` headers of each Anthropic request.
+    anthropic_headers: Vec<AnthropicHeaders>,
     stats: Stats,
 }
 
@@ -63,6 +73,7 @@ impl MockLlm {
                 .app_data(web::JsonConfig::default().limit(64 << 20))
                 .route("/v1/chat/completions", web::post().to(chat))
                 .route("/chat/completions", web::post().to(chat))
+                .route("/v1/messages", web::post().to(messages))
                 .route("/_mock/requests", web::get().to(requests))
                 .route("/_mock/stats", web::get().to(stats))
                 .route("/_mock/reset", web::post().to(reset))
@@ -87,12 +98,18 @@ impl MockLlm {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 
-    /// Answers the next chat request with `script` instead of the default behaviour.
+    /// The Anthropic-style base URL (no `/v1`) to give the gateway.
+    pub fn anthropic_base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Answers the next chat request (OpenAI's or Anthropic's) with `script` instead of the
+    /// default behaviour.
     pub fn enqueue(&self, script: Script) {
         self.shared.lock().scripts.push_back(script);
     }
 
-    /// Every chat request body received, oldest first.
+    /// Every chat request body received (OpenAI's and Anthropic's), oldest first.
     pub fn requests(&self) -> Vec<Value> {
         self.shared.lock().requests.clone()
     }
@@ -100,6 +117,11 @@ impl MockLlm {
     /// The `Authorization` header of every chat request, oldest first.
     pub fn authorizations(&self) -> Vec<Option<String>> {
         self.shared.lock().authorizations.clone()
+    }
+
+    /// The `x-api-key` and `anthropic-version` headers of every Anthropic request, oldest first.
+    pub fn anthropic_headers(&self) -> Vec<AnthropicHeaders> {
+        self.shared.lock().anthropic_headers.clone()
     }
 
     pub fn stats(&self) -> Stats {
@@ -139,6 +161,35 @@ async fn chat(shared: web::Data<Shared>, http: actix_web::HttpRequest, body: web
         (state.scripts.pop_front(), n)
     };
     let script = script.unwrap_or_else(|| answer::plan(&request, n));
+    respond(script, shared.get_ref().clone())
+}
+
+/// `POST /v1/messages`: refused as the real API would refuse it, else scripted or planned.
+async fn messages(shared: web::Data<Shared>, http: actix_web::HttpRequest, body: web::Json<Value>) -> HttpResponse {
+    let request = body.into_inner();
+    let header = |name: &str| {
+        http.headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let headers = AnthropicHeaders {
+        api_key: header("x-api-key"),
+        version: header("anthropic-version"),
+    };
+    let refusal = anthropic::refusal(headers.api_key.as_deref(), headers.version.as_deref(), &request);
+    let (script, n) = {
+        let mut state = shared.lock();
+        state.stats.requests += 1;
+        state.requests.push(request.clone());
+        state.anthropic_headers.push(headers);
+        let n = state.stats.requests;
+        // A request the API would refuse leaves a queued script for the next one.
+        match refusal {
+            Some(refusal) => (Some(refusal), n),
+            None => (state.scripts.pop_front(), n),
+        }
+    };
+    let script = script.unwrap_or_else(|| anthropic::plan(&request, n));
     respond(script, shared.get_ref().clone())
 }
 

@@ -1,0 +1,139 @@
+//! What every HTTP upstream shares: a client per thread, errors described with their
+//! causes, the start of an error response, and a streamed body read by a decoder.
+
+use super::chunks::Item;
+use super::{ChunkStream, UpstreamError};
+use futures::StreamExt;
+use reqwest::header::RETRY_AFTER;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::thread::ThreadId;
+use std::time::Duration;
+
+/// Most of an error body worth reading; bodies are short, a proxy's HTML page is not.
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
+
+/// One HTTP client, and so one connection pool, per thread. hyper drives a connection on a
+/// task of the runtime that opened it, and actix runs a single-threaded runtime per worker:
+/// a connection opened on one worker and reused from another would wake the first worker's
+/// thread for every chunk of every answer.
+pub struct Clients {
+    clients: Mutex<HashMap<ThreadId, reqwest::Client>>,
+    /// Built at start-up, so that settings that cannot make a client fail there; shared
+    /// by any thread whose own client could not be built after all.
+    fallback: reqwest::Client,
+}
+
+impl Clients {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            clients: Mutex::default(),
+            fallback: build_client()?,
+        })
+    }
+
+    /// This thread's client.
+    pub fn get(&self) -> reqwest::Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(std::thread::current().id())
+            .or_insert_with(|| build_client().unwrap_or_else(|_| self.fallback.clone()))
+            .clone()
+    }
+}
+
+fn build_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // Nagle's algorithm would hold the request's last segment for the ACK of the
+        // previous one, adding ~40 ms to every turn.
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+}
+
+/// The error and its causes on one line: reqwest's own message alone rarely says why.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What a response that is not a success says, before any upstream reads it its own way.
+pub struct ErrorResponse {
+    pub status: reqwest::StatusCode,
+    pub retry_after: Option<String>,
+    /// The start of the body, at most [`ERROR_BODY_LIMIT`] bytes and a read.
+    pub body: Vec<u8>,
+}
+
+impl ErrorResponse {
+    pub async fn read(mut response: reqwest::Response) -> Self {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_LIMIT {
+            match response.chunk().await {
+                Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+                _ => break,
+            }
+        }
+        Self {
+            status,
+            retry_after,
+            body,
+        }
+    }
+
+    /// The upstream's message, or the status's reason when it gave none.
+    pub fn message_or_reason(&self, message: Option<String>) -> String {
+        match message {
+            Some(m) if !m.is_empty() => m,
+            _ => self.status.canonical_reason().unwrap_or("no reason given").to_owned(),
+        }
+    }
+}
+
+/// Reads an upstream's streamed answer from its bytes, read by read, with no network in
+/// it (so that it can be fuzzed). Every read yields at least one item: keep-alive bytes
+/// count as life.
+pub trait AnswerDecoder: Send + 'static {
+    fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>);
+    /// The body ended.
+    fn end(&mut self, out: &mut Vec<Item>);
+    /// The answer is over: the body need not be read further.
+    fn is_over(&self) -> bool;
+}
+
+/// The response body as chunks, read by `decoder`.
+pub fn answer_stream(response: reqwest::Response, mut decoder: impl AnswerDecoder) -> ChunkStream {
+    Box::pin(async_stream::stream! {
+        let mut body = response.bytes_stream();
+        let mut items = Vec::new();
+        while !decoder.is_over() {
+            match body.next().await {
+                Some(Ok(bytes)) => decoder.read(&bytes, &mut items),
+                Some(Err(e)) => {
+                    yield Err(UpstreamError::Broken(describe(&e)));
+                    return;
+                }
+                None => decoder.end(&mut items),
+            }
+            for item in items.drain(..) {
+                yield item;
+            }
+        }
+    })
+}
