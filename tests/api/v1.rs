@@ -355,3 +355,49 @@ async fn models_lists_the_models_clients_may_name() {
     assert_eq!(data[0]["owned_by"], "chatgate");
     assert!(data[0]["created"].is_u64());
 }
+
+#[tokio::test]
+async fn an_anthropic_upstream_streams_as_openai_chunks_with_its_thinking_and_tool_call() {
+    let app = crate::anthropic::spawn_anthropic_app().await;
+    let tools = json!({
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        "stream_options": {"include_usage": true},
+    });
+    let mut body = streaming("weather in Paris [mock:thinking] [mock:tool]", tools);
+    body["model"] = json!("claude-mock");
+    let stream = app.complete_streamed(body).await;
+    assert!(ends_with_done(&stream));
+    let chunks = chunks_of(&stream);
+    assert!(chunks.iter().all(|c| c["model"] == "claude-mock"));
+    assert_eq!(content(&chunks), "Echo: weather in Paris");
+    let thinking: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert!(!thinking.is_empty(), "thinking comes as reasoning_content");
+    let pieces: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert!(
+        pieces.iter().all(|p| p["index"] == 0),
+        "the one call is index 0: {pieces:?}"
+    );
+    assert_eq!(pieces[0]["function"]["name"], "lookup");
+    assert!(pieces[0]["id"].as_str().unwrap().starts_with("toolu_"));
+    let arguments: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    let arguments: Value = serde_json::from_str(&arguments).expect("the arguments are JSON");
+    assert_eq!(arguments, json!({"text": "Echo: weather in Paris"}));
+    let (usage, rest) = chunks.split_last().unwrap();
+    assert_eq!(rest.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
+
+    let refused = app
+        .complete(streaming("hi [mock:status=429] [mock:retry-after=30]", json!({})))
+        .await;
+    assert_eq!(refused.status(), 429, "Anthropic's 429 stays a 429 on /v1");
+}
