@@ -1,5 +1,5 @@
 //! Every error a client can see: its HTTP status and its JSON body
-//! `{"error":{"message","type","code"}}`, decided in one place.
+//! `{"error":{"message","type","param","code"}}` (OpenAI's shape), decided in one place.
 
 use crate::conversation::{ConversationId, MessageId, StoreError};
 use crate::upstream::UpstreamError;
@@ -19,6 +19,13 @@ pub enum RequestError {
     TooLarge { limit: usize },
     #[error("{0}")]
     InvalidField(String),
+    /// A request parameter OpenAI's API would refuse, named as OpenAI names it (`/v1`).
+    #[error("{message}")]
+    InvalidParam {
+        param: String,
+        code: &'static str,
+        message: String,
+    },
     #[error("there is no prompt preset named {0:?}; GET /prompts lists them")]
     UnknownPrompt(String),
     #[error("conversation {0} does not exist")]
@@ -114,13 +121,21 @@ impl ErrorBody {
         self.response_with(json!({}))
     }
 
-    /// The response, with `fields` beside `error` in its body (an object).
+    /// The response, with `fields` beside `error` in its body (an object). The error
+    /// object gets OpenAI's `param` (`null` unless a parameter is to blame), so that every
+    /// error body is one an OpenAI client reads.
     pub fn response_with(&self, mut fields: Value) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
         if let Some(seconds) = &self.retry_after {
             response.insert_header((RETRY_AFTER, seconds.as_str()));
         }
-        fields["error"] = self.object.clone();
+        let mut object = self.object.clone();
+        if let Value::Object(map) = &mut object
+            && !map.contains_key("param")
+        {
+            map.insert("param".into(), Value::Null);
+        }
+        fields["error"] = object;
         response.json(fields)
     }
 }
@@ -137,6 +152,7 @@ impl ApiError {
                 R::MalformedJson(_) | R::Unreadable(_) => (StatusCode::BAD_REQUEST, invalid, "malformed_json"),
                 R::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, invalid, "body_too_large"),
                 R::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "invalid_field"),
+                R::InvalidParam { code, .. } => (StatusCode::BAD_REQUEST, invalid, *code),
                 R::UnknownPrompt(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "unknown_prompt"),
                 R::UnknownConversation(_) => (StatusCode::NOT_FOUND, invalid, "conversation_not_found"),
                 R::UnknownMessage(_) => (StatusCode::NOT_FOUND, invalid, "message_not_found"),
@@ -198,10 +214,34 @@ impl ApiError {
         (status, kind, code.to_owned())
     }
 
-    /// The `{"message","type","code"}` object, for an error body or an in-stream frame.
+    /// The `{"message","type","code"}` object, for an error body or an in-stream frame
+    /// (error bodies add `param`, see [`ErrorBody::response_with`]).
     pub fn object(&self) -> Value {
         let (_, kind, code) = self.classify();
-        json!({"message": self.to_string(), "type": kind, "code": code})
+        let mut object = json!({"message": self.to_string(), "type": kind, "code": code});
+        if let ApiError::Request(RequestError::InvalidParam { param, .. }) = self {
+            object["param"] = json!(param);
+        }
+        object
+    }
+
+    /// The error as `/v1`, the OpenAI-compatible endpoint, answers it: as everywhere else,
+    /// except that an upstream's own refusal (a 4xx) keeps its status and its message, so
+    /// that an OpenAI SDK raises the error it would have raised talking to the upstream
+    /// (`BadRequestError`, `RateLimitError`, …), and that a body of the wrong shape is a
+    /// 400, as OpenAI answers one.
+    pub fn openai_body(&self) -> ErrorBody {
+        let mut body = ErrorBody::from(self);
+        match self {
+            ApiError::Upstream(UpstreamError::Refused { status, message, .. }) if (400..500).contains(status) => {
+                body.status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+                body.object["message"] = json!(message);
+                body.object["type"] = json!(openai_type(*status));
+            }
+            ApiError::Request(RequestError::InvalidField(_)) => body.status = StatusCode::BAD_REQUEST,
+            _ => {}
+        }
+        body
     }
 
     fn retry_after(&self) -> Option<String> {
@@ -228,6 +268,48 @@ impl ResponseError for ApiError {
         }
         // The rest of a body that came too slowly would be read as the next request.
         if let ApiError::Request(RequestError::Timeout(_)) = self {
+            response.head_mut().set_connection_type(ConnectionType::Close);
+        }
+        response
+    }
+}
+
+/// OpenAI's error `type` for a refusal with `status`.
+fn openai_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// An error as `/v1` answers it ([`ApiError::openai_body`]).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OpenAiError(#[from] pub ApiError);
+
+impl From<RequestError> for OpenAiError {
+    fn from(e: RequestError) -> Self {
+        Self(e.into())
+    }
+}
+
+impl From<UpstreamError> for OpenAiError {
+    fn from(e: UpstreamError) -> Self {
+        Self(e.into())
+    }
+}
+
+impl ResponseError for OpenAiError {
+    fn status_code(&self) -> StatusCode {
+        self.0.openai_body().status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = self.0.openai_body().response();
+        // The rest of a body that came too slowly would be read as the next request.
+        if let ApiError::Request(RequestError::Timeout(_)) = self.0 {
             response.head_mut().set_connection_type(ConnectionType::Close);
         }
         response

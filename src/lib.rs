@@ -13,6 +13,7 @@ pub mod error;
 pub mod generation;
 pub mod limits;
 pub mod prompts;
+pub mod relays;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -13,6 +13,7 @@ use crate::generation::lane::Unsaved;
 use crate::generation::local::LocalGenerations;
 use crate::limits::LocalLimiter;
 use crate::prompts::Presets;
+use crate::relays::Relays;
 use crate::routes;
 use crate::state::AppState;
 use crate::upstream::AnyProvider;
@@ -153,6 +154,7 @@ impl Application {
             stopping: AtomicBool::new(false),
             keys,
             limiter: Arc::new(LocalLimiter::new(settings_limits)),
+            relays: Relays::new(),
         });
         if state.keys.as_ref().is_some_and(|k| k.file().is_some()) {
             reload_keys_on_hangup(state.clone())?;
@@ -181,6 +183,8 @@ impl Application {
                 .service(web::resource("/prompts").get(routes::prompts::list))
                 .service(web::resource("/config").get(routes::config::get))
                 .service(web::resource("/healthz").get(routes::health::get))
+                .service(web::resource("/v1/chat/completions").post(routes::v1::chat_completions))
+                .service(web::resource("/v1/models").get(routes::v1::models))
                 .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
                 .default_service(web::to(routes::web::fallback))
         })
@@ -245,23 +249,24 @@ impl Application {
             let signal = stop_signal().await?;
             state.stopping.store(true, Ordering::SeqCst);
             let grace = state.settings.shutdown_grace;
-            let live = state.generations.live();
+            let live = || state.generations.live() + state.relays.live();
             log::info!(
-                "{signal}: no new connections; {live} running answer(s) have {} s to finish",
+                "{signal}: no new connections; {} running answer(s) have {} s to finish",
+                live(),
                 grace.as_secs_f64()
             );
             refuse_connections(&handle, &listener).await;
-            if tokio::time::timeout(grace, state.generations.drained()).await.is_err() {
-                log::warn!(
-                    "shutdown grace over: ending {} running answer(s)",
-                    state.generations.live()
-                );
+            // Generations, and the answers /v1 relays (which are none).
+            let drained = || async { tokio::join!(state.generations.drained(), state.relays.drained()) };
+            if tokio::time::timeout(grace, drained()).await.is_err() {
+                log::warn!("shutdown grace over: ending {} running answer(s)", live());
                 state.generations.shutdown();
+                state.relays.end_all();
             }
             // Each ended answer is stored before its readers get the last frame.
             let last = Duration::from_secs(LAST_FRAMES_SECS);
-            if tokio::time::timeout(last, state.generations.drained()).await.is_err() {
-                log::error!("{} answer(s) did not end in time", state.generations.live());
+            if tokio::time::timeout(last, drained()).await.is_err() {
+                log::error!("{} answer(s) did not end in time", live());
             }
             // Only now: actix stops a worker with no open connection at once, and with it
             // every task on its thread, the runners of background answers included.

@@ -9,6 +9,7 @@ use crate::generation::lane::Unsaved;
 use crate::generation::runner::{Limits, Timing};
 use crate::limits::Limiter;
 use crate::prompts::Presets;
+use crate::relays::Relays;
 use crate::upstream::AnyProvider;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -30,6 +31,8 @@ pub struct AppState {
     /// The client keys, when `settings.auth_on()`.
     pub keys: Option<Keyring>,
     pub limiter: Arc<dyn Limiter>,
+    /// The answers `/v1` is relaying, for a shutdown to wait for and end.
+    pub relays: Arc<Relays>,
 }
 
 impl AppState {
@@ -80,6 +83,11 @@ impl AppState {
             detached_grace: self.settings.detached_grace,
             checkpoint: CHECKPOINT_EVERY,
         }
+    }
+
+    /// The models clients may name (`GET /v1/models`).
+    pub fn model_names(&self) -> Vec<String> {
+        vec![self.settings.model.clone()]
     }
 
     pub fn limits(&self) -> Limits {

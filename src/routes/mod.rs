@@ -7,6 +7,7 @@ pub mod health;
 pub mod prompts;
 pub mod stop;
 pub mod stream;
+pub mod v1;
 pub mod web;
 
 use crate::conversation::ConversationId;

@@ -9,7 +9,7 @@ use mockllm::anthropic_wire::{Message, error_body, error_event};
 use serde_json::{Value, json};
 
 /// The gateway against the mock's Anthropic side, with the test key.
-async fn spawn_anthropic_app() -> TestApp {
+pub async fn spawn_anthropic_app() -> TestApp {
     spawn_app_with(|s| {
         // The mock was started for this app: its OpenAI URL names its port.
         let UpstreamKind::OpenAi { base_url, key } = &s.upstream else {

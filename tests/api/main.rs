@@ -21,3 +21,7 @@ mod streaming;
 mod upstream_errors;
 mod upstream_formats;
 mod upstream_hygiene;
+mod v1;
+mod v1_errors;
+mod v1_sdk;
+mod v1_shutdown;

@@ -162,6 +162,37 @@ pub fn word_chunks(answer: &str) -> Vec<&str> {
     chunks
 }
 
+/// One tool call the mock makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockToolCall {
+    pub id: String,
+    pub name: String,
+    /// The whole arguments JSON, which the mock streams in pieces of a few characters.
+    pub arguments: String,
+}
+
+/// The tool calls `[mock:tool-calls=N]` makes for the user text `text` (directives removed).
+pub fn tool_calls(text: &str, n: usize) -> Vec<MockToolCall> {
+    (0..n)
+        .map(|i| MockToolCall {
+            id: format!("call_mock_{i}"),
+            name: format!("lookup_{i}"),
+            arguments: serde_json::json!({"query": text, "n": i}).to_string(),
+        })
+        .collect()
+}
+
+/// The reasoning pieces `[mock:reasoning=N]` streams before the answer.
+pub fn reasoning(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("Thinking, step {i}. ")).collect()
+}
+
+/// `text` in pieces of at most `chars` characters.
+fn pieces(text: &str, chars: usize) -> Vec<String> {
+    let all: Vec<char> = text.chars().collect();
+    all.chunks(chars).map(|c| c.iter().collect()).collect()
+}
+
 fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usage: bool) -> Script {
     let c = Completion::new(model, n);
     let mut parts = vec![Part::new(d.first_delay_ms, c.role())];
@@ -171,6 +202,29 @@ fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usag
             ..Script::stream(Vec::<String>::new())
         }
         .then_stall();
+    }
+    for piece in reasoning(d.reasoning) {
+        parts.push(Part::new(d.delay_ms, c.reasoning(d.reasoning_field, &piece)));
+    }
+    if d.tool_calls > 0 {
+        let text = answer.strip_prefix("Echo: ").unwrap_or(answer);
+        let mut sent = 0;
+        for (index, call) in tool_calls(text, d.tool_calls).iter().enumerate() {
+            parts.push(Part::new(d.delay_ms, c.tool_call_start(index, &call.id, &call.name)));
+            for piece in pieces(&call.arguments, 7) {
+                parts.push(Part::new(d.delay_ms, c.tool_call_arguments(index, &piece)));
+                sent += 1;
+            }
+        }
+        parts.push(Part::new(0, c.finish("tool_calls")));
+        if include_usage {
+            parts.push(Part::new(0, c.usage(10, sent)));
+        }
+        parts.push(Part::new(0, wire::DONE));
+        return Script {
+            parts,
+            ..Script::stream(Vec::<String>::new())
+        };
     }
     let chunks = word_chunks(answer);
     let sent = d.error_after.map_or(chunks.len(), |n| n.min(chunks.len()));
@@ -189,7 +243,7 @@ fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usag
             ..Script::stream(Vec::<String>::new())
         };
     }
-    parts.push(Part::new(0, c.finish("stop")));
+    parts.push(Part::new(0, c.finish(d.finish.unwrap_or("stop"))));
     if include_usage {
         parts.push(Part::new(0, c.usage(10, chunks.len())));
     }
@@ -203,6 +257,17 @@ fn stream_answer(answer: &str, model: &str, n: u64, d: &Directives, include_usag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_call_arguments_are_json_streamed_in_pieces() {
+        let calls = tool_calls("weather in Zürich", 2);
+        assert_eq!(calls[1].name, "lookup_1");
+        let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
+        assert_eq!(args["query"], "weather in Zürich");
+        let split = pieces(&calls[0].arguments, 7);
+        assert!(split.len() > 2);
+        assert_eq!(split.concat(), calls[0].arguments);
+    }
 
     #[test]
     fn words_split_before_spaces_and_rejoin_exactly() {

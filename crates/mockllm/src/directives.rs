@@ -18,6 +18,15 @@ pub struct Directives {
     pub error_after: Option<usize>,
     /// Send the role chunk, then nothing, forever.
     pub stall: bool,
+    /// Answer with this many parallel tool calls instead of text (see [`crate::tool_calls`]).
+    pub tool_calls: usize,
+    /// Stream this many reasoning pieces before the answer (see [`crate::reasoning`]).
+    pub reasoning: usize,
+    /// The delta field reasoning comes in: `reasoning_content` (DeepSeek, vLLM) or
+    /// `reasoning` (OpenRouter, Ollama).
+    pub reasoning_field: &'static str,
+    /// The finish reason sent (`stop`, or `tool_calls` for tool calls).
+    pub finish: Option<&'static str>,
     /// Anthropic: after `message_start` (and `error-after` words), an `overloaded_error` event.
     pub overloaded: bool,
     /// Anthropic: think aloud (a thinking block) before answering.
@@ -40,6 +49,10 @@ impl Default for Directives {
             retry_after: None,
             error_after: None,
             stall: false,
+            tool_calls: 0,
+            reasoning: 0,
+            reasoning_field: "reasoning_content",
+            finish: None,
             overloaded: false,
             thinking: false,
             tool: false,
@@ -84,6 +97,19 @@ fn apply(d: &mut Directives, body: &str) -> bool {
         ("retry-after", Ok(n)) => d.retry_after = Some(n),
         ("error-after", Ok(n)) => d.error_after = Some(n as usize),
         ("stall", _) => d.stall = true,
+        ("tool-calls", Ok(n)) => d.tool_calls = n as usize,
+        ("reasoning", Ok(n)) => d.reasoning = n as usize,
+        ("reasoning-field", _) => match value.trim() {
+            "reasoning" => d.reasoning_field = "reasoning",
+            "reasoning_content" => d.reasoning_field = "reasoning_content",
+            _ => return false,
+        },
+        ("finish", _) => match value.trim() {
+            "stop" => d.finish = Some("stop"),
+            "length" => d.finish = Some("length"),
+            "content_filter" => d.finish = Some("content_filter"),
+            _ => return false,
+        },
         ("anthropic-overloaded", _) => d.overloaded = true,
         ("thinking", _) => d.thinking = true,
         ("tool", _) => d.tool = true,
@@ -105,6 +131,9 @@ mod tests {
         assert_eq!(d.words, 3);
         assert_eq!(d.status, Some(429));
         assert_eq!(d.retry_after, Some(7));
+        let (_, d) = parse("[mock:tool-calls=2][mock:reasoning=3][mock:reasoning-field=reasoning][mock:finish=length]");
+        assert_eq!((d.tool_calls, d.reasoning, d.reasoning_field), (2, 3, "reasoning"));
+        assert_eq!(d.finish, Some("length"));
         let (text, d) = parse("think [mock:thinking][mock:tool] [mock:no-stop][mock:anthropic-overloaded]");
         assert_eq!(text, "think");
         assert!(d.thinking && d.tool && d.no_stop && d.overloaded && !d.unknown_event);

@@ -9,10 +9,16 @@
 //!    with `POST /_mock/script`), which gives the exact bytes to send (and may repeat its
 //!    last part forever: an endless answer);
 //! 2. directives inside the last user message (`[mock:words=30]`, `[mock:delay=40]`,
-//!    `[mock:status=500]`, `[mock:retry-after=7]`, `[mock:error-after=3]`, `[mock:stall]`;
-//!    on `/v1/messages` also `[mock:thinking]`, `[mock:tool]`, `[mock:anthropic-overloaded]`,
-//!    `[mock:no-stop]` and `[mock:unknown-event]`);
+//!    `[mock:status=500]`, `[mock:retry-after=7]`, `[mock:error-after=3]`, `[mock:stall]`,
+//!    `[mock:tool-calls=2]` (parallel tool calls, arguments in pieces, instead of text),
+//!    `[mock:reasoning=3]` (reasoning pieces first, in `reasoning_content`, or in `reasoning`
+//!    with `[mock:reasoning-field=reasoning]`), `[mock:finish=length]`; on `/v1/messages`
+//!    also `[mock:thinking]`, `[mock:tool]`, `[mock:anthropic-overloaded]`, `[mock:no-stop]`
+//!    and `[mock:unknown-event]`);
 //! 3. the default: `Echo: <the user text>` streamed a word per chunk, 20 ms apart.
+//!
+//! Usage comes in a last chunk of its own (`"choices":[]`) only when the request asks for it
+//! with `stream_options.include_usage`, as OpenAI sends it.
 //!
 //! Every request body is recorded (`GET /_mock/requests`), and every stream is counted as
 //! completed or cancelled (`GET /_mock/stats`) so tests can see a gone client's upstream
@@ -25,5 +31,5 @@ mod directives;
 mod server;
 pub mod wire;
 
-pub use answer::{Script, word_chunks};
+pub use answer::{MockToolCall, Script, reasoning, tool_calls, word_chunks};
 pub use server::{AnthropicHeaders, MockLlm, Stats};

@@ -43,6 +43,23 @@ impl Completion {
         self.chunk(json!({"content": text}), None)
     }
 
+    /// Reasoning text, in the delta field `field` (`reasoning_content` or `reasoning`).
+    pub fn reasoning(&self, field: &str, text: &str) -> String {
+        self.chunk(json!({ field: text }), None)
+    }
+
+    /// The first piece of tool call `index`: its id, type and name, no arguments yet.
+    pub fn tool_call_start(&self, index: usize, id: &str, name: &str) -> String {
+        let call = json!({"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}});
+        self.chunk(json!({"tool_calls": [call]}), None)
+    }
+
+    /// A later piece of tool call `index`: more of its arguments.
+    pub fn tool_call_arguments(&self, index: usize, arguments: &str) -> String {
+        let call = json!({"index": index, "function": {"arguments": arguments}});
+        self.chunk(json!({"tool_calls": [call]}), None)
+    }
+
     pub fn finish(&self, reason: &str) -> String {
         self.chunk(json!({}), Some(reason))
     }

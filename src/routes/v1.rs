@@ -1,0 +1,196 @@
+//! `/v1`: OpenAI's Chat Completions API, so that any OpenAI SDK works with
+//! `base_url = http://HOST:PORT/v1` and a client key as its API key.
+//!
+//! Stateless: nothing is stored and no generation is registered. The response relays the
+//! upstream's answer itself, so a client that goes away drops the response, the relay and
+//! with them the upstream stream: the upstream request is cancelled at once. Same keys,
+//! limits, body limits and upstream hygiene as `POST /conv`. A shutdown waits for these
+//! answers for its grace, then ends them in-band, as it ends generations (see `relays`).
+
+mod relay;
+mod request;
+
+use super::conv::{BodyLimits, read_body, sse_response};
+use crate::edge::auth::Client;
+use crate::error::{ApiError, OpenAiError};
+use crate::limits::StreamSlot;
+use crate::relays::Relayed;
+use crate::state::AppState;
+use crate::upstream::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
+use crate::wire::openai::{self, ChunkWriter, Completion, Gathered};
+use crate::wire::sse;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use futures::Stream;
+use relay::Relay;
+use request::CompletionRequest;
+use serde_json::Value;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    client: Client,
+) -> Result<HttpResponse, OpenAiError> {
+    let limits = BodyLimits {
+        bytes: state.settings.max_body_bytes,
+        within: state.settings.request_timeout,
+    };
+    let body = read_body(&request, payload, limits).await?;
+    if state.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::Stopping.into());
+    }
+    let asked = CompletionRequest::parse(&body, &state.settings.model)?;
+
+    // As on `/conv`: the slot first, so that a request it refuses is not counted. The slot
+    // is held until the answer has been sent (it moves into the response's stream).
+    let limited = client.limit_key();
+    let slot = state.limiter.stream_slot(&limited).map_err(OpenAiError)?;
+    state.limiter.count_turn(&limited).map_err(OpenAiError)?;
+    let mut relayed = state.relays.start();
+
+    let (stream, model) = open(&state, asked.upstream).await?;
+    let completion = Completion::new(&model);
+    let idle = state.settings.upstream_idle_timeout;
+    let mut relay = Relay::new(stream, idle, state.settings.max_answer_bytes);
+
+    if !asked.stream {
+        let object = tokio::select! {
+            object = gather(&mut relay, &completion) => object?,
+            () = relayed.ended() => return Err(ApiError::Stopping.into()),
+        };
+        drop(slot);
+        return Ok(HttpResponse::Ok().json(object));
+    }
+
+    // Wait for the first piece before answering, so that an upstream that fails before it
+    // does so with a real HTTP status and OpenAI's error body. One that says nothing for a
+    // heartbeat gets its stream opened, to keep the connection and proxies alive.
+    let heartbeat = state.settings.heartbeat;
+    let first = match tokio::time::timeout(heartbeat, relay.next()).await {
+        Ok(Some(Err(error))) => return Err(error.into()),
+        Ok(first) => Some(first),
+        Err(_) => None,
+    };
+    let streamed = Streamed {
+        relay,
+        first,
+        writer: ChunkWriter::new(completion, asked.include_usage),
+        heartbeat,
+        slot,
+        relayed,
+    };
+    Ok(sse_response(streamed.events()))
+}
+
+/// Sends the request upstream and waits for its status: the answer, and the upstream
+/// model name it went to (which every chunk names).
+async fn open(state: &AppState, request: ChatRequest) -> Result<(ChunkStream, String), UpstreamError> {
+    let model = request.model.clone();
+    let idle = state.settings.upstream_idle_timeout;
+    let stream = tokio::time::timeout(idle, state.provider.stream_chat(request))
+        .await
+        .map_err(|_| UpstreamError::IdleTimeout(idle))??;
+    Ok((stream, model))
+}
+
+/// The whole answer as one `chat.completion` object; any error is the response's.
+async fn gather(relay: &mut Relay, completion: &Completion) -> Result<Value, OpenAiError> {
+    let mut gathered = Gathered::default();
+    while let Some(piece) = relay.next().await {
+        gathered.add(piece?);
+    }
+    Ok(gathered.object(completion, relay.usage()))
+}
+
+/// A streamed answer, once its response has begun.
+struct Streamed {
+    relay: Relay,
+    /// What came before the response began (`Some(None)`: the answer ended already).
+    first: Option<Option<Piece>>,
+    writer: ChunkWriter,
+    /// The longest quiet before a `: keep-alive` comment.
+    heartbeat: Duration,
+    /// The client's live-answer slot, held until the stream ends or is dropped.
+    slot: Option<StreamSlot>,
+    /// Counted as running, for a shutdown to wait for and end.
+    relayed: Relayed,
+}
+
+type Piece = Result<Chunk, UpstreamError>;
+
+/// What the stream does next.
+enum Next {
+    Piece(Option<Piece>),
+    /// Nothing came for a heartbeat interval.
+    Quiet,
+    /// The shutdown grace is over.
+    Stopping,
+}
+
+impl Streamed {
+    /// The events: the role, the answer's chunks, the usage when asked for and `[DONE]`; or,
+    /// on an error (the gateway stopping too), an error event and the end.
+    fn events(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
+        let Streamed {
+            mut relay,
+            mut first,
+            mut writer,
+            heartbeat,
+            slot,
+            mut relayed,
+        } = self;
+        async_stream::stream! {
+            let _slot = slot;
+            let mut out = Vec::with_capacity(2);
+            yield Ok(writer.opening());
+            loop {
+                let next = match first.take() {
+                    Some(piece) => Next::Piece(piece),
+                    None => tokio::select! {
+                        biased;
+                        () = relayed.ended() => Next::Stopping,
+                        piece = tokio::time::timeout(heartbeat, relay.next()) => piece.map_or(Next::Quiet, Next::Piece),
+                    },
+                };
+                let piece = match next {
+                    Next::Piece(piece) => piece,
+                    Next::Quiet => {
+                        yield Ok(Bytes::from_static(sse::HEARTBEAT));
+                        continue;
+                    }
+                    Next::Stopping => {
+                        yield Ok(openai::error_event(&ApiError::Stopping.openai_body().object));
+                        return;
+                    }
+                };
+                match piece {
+                    Some(Ok(chunk)) => {
+                        writer.piece(&chunk, &mut out);
+                        for event in out.drain(..) {
+                            yield Ok(event);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        yield Ok(openai::error_event(&ApiError::from(error).openai_body().object));
+                        return;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(usage) = writer.usage(relay.usage()) {
+                yield Ok(usage);
+            }
+            yield Ok(Bytes::from_static(openai::DONE));
+        }
+    }
+}
+
+/// `GET /v1/models`.
+pub async fn models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(openai::model_list(&state.model_names()))
+}
