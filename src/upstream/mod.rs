@@ -4,6 +4,7 @@
 //! What an upstream sends passes through [`hygiene`] before anything else sees it: its key
 //! is redacted ([`redact`]) and what a client does not need is dropped.
 
+pub mod anthropic;
 pub mod chunks;
 pub mod demo;
 #[cfg(test)]
