@@ -9,7 +9,7 @@ use crate::generation::lane::Unsaved;
 use crate::generation::runner::{Limits, Timing};
 use crate::limits::Limiter;
 use crate::prompts::Presets;
-use crate::upstream::AnyProvider;
+use crate::upstream::router::Router;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -21,7 +21,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(750);
 pub struct AppState {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
-    pub provider: AnyProvider,
+    /// The upstreams, and where each model goes.
+    pub router: Router,
     pub presets: Presets,
     pub generations: Arc<dyn Generations>,
     pub unsaved: Arc<Unsaved>,
@@ -71,6 +72,11 @@ impl AppState {
             true => Ok(()),
             false => Err(RequestError::UnknownConversation(id).into()),
         }
+    }
+
+    /// The model names clients may send.
+    pub fn model_names(&self) -> Vec<String> {
+        self.router.models()
     }
 
     pub fn timing(&self) -> Timing {

@@ -7,7 +7,6 @@ use crate::generation::runner::{self, Run};
 use crate::generation::{ReadFrom, Reader, ReaderItem, Target};
 use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
-use crate::upstream::{Provider, UpstreamError};
 use crate::wire::sse;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -51,14 +50,18 @@ pub async fn post(
     let slot = state.limiter.stream_slot(&limited)?;
     state.limiter.count_turn(&limited)?;
 
-    // Wait for the upstream's status before answering, so that a refusal reaches the
-    // client as a real HTTP status with the upstream's own message.
-    let idle = state.settings.upstream_idle_timeout;
-    let stream = tokio::time::timeout(idle, state.provider.stream_chat(turn.upstream))
-        .await
-        .map_err(|_| UpstreamError::IdleTimeout(idle))??;
+    // Wait for the first token (at most a heartbeat interval) before answering, so that
+    // the router can retry and fail over unseen, and a refusal reaches the client as a
+    // real HTTP status with the upstream's own message.
+    let (heartbeat, idle) = (state.settings.heartbeat, state.settings.upstream_idle_timeout);
+    let opened = state.router.open(turn.upstream, heartbeat, idle).await?;
+    // The answer names the upstream model that gives it, in frames and in the store.
+    let mut identity = turn.identity;
+    identity.model = opened.model.clone();
+    let mut new_turn = turn.new_turn;
+    new_turn.assistant.model = Some(opened.model);
+    let stream = opened.stream;
 
-    let identity = turn.identity;
     let owner = client.owner().map(str::to_owned);
     let producer = state.generations.start(identity.clone(), owner, never_alone);
     // Subscribed before the runner starts, so that this reader sees the answer from its
@@ -74,7 +77,7 @@ pub async fn post(
     runner::spawn(Run {
         identity: identity.clone(),
         stream,
-        turn: turn.new_turn,
+        turn: new_turn,
         producer,
         store: state.store.clone(),
         unsaved: state.unsaved.clone(),
