@@ -47,7 +47,8 @@ pub async fn spawn_app_on(db: &Path, mock: MockLlm) -> TestApp {
     start(settings, mock).await
 }
 
-async fn start(settings: Settings, mock: MockLlm) -> TestApp {
+/// The gateway with `settings` as they are; `mock` is the one the test talks to.
+pub async fn start(settings: Settings, mock: MockLlm) -> TestApp {
     let app = Application::build(settings).await.expect("the gateway builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
