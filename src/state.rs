@@ -82,6 +82,7 @@ impl AppState {
     pub fn timing(&self) -> Timing {
         Timing {
             heartbeat: self.settings.heartbeat,
+            first_heartbeat: self.settings.heartbeat,
             idle: self.settings.upstream_idle_timeout,
             detached_grace: self.settings.detached_grace,
             checkpoint: CHECKPOINT_EVERY,

@@ -3,7 +3,7 @@
 
 use crate::edge::auth::Client;
 use crate::error::{ApiError, RequestError};
-use crate::generation::runner::{self, Run};
+use crate::generation::runner::{self, Run, Timing};
 use crate::generation::{ReadFrom, Reader, ReaderItem, Target};
 use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub async fn post(
     state: web::Data<AppState>,
@@ -54,7 +54,14 @@ pub async fn post(
     // the router can retry and fail over unseen, and a refusal reaches the client as a
     // real HTTP status with the upstream's own message.
     let (heartbeat, idle) = (state.settings.heartbeat, state.settings.upstream_idle_timeout);
+    let asked = Instant::now();
     let opened = state.router.open(turn.upstream, heartbeat, idle).await?;
+    // The client has waited since it asked: its first heartbeat is due a heartbeat
+    // interval after that, not after the answer starts.
+    let timing = Timing {
+        first_heartbeat: heartbeat.saturating_sub(asked.elapsed()),
+        ..state.timing()
+    };
     // The answer names the upstream model that gives it, in frames and in the store.
     let mut identity = turn.identity;
     identity.model = opened.model.clone();
@@ -81,7 +88,7 @@ pub async fn post(
         producer,
         store: state.store.clone(),
         unsaved: state.unsaved.clone(),
-        timing: state.timing(),
+        timing,
         limits: state.limits(),
         slot,
     });
