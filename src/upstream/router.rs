@@ -173,8 +173,8 @@ impl Router {
     /// try is kept as it is and its later errors are the stream's. `idle` is the longest
     /// silence (keep-alive bytes count as sound, not as tokens).
     ///
-    /// Retried, then failed over: connect errors and resets, silence, HTTP 408, 409, 429
-    /// and 5xx, and in-stream errors that say the upstream is overloaded or failing. Any
+    /// Retried, then failed over: connect errors and resets (an answer that ends before
+    /// its first token and without a finish too), silence, HTTP 408, 409, 429 and 5xx, and in-stream errors that say the upstream is overloaded or failing. Any
     /// other error ends it at once. When it ends without an answer, the error is the last
     /// try's: returned when the upstream had refused, else at the head of the stream (the
     /// request was accepted, so the caller stores the turn and shows the error in it).
@@ -277,7 +277,10 @@ fn random_fraction() -> f64 {
 /// Whether a failure before the first token may pass: worth a retry and another target.
 fn worth_retrying(error: &UpstreamError) -> bool {
     match error {
-        UpstreamError::Unreachable(_) | UpstreamError::Broken(_) | UpstreamError::IdleTimeout(_) => true,
+        UpstreamError::Unreachable(_)
+        | UpstreamError::Broken(_)
+        | UpstreamError::IdleTimeout(_)
+        | UpstreamError::Truncated => true,
         UpstreamError::Refused { status, .. } => matches!(status, 408 | 409 | 429 | 500..=599),
         UpstreamError::InStream { code, .. } => code.as_deref().is_some_and(|c| {
             matches!(
@@ -285,7 +288,7 @@ fn worth_retrying(error: &UpstreamError) -> bool {
                 "overloaded_error" | "server_error" | "api_error" | "rate_limit_error" | "rate_limit_exceeded"
             )
         }),
-        UpstreamError::Truncated | UpstreamError::BadChunk(_) | UpstreamError::TooLarge { .. } => false,
+        UpstreamError::BadChunk(_) | UpstreamError::TooLarge { .. } => false,
     }
 }
 
@@ -347,8 +350,13 @@ async fn try_once(
                     accepted: Some(read),
                 });
             }
-            // Ended before any token: the caller's reader says how (truncated).
-            Ok(None) => return Ok(replay(read, Box::pin(futures::stream::empty()))),
+            // Ended before any token and without a finish: as good as a reset.
+            Ok(None) => {
+                return Err(Failed {
+                    error: UpstreamError::Truncated,
+                    accepted: Some(read),
+                });
+            }
             Err(_) if silent_at <= commit_at => {
                 return Err(Failed {
                     error: UpstreamError::IdleTimeout(idle),
@@ -642,6 +650,18 @@ mod tests {
         assert_eq!(text, "");
         assert!(matches!(error, Some(UpstreamError::InStream { .. })));
         assert_eq!((a.asked().len(), b.asked().len()), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_cut_before_its_first_token_is_tried_again() {
+        let cut = Outcome::Stream(vec![(0, Ok(Chunk::default()))], false);
+        let (a, b) = (
+            Fake::new(vec![], answer("from a")),
+            Fake::new(vec![cut], answer("from b")),
+        );
+        let opened = open(&router(&a, &b), "smart").await.unwrap();
+        assert_eq!(whole_text(opened).await, "from b");
+        assert_eq!((a.asked().len(), b.asked().len()), (0, 2));
     }
 
     #[test]
