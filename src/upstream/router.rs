@@ -174,8 +174,9 @@ impl Router {
     /// silence (keep-alive bytes count as sound, not as tokens).
     ///
     /// Retried, then failed over: connect errors and resets (an answer that ends before
-    /// its first token and without a finish too), silence, HTTP 408, 409, 429 and 5xx, and in-stream errors that say the upstream is overloaded or failing. Any
-    /// other error ends it at once. When it ends without an answer, the error is the last
+    /// its first token and without a finish too), silence, HTTP 408, 409, 429 and 5xx,
+    /// and in-stream errors that say the upstream is overloaded or failing. Any other
+    /// error ends it at once. When it ends without an answer, the error is the last
     /// try's: returned when the upstream had refused, else at the head of the stream (the
     /// request was accepted, so the caller stores the turn and shows the error in it).
     pub async fn open(
@@ -223,7 +224,7 @@ impl Router {
                 }
                 if waited + wait > self.retry.budget {
                     log::warn!(
-                        "model {asked}: {at} failed ({error}); a retry would wait {} ms, past the retry budget",
+                        "model {asked}: {at} failed ({error}); a retry would wait {} ms, past the retry budget: moving on",
                         wait.as_millis()
                     );
                     break;
