@@ -52,10 +52,13 @@ pub async fn post(
 
     // Wait for the first token (at most a heartbeat interval) before answering, so that
     // the router can retry and fail over unseen, and a refusal reaches the client as a
-    // real HTTP status with the upstream's own message.
+    // real HTTP status with the upstream's own message. A background turn waits only for
+    // an upstream to accept it: its 202 names the answer before the first word, so that
+    // the page can stop an answer that is slow to begin.
     let (heartbeat, idle) = (state.settings.heartbeat, state.settings.upstream_idle_timeout);
+    let first_token_wait = if background { Duration::ZERO } else { heartbeat };
     let asked = Instant::now();
-    let opened = state.router.open(turn.upstream, heartbeat, idle).await?;
+    let opened = state.router.open(turn.upstream, first_token_wait, idle).await?;
     // The client has waited since it asked: its first heartbeat is due a heartbeat
     // interval after that, not after the answer starts.
     let timing = Timing {

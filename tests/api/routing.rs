@@ -268,3 +268,18 @@ async fn a_bad_config_file_stops_start_up_with_the_file_line_and_reason() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_background_turn_is_failed_over_on_a_refusal_and_its_answer_names_the_second_model() {
+    let (app, second) = two_upstreams(false).await;
+    for _ in 0..3 {
+        app.mock.enqueue(Script::refuse(503, wire::error_for_status(503)));
+    }
+    let accepted = app.background(json!({"content": "in the background"})).await;
+    let url = accepted["stream_url"].as_str().expect("a stream_url");
+    let replay = read_stream(app.client.get(app.url(url)).send().await.unwrap()).await;
+    assert_eq!(replay.text(), echo("in the background", 0));
+    assert_answered_unseen_by(&app, &replay, "model-b").await;
+    assert_eq!(app.mock.stats().requests, 3);
+    assert_eq!(second.stats().requests, 1);
+}
