@@ -89,11 +89,6 @@ impl Router {
         }
     }
 
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
     /// The router of the settings: the config file's upstreams and models, or the one
     /// upstream of the environment (or the demo provider).
     pub fn build(
@@ -139,10 +134,6 @@ impl Router {
             names.push(self.default_model.clone());
         }
         names
-    }
-
-    pub fn upstreams(&self) -> &[Upstream] {
-        &self.upstreams
     }
 
     /// Whether the only upstream is the built-in demo provider.
