@@ -305,6 +305,24 @@ fn replay(read: Vec<Chunk>, rest: ChunkStream) -> ChunkStream {
     Box::pin(futures::stream::iter(read.into_iter().map(Ok)).chain(rest))
 }
 
+/// `stream`, whose next item must come by `deadline`: the silence before a try was kept
+/// counts towards the idle timeout (whoever reads on measures from the moment it starts).
+fn heard_by(mut stream: ChunkStream, deadline: Instant, idle: Duration) -> ChunkStream {
+    Box::pin(async_stream::stream! {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                yield Err(UpstreamError::IdleTimeout(idle));
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(item)) => yield item,
+        }
+        while let Some(item) = stream.next().await {
+            yield item;
+        }
+    })
+}
+
 /// One try of one target: the stream once it has given its first token (or a finish), or
 /// once `first_token_wait` has passed without an error.
 async fn try_once(
@@ -357,7 +375,7 @@ async fn try_once(
             }
             // The first token is slow but the upstream is fine so far: keep this try, so
             // the caller can start sending heartbeats.
-            Err(_) => return Ok(replay(read, stream)),
+            Err(_) => return Ok(replay(read, heard_by(stream, silent_at, idle))),
         }
     }
 }
@@ -630,6 +648,22 @@ mod tests {
         assert_eq!(&*opened.upstream, "b");
         assert_eq!(whole_text(opened).await, "late");
         assert!(a.asked().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_silence_before_a_kept_try_counts_towards_the_idle_timeout() {
+        let silent = Outcome::Stream(vec![(0, Ok(Chunk::default()))], true);
+        let (a, b) = (Fake::new(vec![], answer("from a")), Fake::new(vec![], silent));
+        let started = Instant::now();
+        let opened = router(&a, &b)
+            .open(ask("smart"), WAIT, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), WAIT, "kept after the first-token wait");
+        let (text, error) = text_of(opened).await;
+        assert_eq!(text, "");
+        assert!(matches!(error, Some(UpstreamError::IdleTimeout(_))));
+        assert_eq!(started.elapsed(), Duration::from_secs(20), "20 s after the last byte");
     }
 
     #[tokio::test(start_paused = true)]
