@@ -1,6 +1,7 @@
 //! Settings: every flag has an environment variable (the flag wins), parsed by clap and
 //! validated once into [`Settings`], which the rest of the code trusts.
 
+use crate::config_file::{self, ConfigFileError, Routing};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +20,11 @@ pub struct Cli {
     /// Address to serve on.
     #[arg(long, env = "CHATGATE_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: String,
+
+    /// A TOML file of upstreams and model routes; when given, the upstream flags below
+    /// (URL and key) are not used.
+    #[arg(long, env = "CHATGATE_CONFIG")]
+    pub config: Option<PathBuf>,
 
     /// An OpenAI-compatible API base URL; `/chat/completions` is appended.
     #[arg(long, env = "OPENAI_BASE_URL")]
@@ -155,6 +161,8 @@ pub enum UpstreamKind {
     Anthropic { base_url: String, key: Option<String> },
     /// The built-in demo provider: no upstream was configured.
     Demo { delay: Duration },
+    /// The upstreams and model routes of a config file.
+    Routed(Routing),
 }
 
 /// Validated settings.
@@ -242,6 +250,8 @@ fn host_name(host: &str) -> &str {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("bad config file {0}")]
+    File(#[from] ConfigFileError),
     #[error("--store must be `sqlite://PATH` or `memory`, got {0:?}")]
     Store(String),
     #[error("the upstream URL must start with http:// or https://, got {0:?}")]
@@ -270,51 +280,20 @@ pub enum ConfigError {
 
 impl Settings {
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
-        let key = cli.upstream_key.filter(|k| !k.trim().is_empty());
-        let key = match (key, cli.upstream_key_file) {
-            (Some(_), Some(_)) => return Err(ConfigError::KeyTwice),
-            (key, None) => key,
-            (None, Some(path)) => {
-                let read = std::fs::read_to_string(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
-                Some(read.trim().to_owned()).filter(|k| !k.is_empty())
-            }
+        let config = cli.config.clone().filter(|f| !f.as_os_str().is_empty());
+        let upstream = match config {
+            Some(file) => UpstreamKind::Routed(config_file::load(&file)?),
+            None => environment_upstream(&cli)?,
         };
-        let url = cli.upstream_url.filter(|u| !u.trim().is_empty());
-        let anthropic_url = cli.anthropic_url.filter(|u| !u.trim().is_empty());
-        let anthropic_key = cli.anthropic_key.filter(|k| !k.trim().is_empty());
-        let upstream = match (url, key) {
-            (None, None) if anthropic_url.is_some() || anthropic_key.is_some() => {
-                let base_url = anthropic_url.unwrap_or_else(|| DEFAULT_ANTHROPIC_URL.to_owned());
-                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                    return Err(ConfigError::UpstreamUrl(base_url));
-                }
-                UpstreamKind::Anthropic {
-                    base_url: base_url.trim_end_matches('/').to_owned(),
-                    key: anthropic_key,
-                }
-            }
-            (None, None) => UpstreamKind::Demo {
-                delay: Duration::from_millis(cli.demo_delay_ms),
-            },
-            (url, key) => {
-                let base_url = url.unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
-                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                    return Err(ConfigError::UpstreamUrl(base_url));
-                }
-                UpstreamKind::OpenAi {
-                    base_url: base_url.trim_end_matches('/').to_owned(),
-                    key,
-                }
-            }
-        };
-        let model = cli.model.filter(|m| !m.trim().is_empty()).unwrap_or_else(|| {
-            match upstream {
-                UpstreamKind::Demo { .. } => "demo",
-                UpstreamKind::OpenAi { .. } => "gpt-4o-mini",
-                UpstreamKind::Anthropic { .. } => "claude-sonnet-4-5",
-            }
-            .to_owned()
-        });
+        let model = cli
+            .model
+            .filter(|m| !m.trim().is_empty())
+            .unwrap_or_else(|| match &upstream {
+                UpstreamKind::Demo { .. } => "demo".to_owned(),
+                UpstreamKind::OpenAi { .. } => "gpt-4o-mini".to_owned(),
+                UpstreamKind::Anthropic { .. } => "claude-sonnet-4-5".to_owned(),
+                UpstreamKind::Routed(routing) => default_model(routing),
+            });
         if cli.answer_reserve_tokens >= cli.context_tokens {
             return Err(ConfigError::Budget {
                 reserve: cli.answer_reserve_tokens,
@@ -389,6 +368,59 @@ impl Settings {
             limits: ClientLimits::default(),
         }
     }
+}
+
+/// The one upstream the environment names (no config file): an OpenAI-compatible API, or
+/// the demo provider when neither a URL nor a key is given.
+fn environment_upstream(cli: &Cli) -> Result<UpstreamKind, ConfigError> {
+    let key = cli.upstream_key.clone().filter(|k| !k.trim().is_empty());
+    let key = match (key, cli.upstream_key_file.clone()) {
+        (Some(_), Some(_)) => return Err(ConfigError::KeyTwice),
+        (key, None) => key,
+        (None, Some(path)) => {
+            let read = std::fs::read_to_string(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
+            Some(read.trim().to_owned()).filter(|k| !k.is_empty())
+        }
+    };
+    let url = cli.upstream_url.clone().filter(|u| !u.trim().is_empty());
+    let anthropic_url = cli.anthropic_url.clone().filter(|u| !u.trim().is_empty());
+    let anthropic_key = cli.anthropic_key.clone().filter(|k| !k.trim().is_empty());
+    Ok(match (url, key) {
+        // Any OpenAI setting wins; the Anthropic ones alone select Anthropic.
+        (None, None) if anthropic_url.is_some() || anthropic_key.is_some() => {
+            let base_url = anthropic_url.unwrap_or_else(|| DEFAULT_ANTHROPIC_URL.to_owned());
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(ConfigError::UpstreamUrl(base_url));
+            }
+            UpstreamKind::Anthropic {
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                key: anthropic_key,
+            }
+        }
+        (None, None) => UpstreamKind::Demo {
+            delay: Duration::from_millis(cli.demo_delay_ms),
+        },
+        (url, key) => {
+            let base_url = url.unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(ConfigError::UpstreamUrl(base_url));
+            }
+            UpstreamKind::OpenAi {
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                key,
+            }
+        }
+    })
+}
+
+/// A config file's default model when `--model` names none: its `default_model`, else its
+/// first `[models]` name, else what the first upstream is asked for without a file.
+fn default_model(routing: &Routing) -> String {
+    routing
+        .default_model
+        .clone()
+        .or_else(|| routing.models.first().map(|m| m.name.clone()))
+        .unwrap_or_else(|| "gpt-4o-mini".to_owned())
 }
 
 fn at_least_one(value: Option<u32>, name: &'static str) -> Result<Option<u32>, ConfigError> {
@@ -551,6 +583,34 @@ mod tests {
             settings(&["--upstream-key", "", "--upstream-key-file", missing.to_str().unwrap()]),
             Err(ConfigError::KeyFile { .. })
         ));
+    }
+
+    #[test]
+    fn a_config_file_replaces_the_environment_upstream_and_the_model_flag_wins_over_its_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("routes.toml");
+        std::fs::write(
+            &file,
+            "default_model = \"smart\"\n[upstreams.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[models.smart]\ntargets = [\"local/llama\"]\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let s = settings(&["--config", path, "--upstream-key", "", "--model", ""]).unwrap();
+        assert!(matches!(&s.upstream, UpstreamKind::Routed(r) if r.upstreams[0].name == "local"));
+        assert_eq!(s.model, "smart");
+        let s = settings(&["--config", path, "--model", "llama"]).unwrap();
+        assert_eq!(s.model, "llama");
+
+        std::fs::write(
+            &file,
+            "[upstreams.local]\nkind = \"openai\"\nbase_url = \"http://x\"\ntypo = 1\n",
+        )
+        .unwrap();
+        let error = settings(&["--config", path]).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("{path}:4:1: ")) && error.contains("typo"),
+            "{error}"
+        );
     }
 
     #[test]

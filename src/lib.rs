@@ -7,6 +7,7 @@
 //! frames (`wire/`) at their own pace, and `generation/lane.rs` stores the answer.
 
 pub mod config;
+pub mod config_file;
 pub mod conversation;
 pub mod edge;
 pub mod error;

@@ -16,10 +16,7 @@ use crate::prompts::Presets;
 use crate::relays::Relays;
 use crate::routes;
 use crate::state::AppState;
-use crate::upstream::AnyProvider;
-use crate::upstream::anthropic::AnthropicProvider;
-use crate::upstream::demo::DemoProvider;
-use crate::upstream::openai::OpenAiProvider;
+use crate::upstream::router::Router;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
@@ -70,45 +67,8 @@ impl Application {
                 Arc::new(MemoryStore::default())
             }
         };
-        let provider = match &settings.upstream {
-            UpstreamKind::OpenAi { base_url, key } => {
-                log::info!(
-                    "upstream: {base_url}/chat/completions, default model {}, {}",
-                    settings.model,
-                    if key.is_some() {
-                        "with an API key"
-                    } else {
-                        "without an API key"
-                    }
-                );
-                AnyProvider::OpenAi(OpenAiProvider::new(base_url, key.clone(), settings.max_answer_bytes)?)
-            }
-            UpstreamKind::Anthropic { base_url, key } => {
-                log::info!(
-                    "upstream: {base_url}/v1/messages (Anthropic), default model {}, {}",
-                    settings.model,
-                    if key.is_some() {
-                        "with an API key"
-                    } else {
-                        "without an API key"
-                    }
-                );
-                AnyProvider::Anthropic(AnthropicProvider::new(
-                    base_url,
-                    key.clone(),
-                    settings.max_answer_bytes,
-                )?)
-            }
-            UpstreamKind::Demo { delay } => {
-                log::warn!("==============================================================");
-                log::warn!(
-                    "DEMO MODE: no upstream is configured (OPENAI_API_KEY, OPENAI_BASE_URL or ANTHROPIC_API_KEY),"
-                );
-                log::warn!("so every answer is a canned demo text, not a language model's.");
-                log::warn!("==============================================================");
-                AnyProvider::Demo(DemoProvider::new(*delay))
-            }
-        };
+        let router = Router::build(&settings.upstream, &settings.model, settings.max_answer_bytes)?;
+        log_upstreams(&settings.upstream, &settings.model);
         if !routes::web::is_built(&settings.web_dir) {
             log::warn!(
                 "no chat page in {}: build it with `npm --prefix web ci && npm --prefix web run build`",
@@ -147,7 +107,7 @@ impl Application {
         let state = web::Data::new(AppState {
             settings,
             store,
-            provider,
+            router,
             presets,
             generations: Arc::new(LocalGenerations::default()),
             unsaved: Arc::new(Unsaved::default()),
@@ -280,6 +240,57 @@ impl Application {
             on_signal.abort();
         }
         served
+    }
+}
+
+/// Says where answers come from (never a key).
+fn log_upstreams(upstream: &UpstreamKind, model: &str) {
+    let with_key = |key: &Option<String>| match key {
+        Some(_) => "with an API key",
+        None => "without an API key",
+    };
+    match upstream {
+        UpstreamKind::OpenAi { base_url, key } => {
+            log::info!(
+                "upstream: {base_url}/chat/completions, default model {model}, {}",
+                with_key(key)
+            );
+        }
+        UpstreamKind::Anthropic { base_url, key } => {
+            log::info!(
+                "upstream: {base_url}/v1/messages (Anthropic), default model {model}, {}",
+                with_key(key)
+            );
+        }
+        UpstreamKind::Routed(routing) => {
+            for u in &routing.upstreams {
+                log::info!(
+                    "upstream {}: {} at {}, {}",
+                    u.name,
+                    u.kind.as_str(),
+                    u.base_url,
+                    with_key(&u.key)
+                );
+            }
+            for m in &routing.models {
+                let targets: Vec<String> = m
+                    .targets
+                    .iter()
+                    .map(|t| format!("{}/{}", routing.upstreams[t.upstream].name, t.model))
+                    .collect();
+                log::info!("model {}: {}", m.name, targets.join(", then "));
+            }
+            log::info!(
+                "default model {model}; other models go to upstream {} as named",
+                routing.upstreams[0].name
+            );
+        }
+        UpstreamKind::Demo { .. } => {
+            log::warn!("==============================================================");
+            log::warn!("DEMO MODE: no upstream is configured (OPENAI_API_KEY, OPENAI_BASE_URL or ANTHROPIC_API_KEY),");
+            log::warn!("so every answer is a canned demo text, not a language model's.");
+            log::warn!("==============================================================");
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::generation::runner::{Limits, Timing};
 use crate::limits::Limiter;
 use crate::prompts::Presets;
 use crate::relays::Relays;
-use crate::upstream::AnyProvider;
+use crate::upstream::router::Router;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -22,7 +22,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(750);
 pub struct AppState {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
-    pub provider: AnyProvider,
+    /// The upstreams, and where each model goes.
+    pub router: Router,
     pub presets: Presets,
     pub generations: Arc<dyn Generations>,
     pub unsaved: Arc<Unsaved>,
@@ -76,9 +77,15 @@ impl AppState {
         }
     }
 
+    /// The model names clients may send.
+    pub fn model_names(&self) -> Vec<String> {
+        self.router.models()
+    }
+
     pub fn timing(&self) -> Timing {
         Timing {
             heartbeat: self.settings.heartbeat,
+            first_heartbeat: self.settings.heartbeat,
             idle: self.settings.upstream_idle_timeout,
             detached_grace: self.settings.detached_grace,
             checkpoint: CHECKPOINT_EVERY,
@@ -86,10 +93,6 @@ impl AppState {
     }
 
     /// The models clients may name (`GET /v1/models`).
-    pub fn model_names(&self) -> Vec<String> {
-        vec![self.settings.model.clone()]
-    }
-
     pub fn limits(&self) -> Limits {
         Limits {
             max_answer_bytes: self.settings.max_answer_bytes,

@@ -26,6 +26,9 @@ use tokio::time::sleep;
 pub struct Timing {
     /// Between keep-alive comments while waiting for the first chunk.
     pub heartbeat: Duration,
+    /// Until the first keep-alive comment: less than `heartbeat` when the client has
+    /// already waited (for the router to find a first token) before the answer started.
+    pub first_heartbeat: Duration,
     /// The upstream's longest silence.
     pub idle: Duration,
     /// How long an answer nobody reads keeps going (zero: it stops at once).
@@ -120,7 +123,7 @@ impl Runner {
         let (timing, producer) = (self.timing, &mut self.producer);
         let limit = self.limits.max_answer_bytes;
         let mut answer_bytes = 0;
-        let heartbeat = sleep(timing.heartbeat);
+        let heartbeat = sleep(timing.first_heartbeat);
         let idle = sleep(timing.idle);
         let grace = sleep(timing.detached_grace);
         let checkpoint = sleep(timing.checkpoint);

@@ -6,8 +6,8 @@ use serde_json::json;
 
 pub async fn get(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
-        "provider": state.provider.name(),
-        "demo": state.provider.is_demo(),
+        "provider": state.router.kind(),
+        "demo": state.router.is_demo(),
         "default_model": state.settings.model,
         "max_body_bytes": state.settings.max_body_bytes,
     }))

@@ -3,11 +3,10 @@
 
 use crate::edge::auth::Client;
 use crate::error::{ApiError, RequestError};
-use crate::generation::runner::{self, Run};
+use crate::generation::runner::{self, Run, Timing};
 use crate::generation::{ReadFrom, Reader, ReaderItem, Target};
 use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
-use crate::upstream::{Provider, UpstreamError};
 use crate::wire::sse;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -18,7 +17,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub async fn post(
     state: web::Data<AppState>,
@@ -51,14 +50,28 @@ pub async fn post(
     let slot = state.limiter.stream_slot(&limited)?;
     state.limiter.count_turn(&limited)?;
 
-    // Wait for the upstream's status before answering, so that a refusal reaches the
-    // client as a real HTTP status with the upstream's own message.
-    let idle = state.settings.upstream_idle_timeout;
-    let stream = tokio::time::timeout(idle, state.provider.stream_chat(turn.upstream))
-        .await
-        .map_err(|_| UpstreamError::IdleTimeout(idle))??;
+    // Wait for the first token (at most a heartbeat interval) before answering, so that
+    // the router can retry and fail over unseen, and a refusal reaches the client as a
+    // real HTTP status with the upstream's own message. A background turn waits only for
+    // an upstream to accept it: its 202 names the answer before the first word, so that
+    // the page can stop an answer that is slow to begin.
+    let (heartbeat, idle) = (state.settings.heartbeat, state.settings.upstream_idle_timeout);
+    let first_token_wait = if background { Duration::ZERO } else { heartbeat };
+    let asked = Instant::now();
+    let opened = state.router.open(turn.upstream, first_token_wait, idle).await?;
+    // The client has waited since it asked: its first heartbeat is due a heartbeat
+    // interval after that, not after the answer starts.
+    let timing = Timing {
+        first_heartbeat: heartbeat.saturating_sub(asked.elapsed()),
+        ..state.timing()
+    };
+    // The answer names the upstream model that gives it, in frames and in the store.
+    let mut identity = turn.identity;
+    identity.model = opened.model.clone();
+    let mut new_turn = turn.new_turn;
+    new_turn.assistant.model = Some(opened.model);
+    let stream = opened.stream;
 
-    let identity = turn.identity;
     let owner = client.owner().map(str::to_owned);
     let producer = state.generations.start(identity.clone(), owner, never_alone);
     // Subscribed before the runner starts, so that this reader sees the answer from its
@@ -74,11 +87,11 @@ pub async fn post(
     runner::spawn(Run {
         identity: identity.clone(),
         stream,
-        turn: turn.new_turn,
+        turn: new_turn,
         producer,
         store: state.store.clone(),
         unsaved: state.unsaved.clone(),
-        timing: state.timing(),
+        timing,
         limits: state.limits(),
         slot,
     });

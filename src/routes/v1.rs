@@ -16,7 +16,7 @@ use crate::error::{ApiError, OpenAiError};
 use crate::limits::StreamSlot;
 use crate::relays::Relayed;
 use crate::state::AppState;
-use crate::upstream::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
+use crate::upstream::{ChatRequest, Chunk, ChunkStream, UpstreamError};
 use crate::wire::openai::{self, ChunkWriter, Completion, Gathered};
 use crate::wire::sse;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -87,15 +87,13 @@ pub async fn chat_completions(
     Ok(sse_response(streamed.events()))
 }
 
-/// Sends the request upstream and waits for its status: the answer, and the upstream
-/// model name it went to (which every chunk names).
+/// Sends the request through the router, which retries and fails over until the first
+/// token (for at most a heartbeat): the answer, and the upstream model name that answers
+/// (which every chunk names).
 async fn open(state: &AppState, request: ChatRequest) -> Result<(ChunkStream, String), UpstreamError> {
-    let model = request.model.clone();
-    let idle = state.settings.upstream_idle_timeout;
-    let stream = tokio::time::timeout(idle, state.provider.stream_chat(request))
-        .await
-        .map_err(|_| UpstreamError::IdleTimeout(idle))??;
-    Ok((stream, model))
+    let (heartbeat, idle) = (state.settings.heartbeat, state.settings.upstream_idle_timeout);
+    let opened = state.router.open(request, heartbeat, idle).await?;
+    Ok((opened.stream, opened.model))
 }
 
 /// The whole answer as one `chat.completion` object; any error is the response's.

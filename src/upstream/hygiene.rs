@@ -20,6 +20,8 @@ const KNOWN_CODES: &[&str] = &[
     "model_not_found",
     "context_length_exceeded",
     "server_error",
+    // Anthropic's "try again later": the router retries and fails over on it.
+    "overloaded_error",
     "content_filter",
     "invalid_prompt",
     "unsupported_parameter",

@@ -1,5 +1,6 @@
 //! Upstream LLM providers behind one interface: a provider takes a chat request and, once
-//! the upstream has accepted it, returns a stream of text deltas.
+//! the upstream has accepted it, returns a stream of text deltas. The [`router`] holds
+//! them, one per configured upstream, and picks, retries and fails over between them.
 //!
 //! What an upstream sends passes through [`hygiene`] before anything else sees it: its key
 //! is redacted ([`redact`]) and what a client does not need is dropped.
@@ -13,6 +14,7 @@ pub mod http;
 pub mod hygiene;
 pub mod openai;
 pub mod redact;
+pub mod router;
 pub mod sse_decode;
 
 use crate::conversation::FinishType;
@@ -177,36 +179,4 @@ pub trait Provider: Send + Sync {
     /// Sends the request and waits for the upstream's status: an error here means nothing
     /// was streamed, so the client can get a real HTTP status.
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError>;
-}
-
-/// The configured provider.
-pub enum AnyProvider {
-    OpenAi(openai::OpenAiProvider),
-    Anthropic(anthropic::AnthropicProvider),
-    Demo(demo::DemoProvider),
-}
-
-impl AnyProvider {
-    pub fn is_demo(&self) -> bool {
-        matches!(self, AnyProvider::Demo(_))
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            AnyProvider::OpenAi(_) => "openai",
-            AnyProvider::Anthropic(_) => "anthropic",
-            AnyProvider::Demo(_) => "demo",
-        }
-    }
-}
-
-#[async_trait]
-impl Provider for AnyProvider {
-    async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
-        match self {
-            AnyProvider::OpenAi(p) => p.stream_chat(request).await,
-            AnyProvider::Anthropic(p) => p.stream_chat(request).await,
-            AnyProvider::Demo(p) => p.stream_chat(request).await,
-        }
-    }
 }

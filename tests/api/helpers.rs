@@ -47,7 +47,8 @@ pub async fn spawn_app_on(db: &Path, mock: MockLlm) -> TestApp {
     start(settings, mock).await
 }
 
-async fn start(settings: Settings, mock: MockLlm) -> TestApp {
+/// The gateway with `settings` as they are; `mock` is the one the test talks to.
+pub async fn start(settings: Settings, mock: MockLlm) -> TestApp {
     let app = Application::build(settings).await.expect("the gateway builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
@@ -384,4 +385,12 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     );
     assert!(body["error"]["type"].is_string(), "{body}");
     body
+}
+
+/// Drops the scripts `mock` still holds (and its counts): a try that failed on the way (a
+/// pooled connection the mock had closed) and was retried leaves one behind.
+pub async fn forget_scripts(mock: &MockLlm) {
+    let url = format!("http://127.0.0.1:{}/_mock/reset", mock.port());
+    let response = reqwest::Client::new().post(url).send().await.expect("the mock answers");
+    assert_eq!(response.status(), 204);
 }

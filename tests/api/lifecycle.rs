@@ -53,9 +53,9 @@ async fn a_background_turn_answers_202_with_its_ids_and_runs_with_no_reader() {
 async fn a_background_turn_that_the_upstream_refuses_gets_the_refusal() {
     let app = spawn_app().await;
     let response = app
-        .post_conv(json!({"content": "no [mock:status=429] [mock:retry-after=7]", "background": true}))
+        .post_conv(json!({"content": "no [mock:status=429] [mock:retry-after=30]", "background": true}))
         .await;
-    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["retry-after"], "30");
     assert_error(response, 429, "rate_limit_exceeded").await;
 }
 

@@ -15,6 +15,7 @@ mod helpers;
 mod lifecycle;
 mod restart;
 mod resume;
+mod routing;
 mod shutdown;
 mod slow_clients_and_delta;
 mod streaming;

@@ -132,8 +132,9 @@ fn error_echo() -> Vec<String> {
     ]
 }
 
-/// Refusals that echo the key: the script, and the status and code a client must get.
-fn refusal_echoes() -> Vec<(&'static str, Script, u16, &'static str)> {
+/// Refusals that echo the key: the script, the status and code a client must get, and how
+/// many times the gateway tries it (429 and 5xx are retried).
+fn refusal_echoes() -> Vec<(&'static str, Script, u16, &'static str, usize)> {
     let message = format!("Incorrect API key provided: {KEY}");
     vec![
         (
@@ -143,6 +144,7 @@ fn refusal_echoes() -> Vec<(&'static str, Script, u16, &'static str)> {
                 .with_header("x-request-id", KEY),
             502,
             "upstream_http_401",
+            1,
         ),
         (
             "in a rate limit's retry-after",
@@ -150,12 +152,14 @@ fn refusal_echoes() -> Vec<(&'static str, Script, u16, &'static str)> {
                 .with_header("retry-after", &format!("10 {KEY}")),
             429,
             "rate_limit_exceeded",
+            3,
         ),
         (
             "URL-encoded in an HTML page",
             Script::refuse(503, format!("<html>bad key {}</html>", percent(KEY, false))),
             502,
             "upstream_http_503",
+            3,
         ),
     ]
 }
@@ -307,9 +311,12 @@ async fn an_error_mid_stream_passes_on_a_redacted_message_and_never_the_upstream
 #[tokio::test]
 async fn a_refusal_passes_on_a_redacted_message_a_known_code_and_only_plain_seconds() {
     let app = spawn_app().await;
-    for (form, script, status, code) in refusal_echoes() {
-        app.mock.enqueue(script);
+    for (form, script, status, code, tries) in refusal_echoes() {
+        for _ in 0..tries {
+            app.mock.enqueue(script.clone());
+        }
         let (got, headers, body) = exchange(&app.client, app.url("/conv")).await;
+        forget_scripts(&app.mock).await;
         assert_eq!(got, status, "{form}: {body}");
         assert_no_key(form, format!("{headers}{body}").as_bytes());
         let body: Value = serde_json::from_str(&body).expect("a JSON error body");
@@ -320,8 +327,9 @@ async fn a_refusal_passes_on_a_redacted_message_a_known_code_and_only_plain_seco
     let (_, list) = app.get_json("/conversations").await;
     assert_no_key("the conversation list", list.to_string().as_bytes());
 
-    // A plain number of seconds is passed on, at most an hour.
-    for (sent, passed) in [("7", "7"), ("86400", "3600")] {
+    // A plain number of seconds is passed on, at most an hour (both longer than the retry
+    // budget: not waited for, tried once).
+    for (sent, passed) in [("60", "60"), ("86400", "3600")] {
         app.mock
             .enqueue(Script::refuse(429, wire::error_for_status(429)).with_header("retry-after", sent));
         let response = app.post_conv(json!({"content": "hi"})).await;
@@ -465,9 +473,12 @@ async fn the_key_reaches_no_client_no_database_file_and_no_debug_log() {
         let (_, conversation) = stored_conversation(&gateway.client, &gateway.address, &body).await;
         seen += &format!("{form}: {headers}\n{body}\n{conversation}\n");
     }
-    for (form, script, status, _) in refusal_echoes() {
-        mock.enqueue(script);
+    for (form, script, status, _, tries) in refusal_echoes() {
+        for _ in 0..tries {
+            mock.enqueue(script.clone());
+        }
         let (got, headers, body) = exchange(&gateway.client, gateway.url("/conv")).await;
+        forget_scripts(&mock).await;
         assert_eq!(got, status, "{form}: {body}");
         seen += &format!("{form}: {headers}\n{body}\n");
     }
