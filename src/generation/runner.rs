@@ -1,5 +1,6 @@
-//! The task that drives one generation: it reads the upstream's chunks into the generation,
-//! checkpoints the text, and, when the answer ends, stores it and ends the generation.
+//! The task that drives one generation: it reads the upstream's chunks (their text and
+//! reasoning) into the generation, checkpoints them, and, when the answer ends, stores it
+//! with its token counts and ends the generation.
 //!
 //! The runner, not a connection, owns the upstream stream, so an answer outlives its
 //! readers. It ends early on a Stop, on the gateway's shutdown, or when nobody has read it
@@ -12,7 +13,7 @@ use super::{End, Producer, Signal};
 use crate::conversation::store::{AnswerUpdate, NewTurn};
 use crate::conversation::{FinishType, Status, Store};
 use crate::error::{ApiError, ErrorBody};
-use crate::upstream::{ChunkStream, UpstreamError};
+use crate::upstream::{ChunkStream, UpstreamError, Usage};
 use crate::wire::chatgpt::AnswerIdentity;
 use futures::StreamExt;
 use std::future::poll_fn;
@@ -40,7 +41,8 @@ pub struct Timing {
 /// What an answer may grow to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// UTF-8 bytes of its text: an answer that reaches it is ended (`answer_too_large`).
+    /// UTF-8 bytes of its text and reasoning: an answer that reaches it is ended
+    /// (`answer_too_large`).
     pub max_answer_bytes: usize,
 }
 
@@ -94,6 +96,7 @@ pub fn spawn(run: Run) {
         timing,
         limits,
         started: Instant::now(),
+        usage: None,
     };
     tokio::spawn(drive(runner, stream, slot));
 }
@@ -116,6 +119,8 @@ struct Runner {
     timing: Timing,
     limits: Limits,
     started: Instant,
+    /// The latest token counts the upstream sent.
+    usage: Option<Usage>,
 }
 
 impl Runner {
@@ -184,6 +189,9 @@ impl Runner {
                         id: self.identity.message_id,
                         content: snapshot.text,
                         chunk_ends: snapshot.chunk_ends,
+                        reasoning: snapshot.reasoning,
+                        reasoning_ends: snapshot.reasoning_ends,
+                        usage: self.usage,
                         status: Status::InProgress,
                         finish: None,
                         error: None,
@@ -193,15 +201,21 @@ impl Runner {
                     // Any chunk, even an empty one (keep-alive bytes), shows the upstream is alive.
                     Some(Ok(mut chunk)) => {
                         // Reaching the limit ends the answer, unless the answer is finishing anyway.
-                        let (room, len) = (limit - answer_bytes, chunk.text.len());
+                        let (room, len) = (limit - answer_bytes, chunk.text.len() + chunk.reasoning.len());
                         let too_large = len > room || (len == room && len > 0 && chunk.finish.or(finish).is_none());
                         if too_large {
+                            // Reasoning comes before the text it leads to.
+                            chunk.reasoning.truncate(floor_char_boundary(&chunk.reasoning, room));
+                            let room = room - chunk.reasoning.len();
                             chunk.text.truncate(floor_char_boundary(&chunk.text, room));
                         }
-                        if !chunk.text.is_empty() {
+                        if chunk.usage.is_some() {
+                            self.usage = chunk.usage;
+                        }
+                        if !chunk.text.is_empty() || !chunk.reasoning.is_empty() {
                             has_text = true;
-                            answer_bytes += chunk.text.len();
-                            producer.append(&chunk.text);
+                            answer_bytes += chunk.text.len() + chunk.reasoning.len();
+                            producer.append(&chunk.text, &chunk.reasoning);
                             if !unsaved_text {
                                 unsaved_text = true;
                                 checkpoint.as_mut().reset(tokio::time::Instant::now() + timing.checkpoint);
@@ -245,6 +259,7 @@ impl Runner {
             mut producer,
             lane,
             started,
+            usage,
             ..
         } = self;
         let identity = &identity;
@@ -263,6 +278,9 @@ impl Runner {
             id: identity.message_id,
             content: snapshot.text,
             chunk_ends: snapshot.chunk_ends,
+            reasoning: snapshot.reasoning,
+            reasoning_ends: snapshot.reasoning_ends,
+            usage,
             status,
             finish: Some(finish),
             error: error.as_ref().map(ApiError::object),
@@ -280,6 +298,7 @@ impl Runner {
             status,
             finish,
             error: error.as_ref().map(ErrorBody::from),
+            usage,
         });
         if let Some(reply) = stop_reply {
             let _ = reply.send(true);
