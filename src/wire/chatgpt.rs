@@ -410,7 +410,27 @@ mod tests {
     fn reasoning_and_usage_are_in_metadata_only_when_there_are_some() {
         let who = identity();
         let template = FrameTemplate::new(&who);
-        let (_, plain) = data_of(&template.frame(1, "answer", "", FrameState::IN_PROGRESS));
+        let bytes = template.frame(1, "answer", "", FrameState::IN_PROGRESS);
+        // Byte for byte what the message renders as without either key.
+        let mut plain_message = Message::new(
+            Some(who.parent_id),
+            Role::Assistant,
+            "answer".to_owned(),
+            Status::InProgress,
+            who.create_time,
+        );
+        plain_message.id = who.message_id;
+        plain_message.model = Some(who.model.clone());
+        let object = json!({
+            "message": message_json(&plain_message),
+            "conversation_id": who.conversation_id.to_string(),
+            "error": null,
+        });
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            format!("id: 1\ndata: {object}\n\n")
+        );
+        let (_, plain) = data_of(&bytes);
         let metadata = plain["message"]["metadata"].as_object().unwrap();
         assert!(!metadata.contains_key("reasoning") && !metadata.contains_key("usage"));
 
