@@ -41,8 +41,8 @@ pub struct Timing {
 /// What an answer may grow to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// UTF-8 bytes of its text and reasoning: an answer that reaches it is ended
-    /// (`answer_too_large`).
+    /// UTF-8 bytes of its text, and of its reasoning: an answer either of which reaches it
+    /// is ended (`answer_too_large`).
     pub max_answer_bytes: usize,
 }
 
@@ -127,7 +127,7 @@ impl Runner {
     async fn relay(&mut self, stream: &mut ChunkStream) -> Ending {
         let (timing, producer) = (self.timing, &mut self.producer);
         let limit = self.limits.max_answer_bytes;
-        let mut answer_bytes = 0;
+        let (mut answer_bytes, mut reasoning_bytes) = (0, 0);
         let heartbeat = sleep(timing.first_heartbeat);
         let idle = sleep(timing.idle);
         let grace = sleep(timing.detached_grace);
@@ -201,20 +201,22 @@ impl Runner {
                     // Any chunk, even an empty one (keep-alive bytes), shows the upstream is alive.
                     Some(Ok(mut chunk)) => {
                         // Reaching the limit ends the answer, unless the answer is finishing anyway.
-                        let (room, len) = (limit - answer_bytes, chunk.text.len() + chunk.reasoning.len());
-                        let too_large = len > room || (len == room && len > 0 && chunk.finish.or(finish).is_none());
+                        // The text and the reasoning each have the limit, as on `/v1`.
+                        let finishing = chunk.finish.or(finish).is_some();
+                        let (text_room, reasoning_room) = (limit - answer_bytes, limit - reasoning_bytes);
+                        let too_large = overflows(chunk.text.len(), text_room, finishing)
+                            || overflows(chunk.reasoning.len(), reasoning_room, finishing);
                         if too_large {
-                            // Reasoning comes before the text it leads to.
-                            chunk.reasoning.truncate(floor_char_boundary(&chunk.reasoning, room));
-                            let room = room - chunk.reasoning.len();
-                            chunk.text.truncate(floor_char_boundary(&chunk.text, room));
+                            chunk.text.truncate(floor_char_boundary(&chunk.text, text_room));
+                            chunk.reasoning.truncate(floor_char_boundary(&chunk.reasoning, reasoning_room));
                         }
                         if chunk.usage.is_some() {
                             self.usage = chunk.usage;
                         }
                         if !chunk.text.is_empty() || !chunk.reasoning.is_empty() {
                             has_text = true;
-                            answer_bytes += chunk.text.len() + chunk.reasoning.len();
+                            answer_bytes += chunk.text.len();
+                            reasoning_bytes += chunk.reasoning.len();
                             producer.append(&chunk.text, &chunk.reasoning);
                             if !unsaved_text {
                                 unsaved_text = true;
@@ -304,6 +306,12 @@ impl Runner {
             let _ = reply.send(true);
         }
     }
+}
+
+/// Whether `len` more bytes reach a limit with `room` left: reaching it exactly is fine
+/// only for the answer's last piece.
+fn overflows(len: usize, room: usize, finishing: bool) -> bool {
+    len > room || (len == room && len > 0 && !finishing)
 }
 
 /// The largest char boundary of `text` at or before `at`.

@@ -291,3 +291,31 @@ async fn reasoning_and_usage_survive_a_restart_and_a_kill_keeps_the_checkpointed
     );
     assert_eq!(cut["content"]["parts"][0], "", "no answer text had come yet");
 }
+
+#[tokio::test]
+async fn endless_reasoning_ends_at_max_answer_bytes_and_the_upstream_is_cancelled() {
+    let limit = 16 * 1024 + 1;
+    let app = spawn_app_with(|s| s.max_answer_bytes = limit).await;
+    let c = mockllm::wire::Completion::new("mock-model", 1);
+    app.mock.enqueue(
+        mockllm::Script::stream([c.role(), c.content("Before: ")])
+            .then_repeat(0, c.reasoning("reasoning_content", &"é".repeat(300))),
+    );
+    let stream = app.ask("think forever").await;
+    let last = stream.last();
+    assert_eq!(last["error"]["code"], "answer_too_large", "{last}");
+    assert_eq!(stream.text(), "Before: ", "the text is kept whole");
+    let reasoning = frame_reasoning(&last).unwrap();
+    assert_eq!(reasoning.len(), limit - 1, "cut at the limit, on a character boundary");
+    assert!(reasoning.chars().all(|c| c == 'é'));
+    stream.assert_closed_properly();
+    let stats = app
+        .mock
+        .wait_for_stats(Duration::from_secs(5), |s| s.cancelled == 1)
+        .await;
+    assert_eq!(stats.cancelled, 1, "the endless upstream request is dropped");
+    let stored = app
+        .stored_message(&stream.conversation_id(), &stream.message_id())
+        .await;
+    assert_eq!(reasoning_of(&stored), Some(reasoning));
+}
