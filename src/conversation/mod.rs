@@ -7,7 +7,6 @@ pub mod sqlite;
 pub mod store;
 pub mod tree;
 
-pub use crate::upstream::Usage;
 pub use store::{Store, StoreError};
 
 use serde_json::Value;
@@ -210,6 +209,13 @@ impl Message {
             usage: None,
         }
     }
+}
+
+/// Token counts of one answer, as its upstream reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// A whole conversation: its messages oldest first, the root among them.

@@ -17,7 +17,7 @@
 
 use super::{End, Generations, Producer, ReadFrom, Reader, ReaderItem, Signal, Snapshot, Target};
 use crate::conversation::{ConversationId, FinishType, MessageId, Status};
-use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, escape_into};
+use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, FrameText, escape_into};
 use crate::wire::sse;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,11 +70,18 @@ impl Content {
     }
 
     /// The escaped text and reasoning from after chunk `from` to the end of chunk `to`.
-    fn between(&self, from: u64, to: u64) -> (&str, &str) {
-        (
-            &self.escaped[self.escaped_end(from)..self.escaped_end(to)],
-            &self.reasoning_escaped[self.reasoning_escaped_end(from)..self.reasoning_escaped_end(to)],
-        )
+    fn between(&self, from: u64, to: u64) -> FrameText<'_> {
+        FrameText {
+            text: &self.escaped[self.escaped_end(from)..self.escaped_end(to)],
+            reasoning: &self.reasoning_escaped[self.reasoning_escaped_end(from)..self.reasoning_escaped_end(to)],
+        }
+    }
+
+    fn all(&self) -> FrameText<'_> {
+        FrameText {
+            text: &self.escaped,
+            reasoning: &self.reasoning_escaped,
+        }
     }
 }
 
@@ -481,7 +488,7 @@ impl Cursor {
         let chunks = content.chunks();
         if self.from.final_only {
             let Some(end) = &content.end else { return Next::Wait };
-            return Next::Final(template.object(&content.escaped, &content.reasoning_escaped, state_of(end)));
+            return Next::Final(template.object(content.all(), state_of(end)));
         }
         if content.heartbeats > self.heartbeats {
             self.heartbeats = content.heartbeats;
@@ -499,15 +506,13 @@ impl Cursor {
             self.catch_up = false;
             self.opened = true;
             self.sent = id;
-            let (text, reasoning) = content.between(from, id);
-            return Next::Send(template.frame(id, text, reasoning, FrameState::IN_PROGRESS));
+            return Next::Send(template.frame(id, content.between(from, id), FrameState::IN_PROGRESS));
         }
         let Some(end) = &content.end else { return Next::Wait };
         if let Some(error) = end.error.as_ref().filter(|_| self.from.refuse_early && !self.opened) {
             return Next::Refuse(error.clone());
         }
-        let (text, reasoning) = content.between(from, chunks);
-        Next::Last(template.frame(chunks + 1, text, reasoning, state_of(end)))
+        Next::Last(template.frame(chunks + 1, content.between(from, chunks), state_of(end)))
     }
 }
 

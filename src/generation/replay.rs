@@ -1,7 +1,7 @@
 //! An answer that is no longer live, replayed from the store as its last frame.
 
 use crate::conversation::{ConversationId, FinishType, Message, Status};
-use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, escape_into};
+use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, FrameText, escape_into};
 use crate::wire::sse;
 use bytes::Bytes;
 
@@ -34,7 +34,11 @@ pub fn last_frame(conversation_id: ConversationId, answer: &Message, after: Opti
         error: answer.error.as_ref(),
         usage: answer.usage,
     };
-    let frame = FrameTemplate::new(&identity).frame(ends.len() as u64 + 1, &escaped, &reasoning_escaped, state);
+    let carried = FrameText {
+        text: &escaped,
+        reasoning: &reasoning_escaped,
+    };
+    let frame = FrameTemplate::new(&identity).frame(ends.len() as u64 + 1, carried, state);
     vec![
         Bytes::from_static(sse::RETRY),
         frame,

@@ -11,9 +11,9 @@
 use super::lane::{self, Lane, Unsaved};
 use super::{End, Producer, Signal};
 use crate::conversation::store::{AnswerUpdate, NewTurn};
-use crate::conversation::{FinishType, Status, Store};
+use crate::conversation::{FinishType, Status, Store, Usage};
 use crate::error::{ApiError, ErrorBody};
-use crate::upstream::{ChunkStream, UpstreamError, Usage};
+use crate::upstream::{ChunkStream, UpstreamError};
 use crate::wire::chatgpt::AnswerIdentity;
 use futures::StreamExt;
 use std::future::poll_fn;

@@ -84,6 +84,21 @@ impl Slot {
     }
 }
 
+/// What of the answer a frame carries, already JSON-escaped by [`escape_into`]: its text
+/// (`parts[0]`) and its reasoning (`metadata.reasoning`, no key when empty).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameText<'a> {
+    pub text: &'a str,
+    pub reasoning: &'a str,
+}
+
+impl<'a> FrameText<'a> {
+    /// Text without reasoning.
+    pub fn text(text: &'a str) -> Self {
+        Self { text, reasoning: "" }
+    }
+}
+
 /// How a frame describes the answer: in progress, or its end.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameState<'a> {
@@ -159,35 +174,34 @@ impl FrameTemplate {
         }
     }
 
-    /// An event `id: {id}` whose `parts[0]` is `escaped` and whose `metadata.reasoning` is
-    /// `reasoning` (no key when it is empty), texts already JSON-escaped by [`escape_into`].
-    pub fn frame(&self, id: u64, escaped: &str, reasoning: &str, state: FrameState<'_>) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.fixed_len + escaped.len() + reasoning.len() + 200);
+    /// An event `id: {id}` carrying `carried`.
+    pub fn frame(&self, id: u64, carried: FrameText<'_>, state: FrameState<'_>) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.fixed_len + carried.text.len() + carried.reasoning.len() + 200);
         out.put_slice(b"id: ");
         // Formatting into the frame's own buffer: nothing else is allocated per frame.
         let _ = write!(out, "{id}");
         out.put_slice(b"\ndata: ");
-        self.object_into(&mut out, escaped, reasoning, state);
+        self.object_into(&mut out, carried, state);
         out.put_slice(b"\n\n");
         out.freeze()
     }
 
     /// The frame's JSON object alone, as `"stream": false` answers it.
-    pub fn object(&self, escaped: &str, reasoning: &str, state: FrameState<'_>) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.fixed_len + escaped.len() + reasoning.len() + 180);
-        self.object_into(&mut out, escaped, reasoning, state);
+    pub fn object(&self, carried: FrameText<'_>, state: FrameState<'_>) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.fixed_len + carried.text.len() + carried.reasoning.len() + 180);
+        self.object_into(&mut out, carried, state);
         out.freeze()
     }
 
-    fn object_into(&self, out: &mut BytesMut, escaped: &str, reasoning: &str, state: FrameState<'_>) {
+    fn object_into(&self, out: &mut BytesMut, carried: FrameText<'_>, state: FrameState<'_>) {
         for (piece, slot) in &self.pieces {
             out.put_slice(piece.as_bytes());
             match slot {
-                Slot::Text => out.put_slice(escaped.as_bytes()),
-                Slot::Reasoning if reasoning.is_empty() => {}
+                Slot::Text => out.put_slice(carried.text.as_bytes()),
+                Slot::Reasoning if carried.reasoning.is_empty() => {}
                 Slot::Reasoning => {
                     out.put_slice(br#","reasoning":""#);
-                    out.put_slice(reasoning.as_bytes());
+                    out.put_slice(carried.reasoning.as_bytes());
                     out.put_slice(b"\"");
                 }
                 Slot::Usage => {
@@ -357,7 +371,7 @@ mod tests {
         let who = identity();
         let template = FrameTemplate::new(&who);
         let text = "Hello, \"world\"\n\u{1}";
-        let (id, progress) = data_of(&template.frame(2, &escaped(text), "", FrameState::IN_PROGRESS));
+        let (id, progress) = data_of(&template.frame(2, FrameText::text(&escaped(text)), FrameState::IN_PROGRESS));
         assert_eq!(id, 2);
         let mut stored = Message::new(
             Some(who.parent_id),
@@ -379,14 +393,15 @@ mod tests {
             error: None,
             usage: None,
         };
-        let (id, last) = data_of(&template.frame(3, &escaped(text), "", finished));
+        let (id, last) = data_of(&template.frame(3, FrameText::text(&escaped(text)), finished));
         assert_eq!(id, 3);
         stored.status = Status::FinishedSuccessfully;
         stored.finish = Some(FinishType::Stop);
         assert_eq!(last["message"], message_json(&stored));
         assert_eq!(last["message"]["end_turn"], true);
         assert_eq!(last["message"]["metadata"]["finish_details"], json!({"type": "stop"}));
-        let object: Value = serde_json::from_slice(&template.object(&escaped(text), "", finished)).unwrap();
+        let object: Value =
+            serde_json::from_slice(&template.object(FrameText::text(&escaped(text)), finished)).unwrap();
         assert_eq!(object, last);
     }
 
@@ -400,7 +415,7 @@ mod tests {
             error: Some(&error),
             usage: None,
         };
-        let (_, frame) = data_of(&template.frame(2, "partial", "", failed));
+        let (_, frame) = data_of(&template.frame(2, FrameText::text("partial"), failed));
         assert_eq!(frame["error"], error);
         assert_eq!(frame["message"]["status"], "error");
         assert_eq!(frame["message"]["content"]["parts"][0], "partial");
@@ -410,7 +425,7 @@ mod tests {
     fn reasoning_and_usage_are_in_metadata_only_when_there_are_some() {
         let who = identity();
         let template = FrameTemplate::new(&who);
-        let bytes = template.frame(1, "answer", "", FrameState::IN_PROGRESS);
+        let bytes = template.frame(1, FrameText::text("answer"), FrameState::IN_PROGRESS);
         // Byte for byte what the message renders as without either key.
         let mut plain_message = Message::new(
             Some(who.parent_id),
@@ -445,7 +460,14 @@ mod tests {
             error: None,
             usage: Some(usage),
         };
-        let (_, last) = data_of(&template.frame(3, "answer", &escaped(reasoning), finished));
+        let (_, last) = data_of(&template.frame(
+            3,
+            FrameText {
+                text: "answer",
+                reasoning: &escaped(reasoning),
+            },
+            finished,
+        ));
         let mut stored = Message::new(
             Some(who.parent_id),
             Role::Assistant,
