@@ -209,6 +209,7 @@ impl Router {
                 failures.push(format!("{at} try {attempt}: {}", failed.error));
                 if !worth_retrying(&failed.error) {
                     log::warn!("model {asked}: {at} failed, not retried: {}", failed.error);
+                    let failed = self.hint_models(&asked, failed);
                     return give_up(failed, &upstream.name, target.model);
                 }
                 let wait = self.retry.wait(attempt, &failed.error);
@@ -239,6 +240,25 @@ impl Router {
             Some((failed, upstream, model)) => give_up(failed, &upstream, model),
             None => Err(UpstreamError::Unreachable("no upstream is configured".into())),
         }
+    }
+}
+
+impl Router {
+    /// An upstream's 404 for a model this gateway does not route (most likely a model the
+    /// upstream does not know) says which models clients may name.
+    fn hint_models(&self, asked: &str, mut failed: Failed) -> Failed {
+        let routed = self.models.iter().any(|m| m.name == asked);
+        if let UpstreamError::Refused {
+            status: 404, message, ..
+        } = &mut failed.error
+            && !routed
+        {
+            message.push_str(&format!(
+                " (the models this gateway routes: {})",
+                self.models().join(", ")
+            ));
+        }
+        failed
     }
 }
 
