@@ -13,6 +13,7 @@ mod cors;
 mod edge_security;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod restart;
 mod resume;
 mod routing;
