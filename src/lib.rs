@@ -13,6 +13,7 @@ pub mod edge;
 pub mod error;
 pub mod generation;
 pub mod limits;
+pub mod metrics;
 pub mod prompts;
 pub mod relays;
 pub mod routes;

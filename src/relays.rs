@@ -3,30 +3,62 @@
 //! it lets them finish for the shutdown grace, then ends each with an in-band
 //! `gateway_stopping` error before the server stops.
 
-use std::sync::Arc;
+use futures::task::AtomicWaker;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use tokio::sync::watch;
 
 pub struct Relays {
     /// How many are running.
     live: watch::Sender<usize>,
-    /// Set when the shutdown grace is over: every running one ends now.
-    ending: watch::Sender<bool>,
+    /// The end signal of each running one, by a number of its own.
+    running: Mutex<HashMap<u64, Arc<Ending>>>,
+    next: AtomicU64,
+    /// Set when the shutdown grace is over: every running one ends now, and any that
+    /// starts later ends at once.
+    ending: AtomicBool,
+}
+
+/// One relayed answer's end signal: a flag and the waker of the task that reads it, so
+/// that looking at it (on every piece of the answer) is a load, not a lock.
+#[derive(Default)]
+struct Ending {
+    set: AtomicBool,
+    reader: AtomicWaker,
 }
 
 impl Relays {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             live: watch::channel(0).0,
-            ending: watch::channel(false).0,
+            running: Mutex::default(),
+            next: AtomicU64::new(0),
+            ending: AtomicBool::new(false),
         })
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<u64, Arc<Ending>>> {
+        // Inserts and removes only: the map behind a poisoned lock is whole.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a relayed answer as running until the returned [`Relayed`] is dropped.
     pub fn start(self: &Arc<Self>) -> Relayed {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let ending = Arc::new(Ending::default());
+        self.running().insert(id, Arc::clone(&ending));
+        // Looked at after it is listed: `end_all` either sees it or has set the flag.
+        if self.ending.load(Ordering::SeqCst) {
+            ending.set.store(true, Ordering::SeqCst);
+        }
         self.live.send_modify(|n| *n += 1);
         Relayed {
             relays: Arc::clone(self),
-            ending: self.ending.subscribe(),
+            id,
+            ending,
         }
     }
 
@@ -43,26 +75,42 @@ impl Relays {
 
     /// Ends every running one (each sees [`Relayed::ended`] resolve).
     pub fn end_all(&self) {
-        self.ending.send_replace(true);
+        self.ending.store(true, Ordering::SeqCst);
+        for ending in self.running().values() {
+            ending.set.store(true, Ordering::SeqCst);
+            ending.reader.wake();
+        }
     }
 }
 
 /// One running relayed answer.
 pub struct Relayed {
     relays: Arc<Relays>,
-    ending: watch::Receiver<bool>,
+    id: u64,
+    ending: Arc<Ending>,
 }
 
 impl Relayed {
     /// Resolves when the answer must end because the gateway is stopping.
     pub async fn ended(&mut self) {
-        // The sender lives in `self.relays`: waiting cannot fail.
-        let _ = self.ending.wait_for(|ending| *ending).await;
+        let ending = &self.ending;
+        poll_fn(|cx| {
+            if ending.set.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            ending.reader.register(cx.waker());
+            match ending.set.load(Ordering::SeqCst) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
 impl Drop for Relayed {
     fn drop(&mut self) {
+        self.relays.running().remove(&self.id);
         self.relays.live.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

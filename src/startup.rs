@@ -12,6 +12,7 @@ use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
 use crate::generation::local::LocalGenerations;
 use crate::limits::LocalLimiter;
+use crate::metrics::Metrics;
 use crate::prompts::Presets;
 use crate::relays::Relays;
 use crate::routes;
@@ -40,6 +41,8 @@ pub enum StartupError {
     Keys(#[from] KeysError),
     #[error("cannot watch for SIGHUP to reload the keys file: {0}")]
     Hangup(std::io::Error),
+    #[error("cannot set up the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 pub struct Application {
@@ -52,9 +55,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let metrics = Metrics::new()?;
         let store: Arc<dyn Store> = match &settings.store {
             StoreKind::Sqlite(path) => {
                 log::info!("conversations are stored in {}", path.display());
+                // Before the store opens: its writer times commits once this is made.
+                metrics.show_store_commits()?;
                 let path = path.clone();
                 Arc::new(
                     tokio::task::spawn_blocking(move || SqliteStore::open(&path))
@@ -67,7 +73,8 @@ impl Application {
                 Arc::new(MemoryStore::default())
             }
         };
-        let router = Router::build(&settings.upstream, &settings.model, settings.max_answer_bytes)?;
+        let router = Router::build(&settings.upstream, &settings.model, settings.max_answer_bytes)?
+            .measured_by(Arc::clone(&metrics.upstream));
         log_upstreams(&settings.upstream, &settings.model);
         if !routes::web::is_built(&settings.web_dir) {
             log::warn!(
@@ -115,6 +122,7 @@ impl Application {
             keys,
             limiter: Arc::new(LocalLimiter::new(settings_limits)),
             relays: Relays::new(),
+            metrics,
         });
         if state.keys.as_ref().is_some_and(|k| k.file().is_some()) {
             reload_keys_on_hangup(state.clone())?;
@@ -123,12 +131,14 @@ impl Application {
         let request_timeout = state.settings.request_timeout;
         let server = HttpServer::new(move || {
             let settings = &state.settings;
-            // The last `wrap` is the outermost: headers and JSON errors on everything, even
-            // on refusals; then the host and cross-site checks, before CORS and any route.
+            // The last `wrap` is the outermost: every request counted, with the status it
+            // finally got; headers and JSON errors on everything, even on refusals; then the
+            // host and cross-site checks, before CORS and any route.
             App::new()
                 .wrap(cors(&settings.cors))
                 .wrap(from_fn(edge::admit))
                 .wrap(from_fn(edge::finish))
+                .wrap(from_fn(edge::requests::count))
                 .app_data(state.clone())
                 // One resource per path, so that another method gets 405 with `Allow`.
                 .service(web::resource("/conv").post(routes::conv::post))
@@ -143,6 +153,7 @@ impl Application {
                 .service(web::resource("/prompts").get(routes::prompts::list))
                 .service(web::resource("/config").get(routes::config::get))
                 .service(web::resource("/healthz").get(routes::health::get))
+                .service(web::resource("/metrics").get(routes::metrics::get))
                 .service(web::resource("/v1/chat/completions").post(routes::v1::chat_completions))
                 .service(web::resource("/v1/models").get(routes::v1::models))
                 .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))

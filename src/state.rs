@@ -8,6 +8,7 @@ use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
 use crate::generation::runner::{Limits, Timing};
 use crate::limits::Limiter;
+use crate::metrics::Metrics;
 use crate::prompts::Presets;
 use crate::relays::Relays;
 use crate::upstream::router::Router;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub limiter: Arc<dyn Limiter>,
     /// The answers `/v1` is relaying, for a shutdown to wait for and end.
     pub relays: Arc<Relays>,
+    /// What `GET /metrics` shows.
+    pub metrics: Metrics,
 }
 
 impl AppState {

@@ -24,9 +24,10 @@
 //!   answers checkpoint every second; without this every batch of them paid a disk sync.
 
 use super::StoreError;
+use prometheus::{Histogram, HistogramOpts};
 use rusqlite::Connection;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -39,6 +40,29 @@ pub const DEFER: Duration = Duration::from_millis(1);
 /// How long a checkpoint waits for company: nobody waits for it, and a batch of a running
 /// second's checkpoints costs one commit instead of dozens.
 pub const CHECKPOINT_DEFER: Duration = Duration::from_millis(20);
+
+/// How long each batch took to commit, from `BEGIN` to the end of `COMMIT` (its sync
+/// included). One for the process, not per application: the writer thread is started deep
+/// in the SQLite store, which knows nothing of the application and its metrics.
+static COMMIT_SECONDS: OnceLock<Histogram> = OnceLock::new();
+
+/// The commit-time histogram, made on first use, for a metrics registry to show.
+pub fn commit_seconds() -> Result<Histogram, prometheus::Error> {
+    if let Some(histogram) = COMMIT_SECONDS.get() {
+        return Ok(histogram.clone());
+    }
+    let made = Histogram::with_opts(
+        HistogramOpts::new(
+            "chatgate_store_commit_seconds",
+            "Time to commit one batch of writes to the store, its disk sync included.",
+        )
+        .const_label("store", "sqlite")
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]),
+    )?;
+    Ok(COMMIT_SECONDS.get_or_init(|| made).clone())
+}
 
 /// When a write is committed, and whether its commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +278,11 @@ fn run(conn: Connection, shared: &Shared) {
                 }
             }
         }
+        let started = Instant::now();
         commit(&conn, batch);
+        if let Some(histogram) = COMMIT_SECONDS.get() {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Conversations as a message tree: the domain types, the [`Store`] trait and its
 //! SQLite and in-memory implementations.
 
-mod group_commit;
+pub mod group_commit;
 pub mod memory;
 pub mod sqlite;
 pub mod store;

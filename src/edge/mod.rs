@@ -10,9 +10,11 @@
 //!   address. Routes take it as an extractor.
 //! - [`finish`]: the security headers on every response, and the JSON error body on the
 //!   errors the framework answers by itself.
+//! - [`requests::count`]: every request counted by route and status, for `GET /metrics`.
 
 pub mod auth;
 pub mod origin;
+pub mod requests;
 
 use crate::config::Settings;
 use crate::error::{ApiError, RequestError};

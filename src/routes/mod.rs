@@ -4,6 +4,7 @@ pub mod config;
 pub mod conv;
 pub mod conversations;
 pub mod health;
+pub mod metrics;
 pub mod prompts;
 pub mod stop;
 pub mod stream;

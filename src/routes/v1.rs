@@ -28,6 +28,7 @@ use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -146,19 +147,32 @@ impl Streamed {
             let _slot = slot;
             let mut out = Vec::with_capacity(2);
             yield Ok(writer.opening());
+            // One timer for the whole answer, moved on only when it fires: a piece just
+            // notes when it was sent.
+            let mut sent = Instant::now();
+            let beat = tokio::time::sleep_until(sent + heartbeat);
+            tokio::pin!(beat);
             loop {
                 let next = match first.take() {
                     Some(piece) => Next::Piece(piece),
                     None => tokio::select! {
                         biased;
                         () = relayed.ended() => Next::Stopping,
-                        piece = tokio::time::timeout(heartbeat, relay.next()) => piece.map_or(Next::Quiet, Next::Piece),
+                        piece = relay.next() => Next::Piece(piece),
+                        () = beat.as_mut() => Next::Quiet,
                     },
                 };
                 let piece = match next {
                     Next::Piece(piece) => piece,
                     Next::Quiet => {
+                        let due = sent + heartbeat;
+                        if due > Instant::now() {
+                            beat.as_mut().reset(due);
+                            continue;
+                        }
                         yield Ok(Bytes::from_static(sse::HEARTBEAT));
+                        sent = Instant::now();
+                        beat.as_mut().reset(sent + heartbeat);
                         continue;
                     }
                     Next::Stopping => {
@@ -168,6 +182,7 @@ impl Streamed {
                 };
                 match piece {
                     Some(Ok(chunk)) => {
+                        sent = Instant::now();
                         writer.piece(&chunk, &mut out);
                         for event in out.drain(..) {
                             yield Ok(event);

@@ -29,6 +29,9 @@ pub struct ChunkDecoder {
     finished: bool,
     /// `[DONE]`, an error or the end of the body came: nothing more is read.
     over: bool,
+    /// The body is one `chat.completion` JSON object, not events (an upstream that does not
+    /// stream although asked to): it is kept whole and read at its end.
+    whole: Option<Vec<u8>>,
 }
 
 impl ChunkDecoder {
@@ -40,7 +43,23 @@ impl ChunkDecoder {
             max_answer_bytes,
             finished: false,
             over: false,
+            whole: None,
         }
+    }
+
+    /// For a body that is one JSON `chat.completion` object (`Content-Type:
+    /// application/json` on a 200): the answer is relayed as one chunk when the body ends.
+    pub fn whole_json(max_answer_bytes: usize) -> Self {
+        Self {
+            whole: Some(Vec::new()),
+            ..Self::new(max_answer_bytes)
+        }
+    }
+
+    /// The most a whole JSON body may hold: the answer at its limit, escaped, and room for
+    /// the rest of the object.
+    fn whole_limit(&self) -> usize {
+        self.max_answer_bytes.saturating_mul(6).saturating_add(EVENT_MARGIN)
     }
 
     /// Whether the answer is over: the body need not be read further.
@@ -52,6 +71,19 @@ impl ChunkDecoder {
     /// chunk, half a line) still yields an empty chunk: the upstream is alive.
     pub fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>) {
         if self.over {
+            return;
+        }
+        let limit = self.whole_limit();
+        if let Some(whole) = &mut self.whole {
+            if whole.len() + bytes.len() > limit {
+                self.over = true;
+                out.push(Err(UpstreamError::TooLarge {
+                    limit: self.max_answer_bytes,
+                }));
+            } else {
+                whole.extend_from_slice(bytes);
+                out.push(Ok(Chunk::default()));
+            }
             return;
         }
         let before = out.len();
@@ -71,6 +103,11 @@ impl ChunkDecoder {
     /// The body ended: complete if a finish reason came, truncated otherwise.
     pub fn end(&mut self, out: &mut Vec<Item>) {
         if self.over {
+            return;
+        }
+        if let Some(whole) = self.whole.take() {
+            self.over = true;
+            out.push(completion(&whole));
             return;
         }
         self.sse.finish(&mut self.events);
@@ -269,6 +306,96 @@ fn parse_event(event: &SseEvent) -> Result<Option<Parsed>, UpstreamError> {
         return Ok(None); // the role chunk
     }
     Ok(Some(Parsed::Chunk(out)))
+}
+
+#[derive(Deserialize)]
+struct CompletionWire {
+    #[serde(default)]
+    choices: Vec<CompletionChoiceWire>,
+    #[serde(default)]
+    usage: Option<UsageWire>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct CompletionChoiceWire {
+    #[serde(default)]
+    message: Option<MessageWire>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageWire {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCallWire>,
+}
+
+/// A whole `chat.completion` object as one chunk: its first choice's message, its usage
+/// and its finish (a plain stop when it names none).
+fn completion(body: &[u8]) -> Item {
+    let text = String::from_utf8_lossy(body);
+    let wire: CompletionWire = match serde_json::from_str(&mend_surrogates(&text)) {
+        Ok(wire) => wire,
+        // serde's message can quote the body's strings: only where it failed is kept.
+        Err(e) => {
+            return Err(UpstreamError::BadChunk(format!(
+                "a JSON body that is no chat completion (at line {} column {})",
+                e.line(),
+                e.column()
+            )));
+        }
+    };
+    if wire.error.is_some() {
+        return Err(in_stream_error(&text));
+    }
+    let Some(choice) = wire.choices.into_iter().next() else {
+        return Err(UpstreamError::BadChunk("a chat completion without choices".into()));
+    };
+    let mut chunk = Chunk {
+        usage: wire.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }),
+        finish: Some(FinishType::from_upstream(
+            choice.finish_reason.as_deref().unwrap_or("stop"),
+        )),
+        ..Chunk::default()
+    };
+    if let Some(message) = choice.message {
+        chunk.text = message.content.unwrap_or_default();
+        if let Some(reasoning) = message.reasoning_content.filter(|r| !r.is_empty()) {
+            chunk.reasoning = reasoning;
+        } else if let Some(reasoning) = message.reasoning.filter(|r| !r.is_empty()) {
+            chunk.reasoning = reasoning;
+            chunk.reasoning_field = ReasoningField::Reasoning;
+        }
+        chunk.tool_calls = message
+            .tool_calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, call)| {
+                let function = call.function.unwrap_or(FunctionWire {
+                    name: None,
+                    arguments: None,
+                });
+                ToolCallDelta {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    id: call.id,
+                    name: function.name,
+                    arguments: function.arguments.unwrap_or_default(),
+                }
+            })
+            .collect();
+    }
+    Ok(chunk)
 }
 
 fn in_stream_error(data: &str) -> UpstreamError {
@@ -515,5 +642,39 @@ mod tests {
             decoder.read(&endless, &mut out);
         }
         assert!(matches!(out.last(), Some(Err(UpstreamError::TooLarge { limit: 10 }))));
+    }
+
+    #[test]
+    fn a_whole_json_completion_is_one_chunk_with_its_finish_and_usage() {
+        let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there","reasoning_content":"hm","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"length"}],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#;
+        let mut decoder = ChunkDecoder::whole_json(1 << 20);
+        let mut out = Vec::new();
+        let (a, b) = body.split_at(30);
+        decoder.read(a, &mut out);
+        decoder.read(b, &mut out);
+        decoder.end(&mut out);
+        let chunks: Vec<Chunk> = out.into_iter().map(Result::unwrap).collect();
+        assert!(
+            chunks[..2].iter().all(|c| *c == Chunk::default()),
+            "reads are life, not text"
+        );
+        let answer = &chunks[2];
+        assert_eq!((answer.text.as_str(), answer.reasoning.as_str()), ("Hello there", "hm"));
+        assert_eq!(answer.finish, Some(FinishType::MaxTokens));
+        assert_eq!(answer.usage.map(|u| u.completion_tokens), Some(2));
+        assert_eq!(answer.tool_calls[0].name.as_deref(), Some("f"));
+        for bad in [&br#"{"choices":[]}"#[..], b"not json", br#"{"error":{"message":"no"}}"#] {
+            let mut decoder = ChunkDecoder::whole_json(1 << 20);
+            let mut out = Vec::new();
+            decoder.read(bad, &mut out);
+            decoder.end(&mut out);
+            assert!(out.last().unwrap().is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let mut decoder = ChunkDecoder::whole_json(2);
+        let mut out = Vec::new();
+        while !decoder.is_over() {
+            decoder.read(&[b' '; 4096], &mut out);
+        }
+        assert!(matches!(out.last(), Some(Err(UpstreamError::TooLarge { .. }))));
     }
 }

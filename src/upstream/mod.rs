@@ -12,6 +12,7 @@ pub mod demo;
 mod fuzz;
 pub mod http;
 pub mod hygiene;
+pub mod metered;
 pub mod openai;
 pub mod redact;
 pub mod router;

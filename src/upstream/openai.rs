@@ -88,7 +88,17 @@ impl OpenAiProvider {
         if !status.is_success() {
             return Err(refusal(response).await);
         }
-        Ok(answer_stream(response, ChunkDecoder::new(self.max_answer_bytes)))
+        // Some servers answer with one JSON object although asked to stream.
+        let json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        let decoder = match json {
+            true => ChunkDecoder::whole_json(self.max_answer_bytes),
+            false => ChunkDecoder::new(self.max_answer_bytes),
+        };
+        Ok(answer_stream(response, decoder))
     }
 }
 

@@ -5,6 +5,7 @@
 //! error stays in the stream, where the client sees it.
 
 use super::demo::DemoProvider;
+use super::metered::{Answering, UpstreamMetrics};
 use super::openai::OpenAiProvider;
 use super::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
 use crate::config::UpstreamKind;
@@ -67,6 +68,8 @@ pub struct Router {
     models: Vec<ModelRoute>,
     default_model: String,
     retry: RetryPolicy,
+    /// None in unit tests that do not look at them.
+    metrics: Option<Arc<UpstreamMetrics>>,
 }
 
 /// A try that did not reach the first token.
@@ -86,7 +89,14 @@ impl Router {
             models,
             default_model,
             retry: RetryPolicy::default(),
+            metrics: None,
         }
+    }
+
+    /// The router, measuring its answers, failures, retries and failovers into `metrics`.
+    pub fn measured_by(mut self, metrics: Arc<UpstreamMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The router of the settings: the config file's upstreams and models, or the one
@@ -150,6 +160,16 @@ impl Router {
         self.upstreams.first().map_or("none", |u| u.kind)
     }
 
+    /// `model` as a label of failure counters: a name the client may send, or `other`. A
+    /// model not under `[models]` goes to the upstream as the client named it, and a failing
+    /// one must not add a series per name a client makes up.
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        match model == self.default_model || self.models.iter().any(|m| m.name == model) {
+            true => model,
+            false => "other",
+        }
+    }
+
     /// The targets of `model`, in order: its route, or the first upstream as is.
     fn targets(&self, model: &str) -> Vec<Target> {
         match self.models.iter().find(|m| m.name == model) {
@@ -180,15 +200,20 @@ impl Router {
         first_token_wait: Duration,
         idle: Duration,
     ) -> Result<Opened, UpstreamError> {
+        let asked_at = Instant::now();
         let asked = request.model.clone();
+        let label = self.model_label(&asked);
         let mut waited = Duration::ZERO;
         let mut failures = Vec::new();
-        let mut last = None;
+        let mut last: Option<(Failed, Arc<str>, String)> = None;
         for (n, target) in self.targets(&asked).into_iter().enumerate() {
             let upstream = &self.upstreams[target.upstream];
             let at = format!("{}/{}", upstream.name, target.model);
             if n > 0 {
                 log::warn!("model {asked}: failing over to {at}");
+                if let (Some(metrics), Some((_, left, _))) = (&self.metrics, &last) {
+                    metrics.failed_over(left, label);
+                }
             }
             for attempt in 1..=self.retry.tries {
                 let mut this = request.clone();
@@ -198,6 +223,18 @@ impl Router {
                         if n > 0 || attempt > 1 {
                             log::info!("model {asked}: answered by {at} (try {attempt})");
                         }
+                        let stream = match &self.metrics {
+                            None => stream,
+                            Some(metrics) => {
+                                let who = Answering {
+                                    asked: &asked,
+                                    model: &target.model,
+                                    provider: upstream.kind,
+                                    upstream: &upstream.name,
+                                };
+                                metrics.meter(stream, who, asked_at)
+                            }
+                        };
                         return Ok(Opened {
                             stream,
                             upstream: Arc::clone(&upstream.name),
@@ -206,9 +243,13 @@ impl Router {
                     }
                     Err(failed) => failed,
                 };
+                if let Some(metrics) = &self.metrics {
+                    metrics.failed(&upstream.name, &failed.error);
+                }
                 failures.push(format!("{at} try {attempt}: {}", failed.error));
                 if !worth_retrying(&failed.error) {
                     log::warn!("model {asked}: {at} failed, not retried: {}", failed.error);
+                    let failed = self.hint_models(&asked, failed);
                     return give_up(failed, &upstream.name, target.model);
                 }
                 let wait = self.retry.wait(attempt, &failed.error);
@@ -230,6 +271,9 @@ impl Router {
                     self.retry.tries,
                     wait.as_millis()
                 );
+                if let Some(metrics) = &self.metrics {
+                    metrics.retried(&upstream.name, label);
+                }
                 tokio::time::sleep(wait).await;
                 waited += wait;
             }
@@ -239,6 +283,25 @@ impl Router {
             Some((failed, upstream, model)) => give_up(failed, &upstream, model),
             None => Err(UpstreamError::Unreachable("no upstream is configured".into())),
         }
+    }
+}
+
+impl Router {
+    /// An upstream's 404 for a model this gateway does not route (most likely a model the
+    /// upstream does not know) says which models clients may name.
+    fn hint_models(&self, asked: &str, mut failed: Failed) -> Failed {
+        let routed = self.models.iter().any(|m| m.name == asked);
+        if let UpstreamError::Refused {
+            status: 404, message, ..
+        } = &mut failed.error
+            && !routed
+        {
+            message.push_str(&format!(
+                " (the models this gateway routes: {})",
+                self.models().join(", ")
+            ));
+        }
+        failed
     }
 }
 
@@ -388,6 +451,7 @@ async fn try_once(
 mod tests {
     use super::*;
     use crate::conversation::FinishType;
+    use crate::upstream::metered::UpstreamMetrics;
     use async_trait::async_trait;
     use std::collections::VecDeque;
     use std::sync::Mutex;
@@ -550,6 +614,31 @@ mod tests {
         assert_eq!((&*opened.upstream, opened.model.as_str()), ("a", "small"));
         assert_eq!(text_of(opened).await.0, "from a");
         assert_eq!(b.asked().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_a_failover_and_each_failed_try_are_counted_and_the_answer_is_timed() {
+        let (a, b) = (
+            Fake::new(vec![], answer("from a")),
+            Fake::new(vec![], refused(503, None)),
+        );
+        let metrics = Arc::new(UpstreamMetrics::new().unwrap());
+        let registry = prometheus::Registry::new();
+        metrics.register(&registry).unwrap();
+        let router = router(&a, &b).measured_by(Arc::clone(&metrics));
+        assert_eq!(whole_text(open(&router, "smart").await.unwrap()).await, "from a");
+        let mut text = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        prometheus::Encoder::encode(&encoder, &registry.gather(), &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in [
+            r#"chatgate_upstream_errors_total{kind="refused_5xx",upstream="b"} 3"#,
+            r#"chatgate_upstream_retries_total{gen_ai_request_model="smart",upstream="b"} 2"#,
+            r#"chatgate_upstream_failovers_total{gen_ai_request_model="smart",upstream="b"} 1"#,
+            r#"gen_ai_server_time_to_first_token_seconds_count{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="smart",gen_ai_response_model="small",upstream="a"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ mod cors;
 mod edge_security;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod reasoning;
 mod restart;
 mod resume;

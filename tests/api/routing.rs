@@ -283,3 +283,26 @@ async fn a_background_turn_is_failed_over_on_a_refusal_and_its_answer_names_the_
     assert_eq!(app.mock.stats().requests, 3);
     assert_eq!(second.stats().requests, 1);
 }
+
+#[tokio::test]
+async fn an_unknown_model_the_upstream_does_not_know_is_a_404_that_names_the_routed_models() {
+    let (app, second) = two_upstreams(false).await;
+    app.mock.enqueue(Script::refuse(
+        404,
+        wire::error_body(
+            "The model `gpt-9` does not exist",
+            "invalid_request_error",
+            "model_not_found",
+        ),
+    ));
+    let response = app
+        .complete(json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("gpt-9"), "{message}");
+    assert!(message.contains("smart"), "the routed models are named: {message}");
+    assert_eq!(models_asked(&app.mock), ["gpt-9"], "not retried");
+    assert_eq!(second.stats().requests, 0, "not failed over");
+}

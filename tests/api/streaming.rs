@@ -238,3 +238,35 @@ async fn the_demo_provider_streams_a_labelled_answer_without_an_upstream() {
     assert_eq!(config["demo"], true);
     assert_eq!(app.mock.stats().requests, 0);
 }
+
+#[tokio::test]
+async fn an_upstream_that_answers_one_json_object_despite_streaming_is_relayed_as_one_chunk() {
+    let app = spawn_app().await;
+    app.mock.enqueue(mockllm::Script::json(
+        200,
+        json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "All at once."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        })
+        .to_string(),
+    ));
+    let stream = app.ask("no streaming here").await;
+    stream.assert_finished();
+    assert_eq!(stream.text(), "All at once.");
+    let frames: Vec<_> = stream.events.iter().filter(|e| e.id.is_some()).collect();
+    assert_eq!(
+        frames.len(),
+        2,
+        "one frame for the answer, then the last one: {:?}",
+        stream.events
+    );
+    let (status, conv) = app.get_json(&format!("/conv/{}", stream.conversation_id())).await;
+    assert_eq!(status, 200);
+    let answer = &conv["mapping"][stream.message_id()]["message"];
+    assert_eq!(answer["content"]["parts"][0], "All at once.");
+    assert_eq!(answer["status"], "finished_successfully");
+}

@@ -55,10 +55,11 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Another chatgate to measure in the same run, interleaved with the first, as
-    /// `NAME=BIN[,store=STORE][,delta][,keys]`: an older build, or the same build with
+    /// `NAME=BIN[,store=STORE][,delta][,keys][,v1]`: an older build, or the same build with
     /// `store=memory` or with client keys on (`keys`: `--api-keys`, which every request
     /// then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
-    /// `delta` adds a column for its delta frames. May be given several times.
+    /// `delta` adds a column for its delta frames, `v1` one for its `/v1/chat/completions`
+    /// (the first chatgate has both). May be given several times.
     #[arg(long = "also")]
     also: Vec<String>,
     /// Before each block of a scenario, wait until other processes on the machine have used
@@ -98,6 +99,8 @@ struct Chatgate {
     delta: bool,
     /// Started with a client key, which every request then carries.
     keys: bool,
+    /// Measured on its OpenAI-compatible endpoint too, in a column of its own.
+    v1: bool,
 }
 
 /// One chatgate to measure, as `--also` gives it.
@@ -107,21 +110,23 @@ struct Spec {
     store: Option<String>,
     delta: bool,
     keys: bool,
+    v1: bool,
 }
 
-/// `NAME=BIN[,store=STORE][,delta][,keys]`.
+/// `NAME=BIN[,store=STORE][,delta][,keys][,v1]`.
 fn parse_also(spec: &str) -> Result<Spec, String> {
     let (name, rest) = spec
         .split_once('=')
-        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,delta][,keys]"))?;
+        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,delta][,keys][,v1]"))?;
     let mut parts = rest.split(',');
     let bin = PathBuf::from(parts.next().unwrap_or_default());
-    let (mut store, mut delta, mut keys) = (None, false, false);
+    let (mut store, mut delta, mut keys, mut v1) = (None, false, false, false);
     for part in parts {
         match part.split_once('=') {
             Some(("store", value)) => store = Some(value.to_owned()),
             None if part == "delta" => delta = true,
             None if part == "keys" => keys = true,
+            None if part == "v1" => v1 = true,
             _ => return Err(format!("--also {spec:?}: unknown option {part:?}")),
         }
     }
@@ -131,6 +136,7 @@ fn parse_also(spec: &str) -> Result<Spec, String> {
         store,
         delta,
         keys,
+        v1,
     })
 }
 
@@ -156,6 +162,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         store: args.store.clone(),
         delta: true,
         keys: false,
+        v1: true,
     }];
     for spec in &args.also {
         specs.push(parse_also(spec)?);
@@ -167,6 +174,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         store: store_kind,
         delta,
         keys,
+        v1,
     } in specs
     {
         let store = store_kind.clone().unwrap_or_else(|| fresh(&name.replace(' ', "-")));
@@ -184,6 +192,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             process,
             delta,
             keys,
+            v1,
         });
     }
 
@@ -212,6 +221,16 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             targets.push(Target {
                 name: format!("{} delta", gw.name),
                 protocol: Protocol::Conv { delta: true },
+                ..full.clone()
+            });
+            pids.push(Some(gw.process.pid));
+        }
+        // The same gateway's OpenAI-compatible endpoint, as an SDK would use it.
+        if gw.v1 {
+            targets.push(Target {
+                name: format!("{} /v1", gw.name),
+                path: "/v1/chat/completions".into(),
+                protocol: Protocol::OpenAi,
                 ..full
             });
             pids.push(Some(gw.process.pid));

@@ -12,14 +12,19 @@
 use crate::conversation::FinishType;
 use crate::upstream::{Chunk, ChunkStream, UpstreamError, Usage};
 use futures::StreamExt;
+use std::pin::Pin;
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 pub struct Relay {
     stream: ChunkStream,
     /// The upstream's longest silence; any bytes from it count as life.
     idle: Duration,
     heard: Instant,
+    /// Due at the end of the silence allowed: one timer for the whole answer, moved on
+    /// only when it fires (a chunk just notes when it came), so that a chunk costs no
+    /// timer of its own.
+    silence: Pin<Box<Sleep>>,
     max_answer_bytes: usize,
     text_bytes: usize,
     reasoning_bytes: usize,
@@ -33,10 +38,12 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(stream: ChunkStream, idle: Duration, max_answer_bytes: usize) -> Self {
+        let heard = Instant::now();
         Self {
             stream,
             idle,
-            heard: Instant::now(),
+            heard,
+            silence: Box::pin(tokio::time::sleep_until(heard + idle)),
             max_answer_bytes,
             text_bytes: 0,
             reasoning_bytes: 0,
@@ -61,10 +68,18 @@ impl Relay {
             return Some(Err(error));
         }
         while !self.over {
-            let item = match tokio::time::timeout_at(self.heard + self.idle, self.stream.next()).await {
-                Ok(item) => item,
-                // A silence after the finish only held back the usage or `[DONE]`.
-                Err(_) => return self.end(UpstreamError::IdleTimeout(self.idle)),
+            let item = tokio::select! {
+                biased;
+                item = self.stream.next() => item,
+                () = self.silence.as_mut() => {
+                    let due = self.heard + self.idle;
+                    if due > Instant::now() {
+                        self.silence.as_mut().reset(due);
+                        continue;
+                    }
+                    // A silence after the finish only held back the usage or `[DONE]`.
+                    return self.end(UpstreamError::IdleTimeout(self.idle));
+                }
             };
             self.heard = Instant::now();
             let mut chunk = match item {

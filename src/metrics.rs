@@ -1,0 +1,58 @@
+//! `GET /metrics`: one registry per application, holding what each room measures — requests
+//! at the edge, answers, tokens and failures in the router, commits in the SQLite writer —
+//! and the live answers, counted when scraped.
+//!
+//! Nothing is done for metrics when nobody scrapes but the counting itself: atomic
+//! additions on handles looked up once per request or answer.
+
+use crate::conversation::group_commit;
+use crate::edge::requests;
+use crate::upstream::metered::UpstreamMetrics;
+use prometheus::{Encoder, IntCounterVec, IntGauge, Registry, TextEncoder};
+use std::sync::Arc;
+
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status.
+    pub requests: IntCounterVec,
+    /// The router's: time to first token and per chunk, tokens, errors, retries, failovers.
+    pub upstream: Arc<UpstreamMetrics>,
+    live_answers: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = requests::counter()?;
+        registry.register(Box::new(requests.clone()))?;
+        let upstream = Arc::new(UpstreamMetrics::new()?);
+        upstream.register(&registry)?;
+        let live_answers = IntGauge::new(
+            "chatgate_live_answers",
+            "Answers running now: generations of /conv and answers /v1 relays.",
+        )?;
+        registry.register(Box::new(live_answers.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            upstream,
+            live_answers,
+        })
+    }
+
+    /// Shows the SQLite writer's commit times (only a SQLite store has them).
+    pub fn show_store_commits(&self) -> Result<(), prometheus::Error> {
+        self.registry.register(Box::new(group_commit::commit_seconds()?))
+    }
+
+    /// Everything in the text exposition format, with `live` answers running now.
+    pub fn render(&self, live: usize) -> Result<Vec<u8>, prometheus::Error> {
+        self.live_answers.set(i64::try_from(live).unwrap_or(i64::MAX));
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
+        Ok(text)
+    }
+}
