@@ -57,6 +57,9 @@ impl Store for MemoryStore {
         if let Some(m) = conversation.messages.iter_mut().find(|m| m.id == update.id) {
             m.content = update.content;
             m.chunk_ends = update.chunk_ends;
+            m.reasoning = update.reasoning;
+            m.reasoning_ends = update.reasoning_ends;
+            m.usage = update.usage;
             m.status = update.status;
             m.finish = update.finish;
             m.error = update.error;

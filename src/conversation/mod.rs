@@ -171,6 +171,14 @@ pub struct Message {
     /// Where each upstream chunk of an answer's text ends (byte offsets into `content`), so
     /// that a reader resuming after frame `N` gets exactly the text after chunk `N`.
     pub chunk_ends: Vec<u32>,
+    /// An answer's reasoning ("thinking") text, kept apart from `content`; empty when the
+    /// upstream sent none.
+    pub reasoning: String,
+    /// Where each chunk's reasoning ends (byte offsets into `reasoning`), one per chunk as
+    /// `chunk_ends`; empty when there is no reasoning.
+    pub reasoning_ends: Vec<u32>,
+    /// The answer's token counts, when the upstream reported them.
+    pub usage: Option<Usage>,
 }
 
 impl Message {
@@ -196,8 +204,18 @@ impl Message {
             finish: None,
             error: None,
             chunk_ends: Vec::new(),
+            reasoning: String::new(),
+            reasoning_ends: Vec::new(),
+            usage: None,
         }
     }
+}
+
+/// Token counts of one answer, as its upstream reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// A whole conversation: its messages oldest first, the root among them.

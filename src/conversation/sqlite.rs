@@ -5,7 +5,7 @@
 
 use super::group_commit::{Durability, Writer};
 use super::store::{AnswerUpdate, NewTurn, Store, StoreError};
-use super::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status, Summary, now};
+use super::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status, Summary, Usage, now};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -41,6 +41,12 @@ const MIGRATIONS: &[&str] = &[
     // 3: the client key name that created a conversation (NULL: created without keys).
     "ALTER TABLE conversations ADD COLUMN owner TEXT;
     CREATE INDEX conversations_by_owner ON conversations(owner, update_time DESC);",
+    // 4: an answer's reasoning text (NULL: none) and where each chunk's reasoning ends, and
+    // its token counts (NULL: the upstream reported none).
+    "ALTER TABLE messages ADD COLUMN reasoning TEXT;
+    ALTER TABLE messages ADD COLUMN reasoning_ends BLOB;
+    ALTER TABLE messages ADD COLUMN prompt_tokens INTEGER;
+    ALTER TABLE messages ADD COLUMN completion_tokens INTEGER;",
 ];
 
 pub struct SqliteStore {
@@ -129,8 +135,9 @@ fn recover_interrupted(conn: &Connection) -> Result<(), StoreError> {
 
 fn insert_message(conn: &Connection, conversation: ConversationId, m: &Message) -> Result<(), StoreError> {
     const INSERT: &str = "INSERT INTO messages
-        (id, conversation_id, parent_id, role, content, status, create_time, model, finish_type, error, chunk_ends)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+        (id, conversation_id, parent_id, role, content, status, create_time, model, finish_type, error, chunk_ends,
+         reasoning, reasoning_ends, prompt_tokens, completion_tokens)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
     // Cached: statements are parsed once per connection, not once per write.
     conn.prepare_cached(INSERT)?.execute(params![
         m.id.to_string(),
@@ -144,8 +151,26 @@ fn insert_message(conn: &Connection, conversation: ConversationId, m: &Message) 
         m.finish.map(FinishType::as_str),
         m.error.as_ref().map(|e| e.to_string()),
         encode_ends(&m.chunk_ends),
+        reasoning_of(&m.reasoning),
+        reasoning_ends_of(&m.reasoning_ends),
+        m.usage.map(|u| tokens(u.prompt_tokens)),
+        m.usage.map(|u| tokens(u.completion_tokens)),
     ])?;
     Ok(())
+}
+
+/// Reasoning is NULL when there is none.
+fn reasoning_of(reasoning: &str) -> Option<&str> {
+    Some(reasoning).filter(|r| !r.is_empty())
+}
+
+fn reasoning_ends_of(ends: &[u32]) -> Option<Vec<u8>> {
+    Some(ends).filter(|e| !e.is_empty()).map(encode_ends)
+}
+
+/// A token count as SQLite stores integers.
+fn tokens(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Chunk ends as little-endian `u32`s: four bytes a chunk.
@@ -179,10 +204,13 @@ type MessageRow = (
     Option<String>,
     Option<String>,
     Option<Vec<u8>>,
+    // reasoning, reasoning_ends, prompt_tokens, completion_tokens
+    (Option<String>, Option<Vec<u8>>, Option<i64>, Option<i64>),
 );
 
 fn message_from_row(row: MessageRow) -> Result<Message, StoreError> {
-    let (id, parent, role, content, status, create_time, model, finish, error, ends) = row;
+    let (id, parent, role, content, status, create_time, model, finish, error, ends, extra) = row;
+    let (reasoning, reasoning_ends, prompt_tokens, completion_tokens) = extra;
     Ok(Message {
         id: message_id(&id)?,
         parent: parent.as_deref().map(message_id).transpose()?,
@@ -200,6 +228,15 @@ fn message_from_row(row: MessageRow) -> Result<Message, StoreError> {
             None => None,
         },
         chunk_ends: decode_ends(ends),
+        reasoning: reasoning.unwrap_or_default(),
+        reasoning_ends: decode_ends(reasoning_ends),
+        usage: match (prompt_tokens, completion_tokens) {
+            (Some(p), Some(c)) => Some(Usage {
+                prompt_tokens: p.max(0) as u64,
+                completion_tokens: c.max(0) as u64,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -224,7 +261,8 @@ fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, S
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT id, parent_id, role, content, status, create_time, model, finish_type, error, chunk_ends
+        "SELECT id, parent_id, role, content, status, create_time, model, finish_type, error, chunk_ends,
+                reasoning, reasoning_ends, prompt_tokens, completion_tokens
          FROM messages WHERE conversation_id = ?1 ORDER BY create_time, rowid",
     )?;
     let rows = stmt.query_map([&key], |r| {
@@ -239,6 +277,7 @@ fn load(conn: &Connection, id: ConversationId) -> Result<Option<Conversation>, S
             r.get(7)?,
             r.get(8)?,
             r.get(9)?,
+            (r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?),
         ))
     })?;
     let mut messages = Vec::new();
@@ -305,7 +344,8 @@ impl Store for SqliteStore {
         self.writer
             .write_as(durability, move |tx| {
                 tx.prepare_cached(
-                    "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5, chunk_ends = ?6
+                    "UPDATE messages SET content = ?2, status = ?3, finish_type = ?4, error = ?5, chunk_ends = ?6,
+                        reasoning = ?7, reasoning_ends = ?8, prompt_tokens = ?9, completion_tokens = ?10
                      WHERE id = ?1",
                 )?
                 .execute(params![
@@ -315,6 +355,10 @@ impl Store for SqliteStore {
                     update.finish.map(FinishType::as_str),
                     update.error.as_ref().map(|e| e.to_string()),
                     encode_ends(&update.chunk_ends),
+                    reasoning_of(&update.reasoning),
+                    reasoning_ends_of(&update.reasoning_ends),
+                    update.usage.map(|u| tokens(u.prompt_tokens)),
+                    update.usage.map(|u| tokens(u.completion_tokens)),
                 ])?;
                 // A conversation's update time is when its turn began (`begin_turn`) or its
                 // answer ended, not every checkpoint in between: lists do not reorder
@@ -410,7 +454,13 @@ mod tests {
             conversation_id: id,
             id: answer,
             content: "so far".into(),
-            chunk_ends: vec![2, 6],
+            chunk_ends: vec![2, 6, 6],
+            reasoning: "hmm".into(),
+            reasoning_ends: vec![0, 0, 3],
+            usage: Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3,
+            }),
             status: Status::InProgress,
             finish: None,
             error: None,
@@ -422,7 +472,15 @@ mod tests {
         let reopened = SqliteStore::open(&path).unwrap();
         let conversation = reopened.conversation(id).await.unwrap().unwrap();
         let m = conversation.message(answer).unwrap();
-        assert_eq!((m.content.as_str(), m.chunk_ends.as_slice()), ("so far", &[2, 6][..]));
+        assert_eq!(
+            (m.content.as_str(), m.chunk_ends.as_slice()),
+            ("so far", &[2, 6, 6][..])
+        );
+        assert_eq!(
+            (m.reasoning.as_str(), m.reasoning_ends.as_slice()),
+            ("hmm", &[0, 0, 3][..])
+        );
+        assert_eq!(m.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((7, 3)));
         assert_eq!(m.finish, Some(FinishType::Interrupted));
     }
 

@@ -1,7 +1,7 @@
 //! The storage interface. SQLite is the embedded default and memory is for tests; a
 //! networked store (Redis, Postgres) shared by several gateways implements the same trait.
 
-use super::{Conversation, ConversationId, FinishType, Message, MessageId, Status, Summary};
+use super::{Conversation, ConversationId, FinishType, Message, MessageId, Status, Summary, Usage};
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -60,6 +60,11 @@ pub struct AnswerUpdate {
     pub content: String,
     /// See [`crate::conversation::Message::chunk_ends`].
     pub chunk_ends: Vec<u32>,
+    /// See [`crate::conversation::Message::reasoning`].
+    pub reasoning: String,
+    /// See [`crate::conversation::Message::reasoning_ends`].
+    pub reasoning_ends: Vec<u32>,
+    pub usage: Option<Usage>,
     pub status: Status,
     pub finish: Option<FinishType>,
     pub error: Option<Value>,

@@ -38,6 +38,9 @@ impl Unsaved {
             if let Some(update) = unsaved.get(&m.id) {
                 m.content.clone_from(&update.content);
                 m.chunk_ends.clone_from(&update.chunk_ends);
+                m.reasoning.clone_from(&update.reasoning);
+                m.reasoning_ends.clone_from(&update.reasoning_ends);
+                m.usage = update.usage;
                 m.status = update.status;
                 m.finish = update.finish;
                 m.error.clone_from(&update.error);

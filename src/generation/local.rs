@@ -10,10 +10,14 @@
 //! carries the whole text (or, in delta mode, everything since the reader's previous
 //! frame), so skipping stale frames loses nothing. A frame's id counts the chunks it
 //! includes, so an id says exactly how much of the answer a client has seen.
+//!
+//! Reasoning text is held beside the answer's text the same way, and a chunk that carries
+//! only reasoning is a chunk like any other (a frame, an id). An answer without reasoning
+//! keeps nothing for it: its chunks cost what they cost before reasoning existed.
 
 use super::{End, Generations, Producer, ReadFrom, Reader, ReaderItem, Signal, Snapshot, Target};
 use crate::conversation::{ConversationId, FinishType, MessageId, Status};
-use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, escape_into};
+use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, FrameText, escape_into};
 use crate::wire::sse;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,6 +37,12 @@ struct Content {
     escaped: String,
     /// Where each chunk ends: (in `text`, in `escaped`).
     ends: Vec<(u32, u32)>,
+    /// The reasoning, as `text` and `escaped`.
+    reasoning: String,
+    reasoning_escaped: String,
+    /// Where each chunk's reasoning ends, as `ends`: empty until the first reasoning comes,
+    /// then one per chunk.
+    reasoning_ends: Vec<(u32, u32)>,
     heartbeats: u64,
     end: Option<End>,
 }
@@ -47,6 +57,30 @@ impl Content {
         match n {
             0 => 0,
             n => self.ends[n as usize - 1].1 as usize,
+        }
+    }
+
+    /// Where chunk `n`'s reasoning ends in the escaped reasoning (0 before the first).
+    fn reasoning_escaped_end(&self, n: u64) -> usize {
+        match n {
+            0 => 0,
+            _ if self.reasoning_ends.is_empty() => 0,
+            n => self.reasoning_ends[n as usize - 1].1 as usize,
+        }
+    }
+
+    /// The escaped text and reasoning from after chunk `from` to the end of chunk `to`.
+    fn between(&self, from: u64, to: u64) -> FrameText<'_> {
+        FrameText {
+            text: &self.escaped[self.escaped_end(from)..self.escaped_end(to)],
+            reasoning: &self.reasoning_escaped[self.reasoning_escaped_end(from)..self.reasoning_escaped_end(to)],
+        }
+    }
+
+    fn all(&self) -> FrameText<'_> {
+        FrameText {
+            text: &self.escaped,
+            reasoning: &self.reasoning_escaped,
         }
     }
 }
@@ -173,6 +207,9 @@ impl Generations for LocalGenerations {
                 text: String::new(),
                 escaped: String::new(),
                 ends: Vec::new(),
+                reasoning: String::new(),
+                reasoning_escaped: String::new(),
+                reasoning_ends: Vec::new(),
                 heartbeats: 0,
                 end: None,
             }),
@@ -266,10 +303,19 @@ struct LocalProducer {
 }
 
 impl Producer for LocalProducer {
-    fn append(&mut self, chunk: &str) {
+    fn append(&mut self, text: &str, reasoning: &str) {
         let mut content = self.generation.lock();
-        content.text.push_str(chunk);
-        escape_into(&mut content.escaped, chunk);
+        if !reasoning.is_empty() || !content.reasoning_ends.is_empty() {
+            // The chunks before the first reasoning had none.
+            let before = content.ends.len();
+            content.reasoning_ends.resize(before, (0, 0));
+            content.reasoning.push_str(reasoning);
+            escape_into(&mut content.reasoning_escaped, reasoning);
+            let end = (content.reasoning.len() as u32, content.reasoning_escaped.len() as u32);
+            content.reasoning_ends.push(end);
+        }
+        content.text.push_str(text);
+        escape_into(&mut content.escaped, text);
         // Offsets are u32: answers are capped far below 4 GiB.
         let end = (content.text.len() as u32, content.escaped.len() as u32);
         content.ends.push(end);
@@ -302,6 +348,8 @@ impl Producer for LocalProducer {
         Snapshot {
             text: content.text.clone(),
             chunk_ends: content.ends.iter().map(|e| e.0).collect(),
+            reasoning: content.reasoning.clone(),
+            reasoning_ends: content.reasoning_ends.iter().map(|e| e.0).collect(),
         }
     }
 
@@ -338,6 +386,7 @@ impl Drop for LocalProducer {
                 status: Status::Error,
                 finish: FinishType::Interrupted,
                 error: Some((&error).into()),
+                usage: None,
             });
         }
     }
@@ -439,18 +488,15 @@ impl Cursor {
         let chunks = content.chunks();
         if self.from.final_only {
             let Some(end) = &content.end else { return Next::Wait };
-            return Next::Final(template.object(&content.escaped, state_of(end)));
+            return Next::Final(template.object(content.all(), state_of(end)));
         }
         if content.heartbeats > self.heartbeats {
             self.heartbeats = content.heartbeats;
             self.opened = true;
             return Next::Send(Bytes::from_static(sse::HEARTBEAT));
         }
-        let start = if self.from.delta {
-            content.escaped_end(self.sent)
-        } else {
-            0
-        };
+        // In delta mode a frame has what came after the reader's previous frame.
+        let from = if self.from.delta { self.sent } else { 0 };
         if chunks > self.sent {
             let id = if self.catch_up || chunks - self.sent > MAX_BACKLOG {
                 chunks
@@ -460,14 +506,13 @@ impl Cursor {
             self.catch_up = false;
             self.opened = true;
             self.sent = id;
-            let text = &content.escaped[start..content.escaped_end(id)];
-            return Next::Send(template.frame(id, text, FrameState::IN_PROGRESS));
+            return Next::Send(template.frame(id, content.between(from, id), FrameState::IN_PROGRESS));
         }
         let Some(end) = &content.end else { return Next::Wait };
         if let Some(error) = end.error.as_ref().filter(|_| self.from.refuse_early && !self.opened) {
             return Next::Refuse(error.clone());
         }
-        Next::Last(template.frame(chunks + 1, &content.escaped[start..], state_of(end)))
+        Next::Last(template.frame(chunks + 1, content.between(from, chunks), state_of(end)))
     }
 }
 
@@ -476,5 +521,6 @@ fn state_of(end: &End) -> FrameState<'_> {
         status: end.status,
         finish: Some(end.finish),
         error: end.error.as_ref().map(|e| &e.object),
+        usage: end.usage,
     }
 }

@@ -12,7 +12,7 @@ pub mod local;
 pub mod replay;
 pub mod runner;
 
-use crate::conversation::{ConversationId, FinishType, MessageId, Status};
+use crate::conversation::{ConversationId, FinishType, MessageId, Status, Usage};
 use crate::error::ErrorBody;
 use crate::wire::chatgpt::AnswerIdentity;
 use async_trait::async_trait;
@@ -28,6 +28,8 @@ pub struct End {
     pub status: Status,
     pub finish: FinishType,
     pub error: Option<ErrorBody>,
+    /// The answer's token counts, when the upstream reported them.
+    pub usage: Option<Usage>,
 }
 
 /// What a reader asks for.
@@ -35,7 +37,7 @@ pub struct End {
 pub struct ReadFrom {
     /// The last frame id the reader has (`Last-Event-ID`); `None`: from the start.
     pub after: Option<u64>,
-    /// Frames carry only the text added since the reader's previous frame.
+    /// Frames carry only the text (and reasoning) added since the reader's previous frame.
     pub delta: bool,
     /// Before anything was sent, an answer that fails is handed over as
     /// [`ReaderItem::Refused`], so that `POST /conv` can answer with a real HTTP status.
@@ -75,12 +77,16 @@ pub enum Signal {
 pub struct Snapshot {
     pub text: String,
     pub chunk_ends: Vec<u32>,
+    /// Empty, both, when there is no reasoning.
+    pub reasoning: String,
+    pub reasoning_ends: Vec<u32>,
 }
 
 /// The runner's side of one generation.
 pub trait Producer: Send {
-    /// Adds one upstream chunk's text; readers are woken.
-    fn append(&mut self, chunk: &str);
+    /// Adds one upstream chunk's text and reasoning (either may be empty, not both): one
+    /// chunk, one frame; readers are woken.
+    fn append(&mut self, text: &str, reasoning: &str);
     /// A keep-alive comment for readers waiting for the first chunk.
     fn heartbeat(&mut self);
     /// Ends the generation: readers get the last frame, `[DONE]` and `close`, and the

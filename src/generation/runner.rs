@@ -1,5 +1,6 @@
-//! The task that drives one generation: it reads the upstream's chunks into the generation,
-//! checkpoints the text, and, when the answer ends, stores it and ends the generation.
+//! The task that drives one generation: it reads the upstream's chunks (their text and
+//! reasoning) into the generation, checkpoints them, and, when the answer ends, stores it
+//! with its token counts and ends the generation.
 //!
 //! The runner, not a connection, owns the upstream stream, so an answer outlives its
 //! readers. It ends early on a Stop, on the gateway's shutdown, or when nobody has read it
@@ -10,7 +11,7 @@
 use super::lane::{self, Lane, Unsaved};
 use super::{End, Producer, Signal};
 use crate::conversation::store::{AnswerUpdate, NewTurn};
-use crate::conversation::{FinishType, Status, Store};
+use crate::conversation::{FinishType, Status, Store, Usage};
 use crate::error::{ApiError, ErrorBody};
 use crate::upstream::{ChunkStream, UpstreamError};
 use crate::wire::chatgpt::AnswerIdentity;
@@ -40,7 +41,8 @@ pub struct Timing {
 /// What an answer may grow to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// UTF-8 bytes of its text: an answer that reaches it is ended (`answer_too_large`).
+    /// UTF-8 bytes of its text, and of its reasoning: an answer either of which reaches it
+    /// is ended (`answer_too_large`).
     pub max_answer_bytes: usize,
 }
 
@@ -94,6 +96,7 @@ pub fn spawn(run: Run) {
         timing,
         limits,
         started: Instant::now(),
+        usage: None,
     };
     tokio::spawn(drive(runner, stream, slot));
 }
@@ -116,13 +119,15 @@ struct Runner {
     timing: Timing,
     limits: Limits,
     started: Instant,
+    /// The latest token counts the upstream sent.
+    usage: Option<Usage>,
 }
 
 impl Runner {
     async fn relay(&mut self, stream: &mut ChunkStream) -> Ending {
         let (timing, producer) = (self.timing, &mut self.producer);
         let limit = self.limits.max_answer_bytes;
-        let mut answer_bytes = 0;
+        let (mut answer_bytes, mut reasoning_bytes) = (0, 0);
         let heartbeat = sleep(timing.first_heartbeat);
         let idle = sleep(timing.idle);
         let grace = sleep(timing.detached_grace);
@@ -184,6 +189,9 @@ impl Runner {
                         id: self.identity.message_id,
                         content: snapshot.text,
                         chunk_ends: snapshot.chunk_ends,
+                        reasoning: snapshot.reasoning,
+                        reasoning_ends: snapshot.reasoning_ends,
+                        usage: self.usage,
                         status: Status::InProgress,
                         finish: None,
                         error: None,
@@ -193,15 +201,23 @@ impl Runner {
                     // Any chunk, even an empty one (keep-alive bytes), shows the upstream is alive.
                     Some(Ok(mut chunk)) => {
                         // Reaching the limit ends the answer, unless the answer is finishing anyway.
-                        let (room, len) = (limit - answer_bytes, chunk.text.len());
-                        let too_large = len > room || (len == room && len > 0 && chunk.finish.or(finish).is_none());
+                        // The text and the reasoning each have the limit, as on `/v1`.
+                        let finishing = chunk.finish.or(finish).is_some();
+                        let (text_room, reasoning_room) = (limit - answer_bytes, limit - reasoning_bytes);
+                        let too_large = overflows(chunk.text.len(), text_room, finishing)
+                            || overflows(chunk.reasoning.len(), reasoning_room, finishing);
                         if too_large {
-                            chunk.text.truncate(floor_char_boundary(&chunk.text, room));
+                            chunk.text.truncate(floor_char_boundary(&chunk.text, text_room));
+                            chunk.reasoning.truncate(floor_char_boundary(&chunk.reasoning, reasoning_room));
                         }
-                        if !chunk.text.is_empty() {
+                        if chunk.usage.is_some() {
+                            self.usage = chunk.usage;
+                        }
+                        if !chunk.text.is_empty() || !chunk.reasoning.is_empty() {
                             has_text = true;
                             answer_bytes += chunk.text.len();
-                            producer.append(&chunk.text);
+                            reasoning_bytes += chunk.reasoning.len();
+                            producer.append(&chunk.text, &chunk.reasoning);
                             if !unsaved_text {
                                 unsaved_text = true;
                                 checkpoint.as_mut().reset(tokio::time::Instant::now() + timing.checkpoint);
@@ -245,6 +261,7 @@ impl Runner {
             mut producer,
             lane,
             started,
+            usage,
             ..
         } = self;
         let identity = &identity;
@@ -263,6 +280,9 @@ impl Runner {
             id: identity.message_id,
             content: snapshot.text,
             chunk_ends: snapshot.chunk_ends,
+            reasoning: snapshot.reasoning,
+            reasoning_ends: snapshot.reasoning_ends,
+            usage,
             status,
             finish: Some(finish),
             error: error.as_ref().map(ApiError::object),
@@ -280,11 +300,18 @@ impl Runner {
             status,
             finish,
             error: error.as_ref().map(ErrorBody::from),
+            usage,
         });
         if let Some(reply) = stop_reply {
             let _ = reply.send(true);
         }
     }
+}
+
+/// Whether `len` more bytes reach a limit with `room` left: reaching it exactly is fine
+/// only for the answer's last piece.
+fn overflows(len: usize, room: usize, finishing: bool) -> bool {
+    len > room || (len == room && len > 0 && !finishing)
 }
 
 /// The largest char boundary of `text` at or before `at`.

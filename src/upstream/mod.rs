@@ -19,6 +19,7 @@ pub mod router;
 pub mod sse_decode;
 
 use crate::conversation::FinishType;
+pub use crate::conversation::Usage;
 use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -136,13 +137,6 @@ pub struct ToolCallDelta {
     pub id: Option<String>,
     pub name: Option<String>,
     pub arguments: String,
-}
-
-/// Token counts of one answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
 }
 
 /// The answer as it arrives. It ends after the piece that carries `finish`, or with an

@@ -3,8 +3,11 @@
 //! frame, cut once per answer out of that same rendering and filled in per frame with the
 //! answer's JSON-escaped text (escaped once as it arrives, not again for every frame: each
 //! frame carries the whole answer so far, so re-encoding it would cost O(n²) per answer).
+//! The reasoning text, when there is any, is filled in the same way; an answer without
+//! reasoning or token counts has neither key, so its frames are the same bytes as before
+//! either existed.
 
-use crate::conversation::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status};
+use crate::conversation::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status, Usage};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -40,15 +43,21 @@ enum Slot {
     Status,
     EndTurn,
     FinishDetails,
+    /// `,"reasoning":"…"` in `metadata`, key and all, or nothing when there is none.
+    Reasoning,
+    /// `,"usage":{…}` in `metadata`, key and all, or nothing when there is none.
+    Usage,
     Error,
 }
 
 impl Slot {
-    const ALL: [Slot; 5] = [
+    const ALL: [Slot; 7] = [
         Slot::Text,
         Slot::Status,
         Slot::EndTurn,
         Slot::FinishDetails,
+        Slot::Reasoning,
+        Slot::Usage,
         Slot::Error,
     ];
 
@@ -64,6 +73,30 @@ impl Slot {
     fn inside_quotes(self) -> bool {
         matches!(self, Slot::Text | Slot::Status)
     }
+
+    /// The `metadata` key of a slot that is left out, key and all, when it has no value.
+    fn optional_key(self) -> Option<&'static str> {
+        match self {
+            Slot::Reasoning => Some("reasoning"),
+            Slot::Usage => Some("usage"),
+            _ => None,
+        }
+    }
+}
+
+/// What of the answer a frame carries, already JSON-escaped by [`escape_into`]: its text
+/// (`parts[0]`) and its reasoning (`metadata.reasoning`, no key when empty).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameText<'a> {
+    pub text: &'a str,
+    pub reasoning: &'a str,
+}
+
+impl<'a> FrameText<'a> {
+    /// Text without reasoning.
+    pub fn text(text: &'a str) -> Self {
+        Self { text, reasoning: "" }
+    }
 }
 
 /// How a frame describes the answer: in progress, or its end.
@@ -72,6 +105,8 @@ pub struct FrameState<'a> {
     pub status: Status,
     pub finish: Option<FinishType>,
     pub error: Option<&'a Value>,
+    /// The answer's token counts: only its last frame has them.
+    pub usage: Option<Usage>,
 }
 
 impl FrameState<'_> {
@@ -79,6 +114,7 @@ impl FrameState<'_> {
         status: Status::InProgress,
         finish: None,
         error: None,
+        usage: None,
     };
 }
 
@@ -93,10 +129,13 @@ impl FrameTemplate {
         );
         answer.id = who.message_id;
         answer.model = Some(who.model.clone());
+        answer.reasoning = Slot::Reasoning.marker();
         let mut message = message_json(&answer);
         message["status"] = Value::String(Slot::Status.marker());
         message["end_turn"] = Value::String(Slot::EndTurn.marker());
         message["metadata"]["finish_details"] = Value::String(Slot::FinishDetails.marker());
+        // Where `message_json` puts it: after the reasoning.
+        message["metadata"]["usage"] = Value::String(Slot::Usage.marker());
         let object = json!({
             "message": message,
             "conversation_id": who.conversation_id.to_string(),
@@ -109,11 +148,14 @@ impl FrameTemplate {
             .filter_map(|slot| {
                 let escaped = Value::String(slot.marker()).to_string();
                 let cut = if slot.inside_quotes() {
-                    &escaped[1..escaped.len() - 1]
+                    escaped[1..escaped.len() - 1].to_owned()
+                } else if let Some(key) = slot.optional_key() {
+                    // Never the first key of `metadata`: a comma comes before it.
+                    format!(",\"{key}\":{escaped}")
                 } else {
-                    &escaped
+                    escaped
                 };
-                rendered.find(cut).map(|at| (at, at + cut.len(), slot))
+                rendered.find(&cut).map(|at| (at, at + cut.len(), slot))
             })
             .collect();
         found.sort_by_key(|(at, ..)| *at);
@@ -132,31 +174,46 @@ impl FrameTemplate {
         }
     }
 
-    /// An event `id: {id}` whose `parts[0]` is `escaped`, text already JSON-escaped by
-    /// [`escape_into`].
-    pub fn frame(&self, id: u64, escaped: &str, state: FrameState<'_>) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.fixed_len + escaped.len() + 160);
+    /// An event `id: {id}` carrying `carried`.
+    pub fn frame(&self, id: u64, carried: FrameText<'_>, state: FrameState<'_>) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.fixed_len + carried.text.len() + carried.reasoning.len() + 200);
         out.put_slice(b"id: ");
         // Formatting into the frame's own buffer: nothing else is allocated per frame.
         let _ = write!(out, "{id}");
         out.put_slice(b"\ndata: ");
-        self.object_into(&mut out, escaped, state);
+        self.object_into(&mut out, carried, state);
         out.put_slice(b"\n\n");
         out.freeze()
     }
 
     /// The frame's JSON object alone, as `"stream": false` answers it.
-    pub fn object(&self, escaped: &str, state: FrameState<'_>) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.fixed_len + escaped.len() + 140);
-        self.object_into(&mut out, escaped, state);
+    pub fn object(&self, carried: FrameText<'_>, state: FrameState<'_>) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.fixed_len + carried.text.len() + carried.reasoning.len() + 180);
+        self.object_into(&mut out, carried, state);
         out.freeze()
     }
 
-    fn object_into(&self, out: &mut BytesMut, escaped: &str, state: FrameState<'_>) {
+    fn object_into(&self, out: &mut BytesMut, carried: FrameText<'_>, state: FrameState<'_>) {
         for (piece, slot) in &self.pieces {
             out.put_slice(piece.as_bytes());
             match slot {
-                Slot::Text => out.put_slice(escaped.as_bytes()),
+                Slot::Text => out.put_slice(carried.text.as_bytes()),
+                Slot::Reasoning if carried.reasoning.is_empty() => {}
+                Slot::Reasoning => {
+                    out.put_slice(br#","reasoning":""#);
+                    out.put_slice(carried.reasoning.as_bytes());
+                    out.put_slice(b"\"");
+                }
+                Slot::Usage => {
+                    if let Some(usage) = state.usage {
+                        // Formatting into the frame's own buffer: nothing else is allocated.
+                        let _ = write!(
+                            out,
+                            r#","usage":{{"prompt_tokens":{},"completion_tokens":{}}}"#,
+                            usage.prompt_tokens, usage.completion_tokens
+                        );
+                    }
+                }
                 Slot::Status => out.put_slice(state.status.as_str().as_bytes()),
                 Slot::EndTurn if state.status == Status::FinishedSuccessfully => out.put_slice(b"true"),
                 Slot::EndTurn => out.put_slice(b"null"),
@@ -212,6 +269,12 @@ pub fn message_json(m: &Message) -> Value {
         "parent_id": m.parent.map(|p| p.to_string()),
         "finish_details": m.finish.map(|f| json!({"type": f.as_str()})),
     });
+    if !m.reasoning.is_empty() {
+        metadata["reasoning"] = Value::String(m.reasoning.clone());
+    }
+    if let Some(usage) = m.usage {
+        metadata["usage"] = usage_json(usage);
+    }
     if let Some(error) = &m.error {
         metadata["error"] = error.clone();
     }
@@ -224,6 +287,11 @@ pub fn message_json(m: &Message) -> Value {
         "end_turn": end_turn(m),
         "metadata": metadata,
     })
+}
+
+/// `metadata.usage`.
+pub fn usage_json(usage: Usage) -> Value {
+    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens})
 }
 
 fn end_turn(m: &Message) -> Value {
@@ -303,7 +371,7 @@ mod tests {
         let who = identity();
         let template = FrameTemplate::new(&who);
         let text = "Hello, \"world\"\n\u{1}";
-        let (id, progress) = data_of(&template.frame(2, &escaped(text), FrameState::IN_PROGRESS));
+        let (id, progress) = data_of(&template.frame(2, FrameText::text(&escaped(text)), FrameState::IN_PROGRESS));
         assert_eq!(id, 2);
         let mut stored = Message::new(
             Some(who.parent_id),
@@ -323,15 +391,17 @@ mod tests {
             status: Status::FinishedSuccessfully,
             finish: Some(FinishType::Stop),
             error: None,
+            usage: None,
         };
-        let (id, last) = data_of(&template.frame(3, &escaped(text), finished));
+        let (id, last) = data_of(&template.frame(3, FrameText::text(&escaped(text)), finished));
         assert_eq!(id, 3);
         stored.status = Status::FinishedSuccessfully;
         stored.finish = Some(FinishType::Stop);
         assert_eq!(last["message"], message_json(&stored));
         assert_eq!(last["message"]["end_turn"], true);
         assert_eq!(last["message"]["metadata"]["finish_details"], json!({"type": "stop"}));
-        let object: Value = serde_json::from_slice(&template.object(&escaped(text), finished)).unwrap();
+        let object: Value =
+            serde_json::from_slice(&template.object(FrameText::text(&escaped(text)), finished)).unwrap();
         assert_eq!(object, last);
     }
 
@@ -343,11 +413,80 @@ mod tests {
             status: Status::Error,
             finish: Some(FinishType::Interrupted),
             error: Some(&error),
+            usage: None,
         };
-        let (_, frame) = data_of(&template.frame(2, "partial", failed));
+        let (_, frame) = data_of(&template.frame(2, FrameText::text("partial"), failed));
         assert_eq!(frame["error"], error);
         assert_eq!(frame["message"]["status"], "error");
         assert_eq!(frame["message"]["content"]["parts"][0], "partial");
+    }
+
+    #[test]
+    fn reasoning_and_usage_are_in_metadata_only_when_there_are_some() {
+        let who = identity();
+        let template = FrameTemplate::new(&who);
+        let bytes = template.frame(1, FrameText::text("answer"), FrameState::IN_PROGRESS);
+        // Byte for byte what the message renders as without either key.
+        let mut plain_message = Message::new(
+            Some(who.parent_id),
+            Role::Assistant,
+            "answer".to_owned(),
+            Status::InProgress,
+            who.create_time,
+        );
+        plain_message.id = who.message_id;
+        plain_message.model = Some(who.model.clone());
+        let object = json!({
+            "message": message_json(&plain_message),
+            "conversation_id": who.conversation_id.to_string(),
+            "error": null,
+        });
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            format!("id: 1\ndata: {object}\n\n")
+        );
+        let (_, plain) = data_of(&bytes);
+        let metadata = plain["message"]["metadata"].as_object().unwrap();
+        assert!(!metadata.contains_key("reasoning") && !metadata.contains_key("usage"));
+
+        let reasoning = "Let me \"think\"\n";
+        let usage = Usage {
+            prompt_tokens: 12,
+            completion_tokens: 34,
+        };
+        let finished = FrameState {
+            status: Status::FinishedSuccessfully,
+            finish: Some(FinishType::Stop),
+            error: None,
+            usage: Some(usage),
+        };
+        let (_, last) = data_of(&template.frame(
+            3,
+            FrameText {
+                text: "answer",
+                reasoning: &escaped(reasoning),
+            },
+            finished,
+        ));
+        let mut stored = Message::new(
+            Some(who.parent_id),
+            Role::Assistant,
+            "answer".to_owned(),
+            Status::FinishedSuccessfully,
+            who.create_time,
+        );
+        stored.id = who.message_id;
+        stored.model = Some(who.model.clone());
+        stored.finish = Some(FinishType::Stop);
+        stored.reasoning = reasoning.to_owned();
+        stored.usage = Some(usage);
+        assert_eq!(last["message"], message_json(&stored));
+        assert_eq!(last["message"]["metadata"]["reasoning"], reasoning);
+        assert_eq!(
+            last["message"]["metadata"]["usage"],
+            json!({"prompt_tokens": 12, "completion_tokens": 34})
+        );
+        assert_eq!(last["message"]["content"]["parts"][0], "answer");
     }
 
     proptest! {

@@ -14,6 +14,7 @@ mod edge_security;
 mod helpers;
 mod lifecycle;
 mod metrics;
+mod reasoning;
 mod restart;
 mod resume;
 mod routing;
