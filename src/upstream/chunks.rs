@@ -188,13 +188,14 @@ struct UsageWire {
 #[derive(Deserialize)]
 struct ChoiceWire {
     #[serde(default)]
-    delta: Option<DeltaWire>,
+    delta: Option<MessageWire>,
     #[serde(default)]
     finish_reason: Option<String>,
 }
 
+/// A message, or a delta of one: the same fields.
 #[derive(Deserialize)]
-struct DeltaWire {
+struct MessageWire {
     #[serde(default)]
     content: Option<String>,
     #[serde(default)]
@@ -203,6 +204,40 @@ struct DeltaWire {
     reasoning: Option<String>,
     #[serde(default)]
     tool_calls: Vec<ToolCallWire>,
+}
+
+impl MessageWire {
+    /// Puts the message's text, reasoning and tool calls into `chunk`. A delta numbers its
+    /// tool calls (`index`); a whole message lists them in order.
+    fn fill(self, chunk: &mut Chunk, numbered: bool) {
+        chunk.text = self.content.unwrap_or_default();
+        if let Some(reasoning) = self.reasoning_content.filter(|r| !r.is_empty()) {
+            chunk.reasoning = reasoning;
+        } else if let Some(reasoning) = self.reasoning.filter(|r| !r.is_empty()) {
+            chunk.reasoning = reasoning;
+            chunk.reasoning_field = ReasoningField::Reasoning;
+        }
+        chunk.tool_calls = self
+            .tool_calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, call)| {
+                let function = call.function.unwrap_or(FunctionWire {
+                    name: None,
+                    arguments: None,
+                });
+                ToolCallDelta {
+                    index: match numbered {
+                        true => call.index,
+                        false => u32::try_from(i).unwrap_or(u32::MAX),
+                    },
+                    id: call.id,
+                    name: function.name,
+                    arguments: function.arguments.unwrap_or_default(),
+                }
+            })
+            .collect();
+    }
 }
 
 #[derive(Deserialize)]
@@ -240,20 +275,8 @@ fn parse_event(event: &SseEvent) -> Result<Option<Parsed>, UpstreamError> {
     if data.is_empty() {
         return Ok(None);
     }
-    let chunk: ChunkWire = match serde_json::from_str(&mend_surrogates(data)) {
-        Ok(chunk) => chunk,
-        Err(e) if e.is_syntax() || e.is_eof() => {
-            // Its content may be anything, the key included: only its size is logged.
-            log::debug!("skipped an upstream data line that is not JSON ({} bytes)", data.len());
-            return Ok(None);
-        }
-        // serde's message can quote the event's strings: only where it failed is kept.
-        Err(e) => {
-            return Err(UpstreamError::BadChunk(format!(
-                "JSON of another shape (at column {})",
-                e.column()
-            )));
-        }
+    let Some(chunk) = parse_data::<ChunkWire>(data)? else {
+        return Ok(None);
     };
     if chunk.error.is_some() {
         return Err(in_stream_error(data));
@@ -278,29 +301,7 @@ fn parse_event(event: &SseEvent) -> Result<Option<Parsed>, UpstreamError> {
         ..Chunk::default()
     };
     if let Some(delta) = choice.delta {
-        out.text = delta.content.unwrap_or_default();
-        if let Some(reasoning) = delta.reasoning_content.filter(|r| !r.is_empty()) {
-            out.reasoning = reasoning;
-        } else if let Some(reasoning) = delta.reasoning.filter(|r| !r.is_empty()) {
-            out.reasoning = reasoning;
-            out.reasoning_field = ReasoningField::Reasoning;
-        }
-        out.tool_calls = delta
-            .tool_calls
-            .into_iter()
-            .map(|call| {
-                let function = call.function.unwrap_or(FunctionWire {
-                    name: None,
-                    arguments: None,
-                });
-                ToolCallDelta {
-                    index: call.index,
-                    id: call.id,
-                    name: function.name,
-                    arguments: function.arguments.unwrap_or_default(),
-                }
-            })
-            .collect();
+        delta.fill(&mut out, true);
     }
     if !out.has_content() && out.finish.is_none() && out.usage.is_none() {
         return Ok(None); // the role chunk
@@ -324,18 +325,6 @@ struct CompletionChoiceWire {
     message: Option<MessageWire>,
     #[serde(default)]
     finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct MessageWire {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    reasoning: Option<String>,
-    #[serde(default)]
-    tool_calls: Vec<ToolCallWire>,
 }
 
 /// A whole `chat.completion` object as one chunk: its first choice's message, its usage
@@ -370,32 +359,27 @@ fn completion(body: &[u8]) -> Item {
         ..Chunk::default()
     };
     if let Some(message) = choice.message {
-        chunk.text = message.content.unwrap_or_default();
-        if let Some(reasoning) = message.reasoning_content.filter(|r| !r.is_empty()) {
-            chunk.reasoning = reasoning;
-        } else if let Some(reasoning) = message.reasoning.filter(|r| !r.is_empty()) {
-            chunk.reasoning = reasoning;
-            chunk.reasoning_field = ReasoningField::Reasoning;
-        }
-        chunk.tool_calls = message
-            .tool_calls
-            .into_iter()
-            .enumerate()
-            .map(|(i, call)| {
-                let function = call.function.unwrap_or(FunctionWire {
-                    name: None,
-                    arguments: None,
-                });
-                ToolCallDelta {
-                    index: u32::try_from(i).unwrap_or(u32::MAX),
-                    id: call.id,
-                    name: function.name,
-                    arguments: function.arguments.unwrap_or_default(),
-                }
-            })
-            .collect();
+        message.fill(&mut chunk, false);
     }
     Ok(chunk)
+}
+
+/// An event's data as `T`: a line that is not JSON is skipped (`None`; routers send such
+/// lines), JSON of another shape ends the answer.
+pub(super) fn parse_data<T: serde::de::DeserializeOwned>(data: &str) -> Result<Option<T>, UpstreamError> {
+    match serde_json::from_str(&mend_surrogates(data)) {
+        Ok(parsed) => Ok(Some(parsed)),
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            // Its content may be anything, the key included: only its size is logged.
+            log::debug!("skipped an upstream data line that is not JSON ({} bytes)", data.len());
+            Ok(None)
+        }
+        // serde's message can quote the event's strings: only where it failed is kept.
+        Err(e) => Err(UpstreamError::BadChunk(format!(
+            "JSON of another shape (at column {})",
+            e.column()
+        ))),
+    }
 }
 
 fn in_stream_error(data: &str) -> UpstreamError {

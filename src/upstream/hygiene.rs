@@ -197,6 +197,14 @@ impl AnswerGate {
     }
 }
 
+/// What a provider sent for (its answer, or why there is none) through the gate.
+pub fn gate(hygiene: &Arc<Hygiene>, sent: Result<ChunkStream, UpstreamError>) -> Result<ChunkStream, UpstreamError> {
+    match sent {
+        Ok(stream) => Ok(guard(Arc::clone(hygiene), stream)),
+        Err(e) => Err(hygiene.error(e)),
+    }
+}
+
 /// `stream` through the gate.
 pub fn guard(hygiene: Arc<Hygiene>, mut stream: ChunkStream) -> ChunkStream {
     Box::pin(async_stream::stream! {

@@ -51,10 +51,7 @@ struct StreamOptions {
 #[async_trait]
 impl Provider for OpenAiProvider {
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
-        match self.send(request).await {
-            Ok(stream) => Ok(hygiene::guard(Arc::clone(&self.hygiene), stream)),
-            Err(e) => Err(self.hygiene.error(e)),
-        }
+        hygiene::gate(&self.hygiene, self.send(request).await)
     }
 }
 

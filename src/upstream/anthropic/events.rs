@@ -9,7 +9,7 @@
 //! unknown events and unknown block types carry nothing for a client. Every network read
 //! yields at least an empty chunk, so that keep-alive bytes count as life.
 
-use super::super::chunks::{self, Item, mend_surrogates};
+use super::super::chunks::{self, Item, mend_surrogates, parse_data};
 use super::super::http::AnswerDecoder;
 use super::super::sse_decode::{SseDecoder, SseEvent};
 use super::super::{Chunk, ReasoningField, ToolCallDelta, UpstreamError, Usage};
@@ -83,20 +83,8 @@ impl EventDecoder {
         if data.is_empty() {
             return Ok(None);
         }
-        let wire: EventWire = match serde_json::from_str(&mend_surrogates(data)) {
-            Ok(wire) => wire,
-            Err(e) if e.is_syntax() || e.is_eof() => {
-                // Its content may be anything, the key included: only its size is logged.
-                log::debug!("skipped an upstream data line that is not JSON ({} bytes)", data.len());
-                return Ok(None);
-            }
-            // serde's message can quote the event's strings: only where it failed is kept.
-            Err(e) => {
-                return Err(UpstreamError::BadChunk(format!(
-                    "JSON of another shape (at column {})",
-                    e.column()
-                )));
-            }
+        let Some(wire) = parse_data::<EventWire>(data)? else {
+            return Ok(None);
         };
         let chunk = match wire {
             EventWire::MessageStart { message } => self.count(message.usage),
