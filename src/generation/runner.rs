@@ -13,6 +13,7 @@ use super::{End, Producer, Signal};
 use crate::conversation::store::{AnswerUpdate, NewTurn};
 use crate::conversation::{FinishType, Status, Store, Usage};
 use crate::error::{ApiError, ErrorBody};
+use crate::upstream::metered::Tally;
 use crate::upstream::{ChunkStream, UpstreamError};
 use crate::wire::chatgpt::AnswerIdentity;
 use futures::StreamExt;
@@ -58,6 +59,8 @@ pub struct Run {
     pub limits: Limits,
     /// The client's live-answer slot (see `limits`), held until the answer has ended.
     pub slot: Option<crate::limits::StreamSlot>,
+    /// Counts the errors the runner raises itself (silence, size) for the metrics.
+    pub tally: Tally,
 }
 
 /// How an answer ended.
@@ -86,10 +89,12 @@ pub fn spawn(run: Run) {
         timing,
         limits,
         slot,
+        tally,
     } = run;
     let runner = Runner {
         identity,
         producer,
+        tally,
         // The turn is written while the answer streams, so the first token does not wait
         // for the disk; the end waits for it (see `lane`).
         lane: lane::open(store, unsaved, turn),
@@ -115,6 +120,7 @@ async fn drive(mut runner: Runner, mut stream: ChunkStream, slot: Option<crate::
 struct Runner {
     identity: AnswerIdentity,
     producer: Box<dyn Producer>,
+    tally: Tally,
     lane: Lane,
     timing: Timing,
     limits: Limits,
@@ -172,7 +178,7 @@ impl Runner {
                     }
                     return match finish {
                         Some(f) => Ending::Finished(f),
-                        None => Ending::Failed(UpstreamError::IdleTimeout(timing.idle).into()),
+                        None => Ending::Failed(self.tally.raised(UpstreamError::IdleTimeout(timing.idle)).into()),
                     };
                 }
                 // Never ready: the store writes move on as they complete.
@@ -225,7 +231,7 @@ impl Runner {
                         }
                         if too_large {
                             // Ended here: the caller drops the stream, which cancels the upstream.
-                            return Ending::Failed(UpstreamError::TooLarge { limit }.into());
+                            return Ending::Failed(self.tally.raised(UpstreamError::TooLarge { limit }).into());
                         }
                         finish = chunk.finish.or(finish);
                         heard = tokio::time::Instant::now();
@@ -234,7 +240,7 @@ impl Runner {
                     None => {
                         return match finish {
                             Some(f) => Ending::Finished(f),
-                            None => Ending::Failed(UpstreamError::Truncated.into()),
+                            None => Ending::Failed(self.tally.raised(UpstreamError::Truncated).into()),
                         };
                     }
                 },

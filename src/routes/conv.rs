@@ -7,6 +7,7 @@ use crate::generation::runner::{self, Run, Timing};
 use crate::generation::{ReadFrom, Reader, ReaderItem, Target};
 use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
+use crate::upstream::metered::Tally;
 use crate::wire::sse;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -15,6 +16,7 @@ use futures::{Stream, StreamExt};
 use serde_json::json;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -70,7 +72,7 @@ pub async fn post(
     identity.model = opened.model.clone();
     let mut new_turn = turn.new_turn;
     new_turn.assistant.model = Some(opened.model);
-    let stream = opened.stream;
+    let (stream, upstream) = (opened.stream, opened.upstream);
 
     let owner = client.owner().map(str::to_owned);
     let producer = state.generations.start(identity.clone(), owner, never_alone);
@@ -94,6 +96,7 @@ pub async fn post(
         timing,
         limits: state.limits(),
         slot,
+        tally: Tally::new(Arc::clone(&state.metrics.upstream), upstream),
     });
     let Some(mut reader) = reader else {
         return Ok(HttpResponse::Accepted().json(json!({

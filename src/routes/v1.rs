@@ -16,6 +16,7 @@ use crate::error::{ApiError, OpenAiError};
 use crate::limits::StreamSlot;
 use crate::relays::Relayed;
 use crate::state::AppState;
+use crate::upstream::metered::Tally;
 use crate::upstream::{ChatRequest, Chunk, ChunkStream, UpstreamError};
 use crate::wire::openai::{self, ChunkWriter, Completion, Gathered};
 use crate::wire::sse;
@@ -26,6 +27,7 @@ use relay::Relay;
 use request::CompletionRequest;
 use serde_json::Value;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -54,10 +56,11 @@ pub async fn chat_completions(
     state.limiter.count_turn(&limited).map_err(OpenAiError)?;
     let mut relayed = state.relays.start();
 
-    let (stream, model) = open(&state, asked.upstream).await?;
+    let (stream, model, upstream) = open(&state, asked.upstream).await?;
     let completion = Completion::new(&model);
     let idle = state.settings.upstream_idle_timeout;
-    let mut relay = Relay::new(stream, idle, state.settings.max_answer_bytes);
+    let tally = Tally::new(Arc::clone(&state.metrics.upstream), upstream);
+    let mut relay = Relay::new(stream, idle, state.settings.max_answer_bytes, tally);
 
     if !asked.stream {
         let object = tokio::select! {
@@ -91,10 +94,10 @@ pub async fn chat_completions(
 /// Sends the request through the router, which retries and fails over until the first
 /// token (for at most a heartbeat): the answer, and the upstream model name that answers
 /// (which every chunk names).
-async fn open(state: &AppState, request: ChatRequest) -> Result<(ChunkStream, String), UpstreamError> {
+async fn open(state: &AppState, request: ChatRequest) -> Result<(ChunkStream, String, Arc<str>), UpstreamError> {
     let (heartbeat, idle) = (state.settings.heartbeat, state.settings.upstream_idle_timeout);
     let opened = state.router.open(request, heartbeat, idle).await?;
-    Ok((opened.stream, opened.model))
+    Ok((opened.stream, opened.model, opened.upstream))
 }
 
 /// The whole answer as one `chat.completion` object; any error is the response's.

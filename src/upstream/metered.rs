@@ -170,6 +170,26 @@ impl UpstreamMetrics {
     }
 }
 
+/// Counts, for one answer, the errors raised about its upstream outside the upstream's
+/// stream: the silence and size limits that the runner and the `/v1` relay keep.
+#[derive(Clone)]
+pub struct Tally {
+    metrics: Arc<UpstreamMetrics>,
+    upstream: Arc<str>,
+}
+
+impl Tally {
+    pub fn new(metrics: Arc<UpstreamMetrics>, upstream: Arc<str>) -> Self {
+        Self { metrics, upstream }
+    }
+
+    /// `error` ends the answer: it is counted, and handed back.
+    pub fn raised(&self, error: UpstreamError) -> UpstreamError {
+        self.metrics.failed(&self.upstream, &error);
+        error
+    }
+}
+
 /// The kind of an upstream failure, as a label: few values, whatever the upstream says.
 pub fn error_kind(error: &UpstreamError) -> &'static str {
     match error {

@@ -378,3 +378,26 @@ async fn the_pages_files_count_as_page_and_without_a_page_other_paths_as_unmatch
         m.text
     );
 }
+
+#[tokio::test]
+async fn answers_the_gateway_cuts_at_the_size_limit_are_counted_as_too_large_on_conv_and_v1() {
+    let app = spawn_app_with(|s| s.max_answer_bytes = 4096).await;
+    let c = wire::Completion::new("mock-model", 1);
+    for _ in 0..2 {
+        app.mock
+            .enqueue(Script::stream([c.role()]).then_repeat(0, c.content(&"x".repeat(500))));
+    }
+    let stream = app.ask("never stop").await;
+    assert_eq!(stream.last()["error"]["code"], "answer_too_large");
+    let response = app
+        .complete(json!({"messages": [{"role": "user", "content": "never stop"}], "stream": true}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("answer_too_large"), "{body}");
+
+    let m = app
+        .metrics_once(|m| m.sum("chatgate_upstream_errors_total", &[("kind", "too_large")]) >= 2.0)
+        .await;
+    assert_eq!(m.sum("chatgate_upstream_errors_total", &[("kind", "too_large")]), 2.0);
+}

@@ -10,6 +10,7 @@
 //! client went away) drops the upstream stream, which cancels the upstream request.
 
 use crate::conversation::FinishType;
+use crate::upstream::metered::Tally;
 use crate::upstream::{Chunk, ChunkStream, UpstreamError, Usage};
 use futures::StreamExt;
 use std::pin::Pin;
@@ -33,11 +34,13 @@ pub struct Relay {
     usage: Option<Usage>,
     /// The answer reached its size limit: this error follows the piece cut at the limit.
     cut: Option<UpstreamError>,
+    /// Counts the errors raised here (silence, size) for the metrics.
+    tally: Tally,
     over: bool,
 }
 
 impl Relay {
-    pub fn new(stream: ChunkStream, idle: Duration, max_answer_bytes: usize) -> Self {
+    pub fn new(stream: ChunkStream, idle: Duration, max_answer_bytes: usize, tally: Tally) -> Self {
         let heard = Instant::now();
         Self {
             stream,
@@ -50,6 +53,7 @@ impl Relay {
             finish: None,
             usage: None,
             cut: None,
+            tally,
             over: false,
         }
     }
@@ -115,7 +119,7 @@ impl Relay {
                 finish: Some(finish),
                 ..Chunk::default()
             }),
-            None => Err(why),
+            None => Err(self.tally.raised(why)),
         })
     }
 
@@ -126,7 +130,7 @@ impl Relay {
         let text = cut(&mut chunk.text, &mut self.text_bytes, limit, finishing);
         let reasoning = cut(&mut chunk.reasoning, &mut self.reasoning_bytes, limit, finishing);
         if text || reasoning {
-            self.cut = Some(UpstreamError::TooLarge { limit });
+            self.cut = Some(self.tally.raised(UpstreamError::TooLarge { limit }));
         }
         text || reasoning
     }
@@ -154,7 +158,14 @@ mod tests {
     use super::*;
 
     fn relay(items: Vec<Result<Chunk, UpstreamError>>, limit: usize) -> Relay {
-        Relay::new(Box::pin(futures::stream::iter(items)), Duration::from_secs(5), limit)
+        let metrics = std::sync::Arc::new(crate::upstream::metered::UpstreamMetrics::new().unwrap());
+        let tally = Tally::new(metrics, "test".into());
+        Relay::new(
+            Box::pin(futures::stream::iter(items)),
+            Duration::from_secs(5),
+            limit,
+            tally,
+        )
     }
 
     async fn all(mut relay: Relay) -> Vec<Result<Chunk, UpstreamError>> {
