@@ -283,6 +283,8 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut measured = Vec::new();
     let mut idle = Vec::new();
     let mut per_stream = vec![f64::NAN; columns];
+    let mut most = vec![String::new(); columns];
+    let most_held = q(4000, 800);
     for (g, (target, pid)) in gateways.iter().zip(&pids[1..]).enumerate() {
         let pid = pid.filter(|p| !measured.contains(p) && run(Part::Memory));
         let Some(pid) = pid else {
@@ -302,6 +304,9 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // with nothing open, after every start-up load is done
         idle.push(fmt(points[0].1 / 1024.0, "MiB"));
         per_stream[g] = slope(&points);
+        // The whole, not only the slope: a process whose idle figure holds freed memory
+        // (a large start-up load) grows less per stream while holding as much.
+        most[g] = fmt(points[points.len() - 1].1 / 1024.0, "MiB");
     }
     if run(Part::Memory) {
         table.row("RSS idle", idle, "");
@@ -310,6 +315,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .map(|v| if v.is_nan() { String::new() } else { fmt(*v, "KiB") })
             .collect();
         table.row("RSS per open stream", cells, "≤ 8 KiB");
+        table.row(&format!("RSS with {most_held} streams open"), most, "");
     }
 
     let ttft_runs = match run(Part::Ttft) {
