@@ -72,7 +72,8 @@ pub enum Durability {
     /// Synced, but the commit may wait up to [`DEFER`] for other writes.
     Deferred,
     /// May wait up to [`CHECKPOINT_DEFER`] for other writes; not synced itself (see the
-    /// module).
+    /// module). Such a write must be one statement: it runs without a savepoint of its own
+    /// (thousands of checkpoints a second), and a statement that fails changes nothing.
     Unsynced,
 }
 
@@ -261,7 +262,14 @@ fn run(conn: Connection, shared: &Shared) {
         drop(queue);
 
         let sync = taken.iter().any(|w| w.durability != Durability::Unsynced);
-        let batch: Vec<(Job, Reply)> = taken.into_iter().map(|w| (w.job, w.reply)).collect();
+        let batch: Vec<Batched> = taken
+            .into_iter()
+            .map(|w| Batched {
+                job: w.job,
+                reply: w.reply,
+                savepoint: w.durability != Durability::Unsynced,
+            })
+            .collect();
         if sync != synced {
             // Outside a transaction, so that it applies to this batch's commit.
             let mode = if sync { "FULL" } else { "NORMAL" };
@@ -271,8 +279,8 @@ fn run(conn: Connection, shared: &Shared) {
                 Err(e) if !sync => log::warn!("could not set synchronous=NORMAL: {e}"),
                 Err(e) => {
                     let message = format!("could not set synchronous=FULL: {e}");
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(StoreError::Commit(message.clone())));
+                    for w in batch {
+                        let _ = w.reply.send(Err(StoreError::Commit(message.clone())));
                     }
                     continue;
                 }
@@ -286,26 +294,42 @@ fn run(conn: Connection, shared: &Shared) {
     }
 }
 
-fn commit(conn: &Connection, batch: Vec<(Job, Reply)>) {
+/// A write in a batch.
+struct Batched {
+    job: Job,
+    reply: Reply,
+    /// Whether the job runs in a savepoint of its own, so that its failure undoes only it.
+    savepoint: bool,
+}
+
+/// Runs `sql` as a statement prepared once per connection (each write of a batch runs two
+/// or three of them).
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+fn commit(conn: &Connection, batch: Vec<Batched>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let message = e.to_string();
-        for (_, reply) in batch {
-            let _ = reply.send(Err(StoreError::Commit(message.clone())));
+        for w in batch {
+            let _ = w.reply.send(Err(StoreError::Commit(message.clone())));
         }
         return;
     }
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (job, reply) in batch {
-        let outcome = conn
-            .execute_batch("SAVEPOINT job")
-            .map_err(StoreError::from)
-            .and_then(|()| job(conn));
-        let undo = if outcome.is_ok() {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
+    for Batched { job, reply, savepoint } in batch {
+        if !savepoint {
+            outcomes.push((job(conn), reply));
+            continue;
+        }
+        let outcome = run_cached(conn, "SAVEPOINT job").and_then(|()| job(conn));
+        let outcome = match outcome {
+            Ok(()) => run_cached(conn, "RELEASE job"),
+            Err(e) => run_cached(conn, "ROLLBACK TO job")
+                .and_then(|()| run_cached(conn, "RELEASE job"))
+                .and(Err(e)),
         };
-        let outcome = outcome.and(conn.execute_batch(undo).map_err(StoreError::from));
         outcomes.push((outcome, reply));
     }
     match conn.execute_batch("COMMIT") {
