@@ -56,6 +56,7 @@ pub async fn chat_completions(
     state.limiter.count_turn(&limited).map_err(OpenAiError)?;
     let mut relayed = state.relays.start();
 
+    let opening = Instant::now();
     let (stream, model, upstream) = open(&state, asked.upstream).await?;
     let completion = Completion::new(&model);
     let idle = state.settings.upstream_idle_timeout;
@@ -73,9 +74,10 @@ pub async fn chat_completions(
 
     // Wait for the first piece before answering, so that an upstream that fails before it
     // does so with a real HTTP status and OpenAI's error body. One that says nothing for a
-    // heartbeat gets its stream opened, to keep the connection and proxies alive.
+    // heartbeat gets its stream opened, to keep the connection and proxies alive: one
+    // heartbeat interval in all, counting what the router waited for a first token.
     let heartbeat = state.settings.heartbeat;
-    let first = match tokio::time::timeout(heartbeat, relay.next()).await {
+    let first = match tokio::time::timeout(heartbeat.saturating_sub(opening.elapsed()), relay.next()).await {
         Ok(Some(Err(error))) => return Err(error.into()),
         Ok(first) => Some(first),
         Err(_) => None,
