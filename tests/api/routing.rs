@@ -306,3 +306,21 @@ async fn an_unknown_model_the_upstream_does_not_know_is_a_404_that_names_the_rou
     assert_eq!(models_asked(&app.mock), ["gpt-9"], "not retried");
     assert_eq!(second.stats().requests, 0, "not failed over");
 }
+
+#[tokio::test]
+async fn v1_is_routed_and_failed_over_like_conv_and_its_chunks_name_the_model_that_answered() {
+    let (app, second) = two_upstreams(false).await;
+    for _ in 0..3 {
+        app.mock.enqueue(Script::refuse(503, wire::error_for_status(503)));
+    }
+    let stream = app
+        .complete_streamed(crate::v1::streaming("route me too", json!({"model": "smart"})))
+        .await;
+    let chunks = crate::v1::chunks_of(&stream);
+    assert_eq!(crate::v1::content(&chunks), echo("route me too", 0));
+    assert!(chunks.iter().all(|c| c["model"] == "model-b"), "{chunks:?}");
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{chunks:?}");
+    assert!(crate::v1::ends_with_done(&stream));
+    assert_eq!(models_asked(&app.mock), ["model-a"; 3]);
+    assert_eq!(models_asked(&second), ["model-b"]);
+}

@@ -270,3 +270,11 @@ async fn an_upstream_that_answers_one_json_object_despite_streaming_is_relayed_a
     assert_eq!(answer["content"]["parts"][0], "All at once.");
     assert_eq!(answer["status"], "finished_successfully");
 }
+
+#[tokio::test]
+async fn openai_compatible_upstreams_are_asked_for_the_token_usage() {
+    let app = spawn_app().await;
+    app.ask("count me").await.assert_finished();
+    let asked = &app.mock.requests()[0];
+    assert_eq!(asked["stream_options"], json!({"include_usage": true}), "{asked}");
+}
