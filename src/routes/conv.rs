@@ -27,14 +27,7 @@ pub async fn post(
     payload: web::Payload,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
-    let limits = BodyLimits {
-        bytes: state.settings.max_body_bytes,
-        within: state.settings.request_timeout,
-    };
-    let body = read_body(&request, payload, limits).await?;
-    if state.stopping.load(Ordering::SeqCst) {
-        return Err(ApiError::Stopping);
-    }
+    let body = read_turn(&state, &request, payload).await?;
     let turn_request = TurnRequest::parse(&body)?;
     let read = ReadFrom {
         after: None,
@@ -117,6 +110,20 @@ pub async fn post(
         }))),
         None => Err(ApiError::Internal("the answer ended without a last frame")),
     }
+}
+
+/// The body of a request for a new answer (`/conv`, `/v1`), read within the body limits;
+/// refused once the gateway is stopping.
+pub async fn read_turn(state: &AppState, request: &HttpRequest, payload: web::Payload) -> Result<Bytes, ApiError> {
+    let limits = BodyLimits {
+        bytes: state.settings.max_body_bytes,
+        within: state.settings.request_timeout,
+    };
+    let body = read_body(request, payload, limits).await?;
+    if state.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::Stopping);
+    }
+    Ok(body)
 }
 
 /// How much of a request body is read, and for how long.

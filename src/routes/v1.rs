@@ -10,7 +10,7 @@
 mod relay;
 mod request;
 
-use super::conv::{BodyLimits, read_body, sse_response};
+use super::conv::{read_turn, sse_response};
 use crate::edge::auth::Client;
 use crate::error::{ApiError, OpenAiError};
 use crate::limits::StreamSlot;
@@ -28,7 +28,6 @@ use request::CompletionRequest;
 use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -39,14 +38,7 @@ pub async fn chat_completions(
     payload: web::Payload,
     client: Client,
 ) -> Result<HttpResponse, OpenAiError> {
-    let limits = BodyLimits {
-        bytes: state.settings.max_body_bytes,
-        within: state.settings.request_timeout,
-    };
-    let body = read_body(&request, payload, limits).await?;
-    if state.stopping.load(Ordering::SeqCst) {
-        return Err(ApiError::Stopping.into());
-    }
+    let body = read_turn(&state, &request, payload).await?;
     let asked = CompletionRequest::parse(&body, &state.settings.model)?;
 
     // As on `/conv`: the slot first, so that a request it refuses is not counted. The slot
