@@ -6,6 +6,7 @@
 
 use super::Chunk;
 use super::chunks::{ChunkDecoder, Item};
+use super::http::AnswerDecoder;
 use super::hygiene::{AnswerGate, Hygiene};
 use crate::error::ApiError;
 use proptest::prelude::*;
@@ -103,12 +104,15 @@ fn wire(
         .into_bytes()
 }
 
-/// Everything that leaves the gate for `bytes` read in pieces cut at `cuts`.
-fn through_the_gate(bytes: &[u8], cuts: &[prop::sample::Index]) -> Vec<Item> {
+/// Everything that leaves the gate for `bytes` read by `decoder` in pieces cut at `cuts`.
+pub(super) fn through_the_gate(
+    mut decoder: impl AnswerDecoder,
+    bytes: &[u8],
+    cuts: &[prop::sample::Index],
+) -> Vec<Item> {
     let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
     cuts.push(bytes.len());
     cuts.sort_unstable();
-    let mut decoder = ChunkDecoder::new(1 << 20);
     let mut gate = AnswerGate::new(Arc::new(Hygiene::new(Some(KEY))));
     let (mut decoded, mut out) = (Vec::new(), Vec::new());
     let mut last = 0;
@@ -201,7 +205,7 @@ proptest! {
         read_cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
     ) {
         let bytes = wire(&tokens, &chunk_cuts, &others, crlf);
-        let out = through_the_gate(&bytes, &read_cuts);
+        let out = through_the_gate(ChunkDecoder::new(1 << 20), &bytes, &read_cuts);
         check(bytes.len(), &out)?;
     }
 
@@ -221,7 +225,7 @@ proptest! {
         read_cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
     ) {
         let bytes = pieces.concat();
-        let out = through_the_gate(&bytes, &read_cuts);
+        let out = through_the_gate(ChunkDecoder::new(1 << 20), &bytes, &read_cuts);
         check(bytes.len(), &out)?;
     }
 }

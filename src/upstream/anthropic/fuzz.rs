@@ -6,13 +6,10 @@
 
 use super::super::Chunk;
 use super::super::chunks::Item;
-use super::super::fuzz::{KEY, shows_the_key, spelled_key_byte};
-use super::super::http::AnswerDecoder;
-use super::super::hygiene::{AnswerGate, Hygiene};
+use super::super::fuzz::{KEY, shows_the_key, spelled_key_byte, through_the_gate};
 use super::EventDecoder;
 use crate::error::ApiError;
 use proptest::prelude::*;
-use std::sync::Arc;
 
 fn event(name: &str, data: &str) -> Vec<u8> {
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
@@ -79,27 +76,6 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// Everything that leaves the gate for `bytes` read in pieces cut at `cuts`.
-fn through_the_gate(bytes: &[u8], cuts: &[prop::sample::Index]) -> Vec<Item> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-    cuts.push(bytes.len());
-    cuts.sort_unstable();
-    let mut decoder = EventDecoder::new(1 << 20);
-    let mut gate = AnswerGate::new(Arc::new(Hygiene::new(Some(KEY))));
-    let (mut decoded, mut out) = (Vec::new(), Vec::new());
-    let mut last = 0;
-    for cut in cuts {
-        decoder.read(&bytes[last..cut], &mut decoded);
-        last = cut;
-    }
-    decoder.end(&mut decoded);
-    for item in decoded {
-        gate.item(item, &mut out);
-    }
-    gate.end(&mut out);
-    out
-}
-
 fn check(input_len: usize, out: &[Item]) -> Result<(), TestCaseError> {
     let chunks: Vec<&Chunk> = out.iter().filter_map(|i| i.as_ref().ok()).collect();
     let text: String = chunks.iter().map(|c| c.text.as_str()).collect();
@@ -146,7 +122,7 @@ proptest! {
             ));
         }
         bytes.extend(pieces.concat());
-        let out = through_the_gate(&bytes, &read_cuts);
+        let out = through_the_gate(EventDecoder::new(1 << 20), &bytes, &read_cuts);
         check(bytes.len(), &out)?;
     }
 }
