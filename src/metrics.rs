@@ -1,11 +1,13 @@
 //! `GET /metrics`: one registry per application, holding what each room measures — requests
-//! at the edge, answers, tokens and failures in the router, commits in the SQLite writer —
-//! and the live answers, counted when scraped.
+//! at the edge, answers, tokens and failures in the router, store writes and the SQLite
+//! writer's commits — and the live answers, counted when scraped.
 //!
 //! Nothing is done for metrics when nobody scrapes but the counting itself: atomic
 //! additions on handles looked up once per request or answer.
 
+use crate::conversation::Store;
 use crate::conversation::group_commit;
+use crate::conversation::metered::MeteredStore;
 use crate::edge::requests;
 use crate::upstream::metered::UpstreamMetrics;
 use prometheus::{Encoder, IntCounterVec, IntGauge, Registry, TextEncoder};
@@ -46,6 +48,11 @@ impl Metrics {
     /// Shows the SQLite writer's commit times (only a SQLite store has them).
     pub fn show_store_commits(&self) -> Result<(), prometheus::Error> {
         self.registry.register(Box::new(group_commit::commit_seconds()?))
+    }
+
+    /// `store`, its writes timed (`kind` labels them: `sqlite`, `memory`).
+    pub fn measure_store(&self, store: Arc<dyn Store>, kind: &str) -> Result<Arc<dyn Store>, prometheus::Error> {
+        Ok(Arc::new(MeteredStore::new(store, kind, &self.registry)?))
     }
 
     /// Everything in the text exposition format, with `live` answers running now.

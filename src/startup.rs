@@ -56,23 +56,23 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = Metrics::new()?;
-        let store: Arc<dyn Store> = match &settings.store {
+        let (store, kind): (Arc<dyn Store>, &str) = match &settings.store {
             StoreKind::Sqlite(path) => {
                 log::info!("conversations are stored in {}", path.display());
                 // Before the store opens: its writer times commits once this is made.
                 metrics.show_store_commits()?;
                 let path = path.clone();
-                Arc::new(
-                    tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-                        .await
-                        .map_err(StoreError::from)??,
-                )
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                    .await
+                    .map_err(StoreError::from)??;
+                (Arc::new(store), "sqlite")
             }
             StoreKind::Memory => {
                 log::warn!("conversations are kept in memory only: they are lost when chatgate stops");
-                Arc::new(MemoryStore::default())
+                (Arc::new(MemoryStore::default()), "memory")
             }
         };
+        let store = metrics.measure_store(store, kind)?;
         let router = Router::build(&settings.upstream, &settings.model, settings.max_answer_bytes)?
             .measured_by(Arc::clone(&metrics.upstream));
         log_upstreams(&settings.upstream, &settings.model);

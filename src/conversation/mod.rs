@@ -3,6 +3,7 @@
 
 pub mod group_commit;
 pub mod memory;
+pub mod metered;
 pub mod sqlite;
 pub mod store;
 pub mod tree;

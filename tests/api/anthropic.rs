@@ -3,6 +3,7 @@
 //! `max_tokens`, roles, no unknown field) and streams Anthropic's events.
 
 use crate::helpers::*;
+use crate::shutdown::Gateway;
 use chatgate::config::UpstreamKind;
 use mockllm::Script;
 use mockllm::anthropic_wire::{Message, error_body, error_event};
@@ -261,4 +262,41 @@ async fn a_request_anthropic_would_refuse_is_refused_by_the_mock_too() {
         body["error"]["message"].as_str().unwrap().contains("x-api-key"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn the_binary_with_only_anthropic_settings_answers_through_anthropic() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chatgate.db");
+    let mock = mockllm::MockLlm::start("127.0.0.1:0").unwrap();
+    let env = [
+        ("ANTHROPIC_API_KEY", KEY),
+        ("ANTHROPIC_BASE_URL", &mock.anthropic_base_url()),
+    ];
+    let gateway = Gateway::start_with_env(&db, &[], &env).await;
+    let stream = gateway.stream("only a key [mock:words=3]").await.finish().await;
+    assert_eq!(stream.text(), echo("only a key", 3));
+    stream.assert_finished();
+    let headers = mock.anthropic_headers();
+    assert_eq!(headers.len(), 1, "the answer came from /v1/messages");
+    assert_eq!(headers[0].api_key.as_deref(), Some(KEY));
+    assert_eq!(
+        mock.requests()[0]["model"],
+        "claude-sonnet-4-5",
+        "Anthropic's default model"
+    );
+    assert_no_key("the log", &gateway.log());
+
+    // The key alone (no URL) means Anthropic's own API.
+    let db = dir.path().join("alone.db");
+    let alone = Gateway::start_with_env(&db, &[], &[("ANTHROPIC_API_KEY", KEY)]).await;
+    // The log is read on its own thread: it may lag the address on stdout.
+    let said = "upstream: https://api.anthropic.com/v1/messages (Anthropic)";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !alone.log().contains(said) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let log = alone.log();
+    assert!(log.contains(said), "{log}");
+    assert_no_key("the log", &log);
 }

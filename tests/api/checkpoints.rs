@@ -65,19 +65,7 @@ async fn a_failed_final_write_reaches_readers_as_store_failed_and_is_retried() {
 
     // Another process takes the database's write lock and keeps it past the gateway's
     // busy timeout: every write fails while it holds it.
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-    let holder = {
-        let db = db.clone();
-        std::thread::spawn(move || {
-            let conn = rusqlite::Connection::open(&db).unwrap();
-            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
-            locked.send(()).unwrap();
-            let _ = released.recv();
-            conn.execute_batch("COMMIT").unwrap();
-        })
-    };
-    is_locked.recv().unwrap();
+    let lock = WriteLock::take(&db);
 
     let stream = reader.finish().await;
     stream.assert_closed_properly();
@@ -85,6 +73,17 @@ async fn a_failed_final_write_reaches_readers_as_store_failed_and_is_retried() {
     assert_eq!(last["message"]["status"], "error");
     assert_eq!(last["error"]["code"], "store_failed", "{last}");
     assert_eq!(text_of(&last), echo("locked out", 30), "the text is still all there");
+
+    // The metrics count the failed write.
+    let m = app.metrics().await;
+    let end = [("store", "sqlite"), ("write", "end")];
+    assert!(
+        m.exactly("chatgate_store_write_errors_total", &end) >= 1.0,
+        "{}",
+        m.text
+    );
+    let turn = [("store", "sqlite"), ("write", "turn")];
+    assert_eq!(m.exactly("chatgate_store_write_errors_total", &turn), 0.0);
 
     // While the store refuses, the answer is not shown in progress.
     let (status, tree) = app.get_json(&format!("/conv/{conversation}")).await;
@@ -98,8 +97,7 @@ async fn a_failed_final_write_reaches_readers_as_store_failed_and_is_retried() {
         "the file has not taken it yet"
     );
 
-    release.send(()).unwrap();
-    holder.join().unwrap();
+    lock.release();
     let deadline = Instant::now() + Duration::from_secs(30);
     while stored_row(&db, &message).0 == "in_progress" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -394,3 +394,33 @@ pub async fn forget_scripts(mock: &MockLlm) {
     let response = reqwest::Client::new().post(url).send().await.expect("the mock answers");
     assert_eq!(response.status(), 204);
 }
+
+/// Another process's write lock on a SQLite file, held past the gateway's busy timeout:
+/// every write the gateway tries fails until [`WriteLock::release`].
+pub struct WriteLock {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl WriteLock {
+    /// Returns once the lock is held.
+    pub fn take(db: &Path) -> Self {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let db = db.to_owned();
+        let holder = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+            conn.execute_batch("COMMIT").unwrap();
+        });
+        is_locked.recv().expect("the lock is taken");
+        Self { release, holder }
+    }
+
+    pub fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.join().unwrap();
+    }
+}

@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text that shows requests by route pattern and status, time to
-//! first token and per chunk, tokens, upstream errors, retries and failovers, store commits
-//! and live answers — and never a raw path, an id or a key.
+//! first token and per chunk, tokens, upstream errors, retries and failovers, store writes
+//! and commits, and live answers — and never a raw path, an id or a key.
 
 use crate::helpers::*;
 use crate::v1::streaming;
@@ -103,8 +103,8 @@ fn parse_sample(line: &str) -> Option<Sample> {
 }
 
 /// The gateway's metrics.
-struct Scraped {
-    text: String,
+pub struct Scraped {
+    pub text: String,
     samples: Vec<Sample>,
 }
 
@@ -120,7 +120,7 @@ impl Scraped {
     }
 
     /// The one sample named `name` with exactly `labels` (all of them): its value.
-    fn exactly(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn exactly(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let found: Vec<&Sample> = self
             .samples
@@ -151,7 +151,7 @@ impl TestApp {
         (status, Some(Scraped { text, samples }))
     }
 
-    async fn metrics(&self) -> Scraped {
+    pub async fn metrics(&self) -> Scraped {
         let (status, scraped) = self.metrics_with(None).await;
         assert_eq!(status, 200);
         scraped.expect("a body")
@@ -400,4 +400,36 @@ async fn answers_the_gateway_cuts_at_the_size_limit_are_counted_as_too_large_on_
         .metrics_once(|m| m.sum("chatgate_upstream_errors_total", &[("kind", "too_large")]) >= 2.0)
         .await;
     assert_eq!(m.sum("chatgate_upstream_errors_total", &[("kind", "too_large")]), 2.0);
+}
+
+#[tokio::test]
+async fn every_kind_of_store_write_is_timed_on_the_memory_store() {
+    let app = spawn_app().await;
+    // Long enough (about 1.6 s) for a checkpoint while it runs.
+    let stream = app.ask("time my writes [mock:words=40] [mock:delay=40]").await;
+    stream.assert_finished();
+    let conversation = stream.conversation_id();
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/conv/{conversation}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+
+    let m = app
+        .metrics_once(|m| m.sum("chatgate_store_write_seconds_count", &[("write", "end")]) > 0.0)
+        .await;
+    let writes = |write| {
+        m.exactly(
+            "chatgate_store_write_seconds_count",
+            &[("store", "memory"), ("write", write)],
+        )
+    };
+    assert_eq!(writes("turn"), 1.0);
+    assert!(writes("checkpoint") >= 1.0, "{}", m.text);
+    assert_eq!(writes("end"), 1.0);
+    assert_eq!(writes("delete"), 1.0);
+    let failed = m.sum("chatgate_store_write_errors_total", &[("store", "memory")]);
+    assert_eq!(failed, 0.0);
 }

@@ -14,6 +14,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Removes the developer's own settings from `command`'s environment: every setting a
+/// test gives is its own.
+fn without_own_settings(command: &mut Command) {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OPENAI_") || key.starts_with("CHATGATE_") || key.starts_with("ANTHROPIC_") {
+            command.env_remove(key);
+        }
+    }
+}
+
 /// The `chatgate` binary running as a child process. Dropping it kills the process (a
 /// failing test leaves nothing behind) and, when the test is failing, prints its log.
 pub struct Gateway {
@@ -50,16 +60,35 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // Nothing of the developer's own settings: every setting is a flag here.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("OPENAI_") || key.starts_with("CHATGATE_") {
-                command.env_remove(key);
-            }
-        }
+        without_own_settings(&mut command);
         // The key as operators should give it: not on the command line, where `ps` shows it.
         if !extra.iter().any(|a| a.starts_with("--upstream-key")) {
             command.env("OPENAI_API_KEY", KEY);
         }
+        Self::spawn(command).await
+    }
+
+    /// Starts `chatgate` on the SQLite file `db` with only `args` and `env` as its
+    /// settings (no upstream unless they name one).
+    pub async fn start_with_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--store")
+            .arg(format!("sqlite://{}", db.display()))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .current_dir(db.parent().expect("the database is in a directory"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        without_own_settings(&mut command);
+        command.envs(env.iter().copied());
+        Self::spawn(command).await
+    }
+
+    /// Runs `command` and waits for the address it prints.
+    async fn spawn(mut command: Command) -> Self {
         let mut child = command.spawn().expect("chatgate starts");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
