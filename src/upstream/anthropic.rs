@@ -10,7 +10,7 @@ mod request;
 
 pub use events::{EventDecoder, error_details};
 
-use super::http::{Clients, ErrorResponse, answer_stream, describe};
+use super::http::{Clients, Endpoint, ErrorResponse, answer_stream, describe};
 use super::hygiene::{self, Hygiene};
 use super::{ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ const VERSION: &str = "2023-06-01";
 
 pub struct AnthropicProvider {
     clients: Clients,
-    url: String,
+    url: Endpoint,
     /// The key as a header value, marked sensitive so that it never shows in debug output.
     key: Option<HeaderValue>,
     hygiene: Arc<Hygiene>,
@@ -35,7 +35,7 @@ impl AnthropicProvider {
     pub fn new(base_url: &str, key: Option<String>, max_answer_bytes: usize) -> Result<Self, reqwest::Error> {
         Ok(Self {
             clients: Clients::new()?,
-            url: format!("{}/v1/messages", base_url.trim_end_matches('/')),
+            url: Endpoint::new(base_url, "/v1/messages"),
             hygiene: Arc::new(Hygiene::new(key.as_deref())),
             // A key that is no header value would be refused as no key by the API: it is
             // not sent, and the API says why.
@@ -60,9 +60,8 @@ impl AnthropicProvider {
     async fn send(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
         let body = serde_json::to_vec(&request::body(&request)).map_err(|e| UpstreamError::BadChunk(e.to_string()))?;
         let mut builder = self
-            .clients
-            .get()
-            .post(&self.url)
+            .url
+            .post(&self.clients)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "text/event-stream")
             .header("anthropic-version", VERSION)

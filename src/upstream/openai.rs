@@ -3,7 +3,7 @@
 //! [`hygiene`] gate first: the key this provider holds never leaves it.
 
 use super::chunks::{ChunkDecoder, error_details};
-use super::http::{Clients, ErrorResponse, answer_stream, describe};
+use super::http::{Clients, Endpoint, ErrorResponse, answer_stream, describe};
 use super::hygiene::{self, Hygiene};
 use super::{ChatMessage, ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub struct OpenAiProvider {
     clients: Clients,
-    url: String,
+    url: Endpoint,
     key: Option<String>,
     hygiene: Arc<Hygiene>,
     /// An event longer than an answer of this size could be is not read to its end.
@@ -24,7 +24,7 @@ impl OpenAiProvider {
     pub fn new(base_url: &str, key: Option<String>, max_answer_bytes: usize) -> Result<Self, reqwest::Error> {
         Ok(Self {
             clients: Clients::new()?,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            url: Endpoint::new(base_url, "/chat/completions"),
             hygiene: Arc::new(Hygiene::new(key.as_deref())),
             key,
             max_answer_bytes,
@@ -67,9 +67,8 @@ impl OpenAiProvider {
         };
         let body = serde_json::to_vec(&body).map_err(|e| UpstreamError::BadChunk(e.to_string()))?;
         let mut builder = self
-            .clients
-            .get()
-            .post(&self.url)
+            .url
+            .post(&self.clients)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "text/event-stream")
             .body(body);
