@@ -115,3 +115,32 @@ async fn delta_mode_bytes_grow_linearly_with_the_answer() {
         "no frame repeats earlier text"
     );
 }
+
+#[tokio::test]
+async fn a_first_reader_that_stops_reading_holds_up_neither_the_answer_nor_another_reader() {
+    let app = spawn_app().await;
+    let words = 3000;
+    let response = app
+        .post_conv(json!({"content": format!("hold on [mock:words={words}] [mock:delay=0]")}))
+        .await;
+    assert_eq!(response.status(), 200);
+    // The request that asked reads its first frame, then nothing while the answer streams.
+    let mut first = Live::new(response);
+    let opening = first.next_frame().await;
+    let conversation = opening["conversation_id"].as_str().unwrap().to_owned();
+
+    let watcher = read_stream(app.get_stream(&conversation, "", None).await).await;
+    watcher.assert_finished();
+    assert_eq!(watcher.text(), echo("hold on", words));
+    app.mock
+        .wait_for_stats(Duration::from_secs(10), |s| s.completed == 1)
+        .await;
+
+    let rest = first.rest(Duration::from_secs(30)).await;
+    rest.assert_closed_properly();
+    assert_eq!(
+        text_of(&rest.last()),
+        echo("hold on", words),
+        "nothing lost for the slow one"
+    );
+}
