@@ -130,6 +130,9 @@ impl Application {
         let app_state = state.clone();
         let request_timeout = state.settings.request_timeout;
         let server = HttpServer::new(move || {
+            // Called on each worker's thread as it starts: its upstream clients are made
+            // now, not on its first answer.
+            state.router.warm();
             let settings = &state.settings;
             // The last `wrap` is the outermost: every request counted, with the status it
             // finally got; headers and JSON errors on everything, even on refusals; then the

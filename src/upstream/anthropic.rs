@@ -53,6 +53,10 @@ impl Provider for AnthropicProvider {
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
         hygiene::gate(&self.hygiene, self.send(request).await)
     }
+
+    fn warm(&self) {
+        self.clients.get();
+    }
 }
 
 impl AnthropicProvider {

@@ -32,7 +32,8 @@ impl Clients {
         })
     }
 
-    /// This thread's client.
+    /// This thread's client, made on the thread's first call: making one loads the
+    /// system's root certificates, about 40 ms (see [`super::Provider::warm`]).
     pub fn get(&self) -> reqwest::Client {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
@@ -169,6 +170,18 @@ mod tests {
         let clients = Clients::new().unwrap();
         let request = endpoint.post(&clients).build().map_err(|e| describe(&e))?;
         Ok(request.url().to_string())
+    }
+
+    #[test]
+    fn each_thread_makes_its_client_once() {
+        let clients = std::sync::Arc::new(Clients::new().unwrap());
+        let threads = |c: &Clients| c.clients.lock().unwrap().len();
+        clients.get();
+        clients.get();
+        assert_eq!(threads(&clients), 1);
+        let other = std::sync::Arc::clone(&clients);
+        std::thread::spawn(move || other.get()).join().unwrap();
+        assert_eq!(threads(&clients), 2);
     }
 
     #[test]

@@ -174,4 +174,9 @@ pub trait Provider: Send + Sync {
     /// Sends the request and waits for the upstream's status: an error here means nothing
     /// was streamed, so the client can get a real HTTP status.
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError>;
+
+    /// Readies the calling thread to send requests (its HTTP client and connection pool),
+    /// so that the first answer a worker gives does not wait for that. Called as each worker
+    /// starts.
+    fn warm(&self) {}
 }

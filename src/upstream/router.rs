@@ -93,6 +93,13 @@ impl Router {
         }
     }
 
+    /// Readies the calling thread to reach every upstream (see [`Provider::warm`]).
+    pub fn warm(&self) {
+        for upstream in &self.upstreams {
+            upstream.provider.warm();
+        }
+    }
+
     /// The router, measuring its answers, failures, retries and failovers into `metrics`.
     pub fn measured_by(mut self, metrics: Arc<UpstreamMetrics>) -> Self {
         self.metrics = Some(metrics);
