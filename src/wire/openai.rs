@@ -101,7 +101,7 @@ struct ChunkObject<'a> {
     created: u64,
     model: &'a str,
     system_fingerprint: Option<&'a str>,
-    choices: Vec<ChunkChoice<'a>>,
+    choices: &'a [ChunkChoice<'a>],
     /// Absent unless asked for; then `null` in every chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Option<UsageObject>>,
@@ -217,7 +217,7 @@ impl ChunkWriter {
     pub fn usage(&self, usage: Option<Usage>) -> Option<Bytes> {
         self.include_usage.then(|| {
             self.render(&ChunkObject {
-                choices: Vec::new(),
+                choices: &[],
                 usage: Some(Some(usage.unwrap_or_default().into())),
                 ..self.head()
             })
@@ -225,13 +225,14 @@ impl ChunkWriter {
     }
 
     fn event(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
+        let choice = [ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason,
+        }];
         self.render(&ChunkObject {
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
+            choices: &choice,
             ..self.head()
         })
     }
@@ -243,13 +244,19 @@ impl ChunkWriter {
             created: self.completion.created,
             model: &self.completion.model,
             system_fingerprint: None,
-            choices: Vec::new(),
+            choices: &[],
             usage: self.include_usage.then_some(None),
         }
     }
 
+    /// One chunk's event, written straight into the buffer that becomes its bytes.
     fn render(&self, object: &ChunkObject<'_>) -> Bytes {
-        data_event(&serde_json::to_string(object).unwrap_or_default())
+        let mut event = Vec::with_capacity(RENDERED_CAPACITY);
+        event.extend_from_slice(b"data: ");
+        // Serializing borrowed strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut event, object);
+        event.extend_from_slice(b"\n\n");
+        event.into()
     }
 }
 
@@ -262,6 +269,10 @@ pub fn error_event(object: &Value) -> Bytes {
     }
     data_event(&serde_json::json!({ "error": object }).to_string())
 }
+
+/// Room for a chunk of a few words without growing the buffer (the object around the text
+/// is about 200 bytes).
+const RENDERED_CAPACITY: usize = 320;
 
 fn data_event(json: &str) -> Bytes {
     let mut event = String::with_capacity(json.len() + 8);
