@@ -4,10 +4,11 @@
 
 use crate::anthropic::spawn_anthropic_app;
 use crate::helpers::*;
+use crate::restart::kill_mid_stream;
 use crate::shutdown::Gateway;
 use mockllm::{MockLlm, reasoning, word_chunks};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The reasoning the mock streams for `[mock:reasoning=n]`, whole.
 fn mock_reasoning(n: usize) -> String {
@@ -243,27 +244,8 @@ async fn reasoning_and_usage_survive_a_restart_and_a_kill_keeps_the_checkpointed
     gateway.stored(&conversation, &message).await;
 
     // One killed while it is still reasoning.
-    let mut sse = gateway
-        .stream("long thoughts [mock:reasoning=300] [mock:delay=20]")
-        .await;
-    let first = sse.next_frame().await;
-    let killed_conversation = first["conversation_id"].as_str().unwrap().to_owned();
-    let killed_message = first["message"]["id"].as_str().unwrap().to_owned();
-    let reading = Instant::now();
-    while reading.elapsed() < Duration::from_millis(2500) {
-        sse.next_frame().await;
-    }
-    let killed = Instant::now();
-    gateway.sigkill();
-    // Checkpoints are at most a second apart: a frame seen 1.5 s before the kill is on disk.
-    let remembered = sse
-        .seen
-        .iter()
-        .zip(&sse.arrived)
-        .rev()
-        .find(|(e, at)| is_frame(e) && killed.duration_since(**at) >= Duration::from_millis(1500))
-        .map(|(e, _)| serde_json::from_str::<Value>(&e.data).unwrap())
-        .expect("a frame seen well before the kill");
+    let (killed_conversation, killed_message, remembered) =
+        kill_mid_stream(&mut gateway, "long thoughts [mock:reasoning=300] [mock:delay=20]").await;
     let remembered = frame_reasoning(&remembered).unwrap().to_owned();
     assert!(remembered.starts_with("Thinking, step 1. "), "{remembered:?}");
 

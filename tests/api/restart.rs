@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 /// this long before the kill is on disk.
 const CHECKPOINTED: Duration = Duration::from_millis(1500);
 
-/// A long paced answer streamed for a while, then SIGKILL: (conversation id, message id,
-/// the text of the last frame seen at least [`CHECKPOINTED`] before the kill).
-async fn an_answer_killed_mid_stream(db: &Path, mock: &MockLlm) -> (String, String, String) {
-    let mut gateway = Gateway::start(db, mock, &[]).await;
-    let mut sse = gateway
-        .stream("tell me a long story [mock:words=300] [mock:delay=30]")
-        .await;
+/// Streams `content` (a long paced answer) for 2.5 s, then SIGKILLs the gateway:
+/// (conversation id, message id, the last frame seen at least [`CHECKPOINTED`] before the
+/// kill, which must be on disk).
+pub async fn kill_mid_stream(gateway: &mut Gateway, content: &str) -> (String, String, Value) {
+    let mut sse = gateway.stream(content).await;
     let first = sse.next_frame().await;
     let conversation = first["conversation_id"].as_str().unwrap().to_owned();
     let message = first["message"]["id"].as_str().unwrap().to_owned();
@@ -37,6 +35,15 @@ async fn an_answer_killed_mid_stream(db: &Path, mock: &MockLlm) -> (String, Stri
         .find(|(e, at)| is_frame(e) && killed.duration_since(**at) >= CHECKPOINTED)
         .map(|(e, _)| serde_json::from_str::<Value>(&e.data).unwrap())
         .expect("a frame seen well before the kill");
+    (conversation, message, remembered)
+}
+
+/// A long paced answer streamed for a while, then SIGKILL: (conversation id, message id,
+/// the text of the last frame seen at least [`CHECKPOINTED`] before the kill).
+async fn an_answer_killed_mid_stream(db: &Path, mock: &MockLlm) -> (String, String, String) {
+    let mut gateway = Gateway::start(db, mock, &[]).await;
+    let (conversation, message, remembered) =
+        kill_mid_stream(&mut gateway, "tell me a long story [mock:words=300] [mock:delay=30]").await;
     let remembered = text_of(&remembered).to_owned();
     assert!(
         remembered.starts_with("Echo: tell me a long story w1"),
