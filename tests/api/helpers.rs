@@ -424,3 +424,11 @@ impl WriteLock {
         self.holder.join().unwrap();
     }
 }
+
+/// Waits up to `within` for the mock to see one upstream request cancelled (the gateway
+/// dropped it), failing with `why` and the mock's counts if it does not; the counts.
+pub async fn upstream_cancelled(mock: &MockLlm, within: Duration, why: &str) -> mockllm::Stats {
+    let stats = mock.wait_for_stats(within, |s| s.cancelled == 1).await;
+    assert_eq!(stats.cancelled, 1, "{why}: {stats:?}");
+    stats
+}

@@ -121,11 +121,7 @@ async fn stop_ends_the_answer_for_every_reader_and_stores_it_interrupted() {
         assert_eq!(last["error"], Value::Null);
         assert!(!text_of(&last).contains("w1000"));
     }
-    let stats = app
-        .mock
-        .wait_for_stats(Duration::from_secs(2), |s| s.cancelled == 1)
-        .await;
-    assert_eq!(stats.cancelled, 1, "the upstream request was cancelled");
+    upstream_cancelled(&app.mock, Duration::from_secs(2), "the upstream request was cancelled").await;
     // Stored before the stop was answered.
     let (_, tree) = app.get_json(&format!("/conv/{conversation}")).await;
     let stored = &tree["mapping"][&message]["message"];
@@ -246,11 +242,7 @@ async fn an_answer_nobody_comes_back_to_is_cancelled_after_the_grace_and_stored_
     drop(reader);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.mock.stats().cancelled, 0, "still within the grace");
-    let stats = app
-        .mock
-        .wait_for_stats(Duration::from_secs(10), |s| s.cancelled == 1)
-        .await;
-    assert_eq!(stats.cancelled, 1, "cancelled once the grace was over");
+    upstream_cancelled(&app.mock, Duration::from_secs(10), "cancelled once the grace was over").await;
     let stored = app.stored_message(&conversation, &message).await;
     assert_eq!(stored["status"], "finished_partial_completion");
     assert_eq!(stored["metadata"]["finish_details"]["type"], "interrupted");
@@ -281,11 +273,7 @@ async fn the_grace_starts_again_each_time_the_last_reader_leaves() {
         0,
         "the second departure restarted the grace"
     );
-    let stats = app
-        .mock
-        .wait_for_stats(Duration::from_secs(10), |s| s.cancelled == 1)
-        .await;
-    assert_eq!(stats.cancelled, 1);
+    upstream_cancelled(&app.mock, Duration::from_secs(10), "the upstream request is dropped").await;
 }
 
 #[tokio::test]
@@ -299,11 +287,12 @@ async fn a_background_turn_with_cancel_unread_is_cancelled_once_its_readers_are_
     let mut reader = Live::new(app.get_stream(conversation, "", None).await);
     reader.until_id(3).await;
     drop(reader);
-    let stats = app
-        .mock
-        .wait_for_stats(Duration::from_secs(10), |s| s.cancelled == 1)
-        .await;
-    assert_eq!(stats.cancelled, 1, "cancelled once nobody read it for the grace");
+    upstream_cancelled(
+        &app.mock,
+        Duration::from_secs(10),
+        "cancelled once nobody read it for the grace",
+    )
+    .await;
     let stored = app.stored_message(conversation, message).await;
     assert_eq!(stored["status"], "finished_partial_completion");
 

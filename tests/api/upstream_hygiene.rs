@@ -406,11 +406,12 @@ async fn an_upstream_that_falls_silent_after_keep_alives_is_still_cut_off() {
     assert_eq!(last["message"]["content"]["parts"][0], "so far");
     assert_eq!(last["error"]["code"], "upstream_timeout");
     stream.assert_closed_properly();
-    let stats = app
-        .mock
-        .wait_for_stats(Duration::from_secs(2), |s| s.cancelled == 1)
-        .await;
-    assert_eq!(stats.cancelled, 1, "the silent upstream request is dropped");
+    upstream_cancelled(
+        &app.mock,
+        Duration::from_secs(2),
+        "the silent upstream request is dropped",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -430,11 +431,12 @@ async fn an_endless_answer_ends_at_max_answer_bytes_and_the_upstream_is_cancelle
     assert_eq!(text.len(), limit - 1);
     assert!(text.chars().all(|c| c == 'é'));
     stream.assert_closed_properly();
-    let stats = app
-        .mock
-        .wait_for_stats(Duration::from_secs(5), |s| s.cancelled == 1)
-        .await;
-    assert_eq!(stats.cancelled, 1, "the endless upstream request is dropped");
+    upstream_cancelled(
+        &app.mock,
+        Duration::from_secs(5),
+        "the endless upstream request is dropped",
+    )
+    .await;
     let stored = app
         .stored_message(&stream.conversation_id(), &stream.message_id())
         .await;
