@@ -7,7 +7,7 @@ use crate::error::{ApiError, RequestError};
 use crate::generation::Generations;
 use crate::generation::lane::Unsaved;
 use crate::generation::runner::{Limits, Timing};
-use crate::limits::Limiter;
+use crate::limits::{Limiter, StreamSlot};
 use crate::metrics::Metrics;
 use crate::prompts::Presets;
 use crate::relays::Relays;
@@ -57,6 +57,17 @@ impl AppState {
             Some(c) if client.may_see(c.owner.as_deref()) => Ok(c),
             _ => Err(RequestError::UnknownConversation(id).into()),
         }
+    }
+
+    /// Admits a new answer for `client` under its limits, checked last before the upstream
+    /// sees anything, so that only a turn that goes upstream counts: its live-answer slot
+    /// first (a turn the slot refuses is not counted), then its turn. The slot is held
+    /// until the answer has ended.
+    pub fn admit_turn(&self, client: &Client) -> Result<Option<StreamSlot>, ApiError> {
+        let limited = client.limit_key();
+        let slot = self.limiter.stream_slot(&limited)?;
+        self.limiter.count_turn(&limited)?;
+        Ok(slot)
     }
 
     /// Refuses (404) a conversation `client` may not see, stored or still only live (its

@@ -39,11 +39,7 @@ pub async fn post(
     let never_alone = background && !turn_request.cancel_unread;
     let turn = turn::prepare(&state, turn_request, &client).await?;
 
-    // The client's limits, checked last before the upstream sees anything, so that only a
-    // turn that goes upstream counts. The slot first: a turn it refuses is not counted.
-    let limited = client.limit_key();
-    let slot = state.limiter.stream_slot(&limited)?;
-    state.limiter.count_turn(&limited)?;
+    let slot = state.admit_turn(&client)?;
 
     // Wait for the first token (at most a heartbeat interval) before answering, so that
     // the router can retry and fail over unseen, and a refusal reaches the client as a

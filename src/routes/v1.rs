@@ -41,11 +41,8 @@ pub async fn chat_completions(
     let body = read_turn(&state, &request, payload).await?;
     let asked = CompletionRequest::parse(&body, &state.settings.model)?;
 
-    // As on `/conv`: the slot first, so that a request it refuses is not counted. The slot
-    // is held until the answer has been sent (it moves into the response's stream).
-    let limited = client.limit_key();
-    let slot = state.limiter.stream_slot(&limited).map_err(OpenAiError)?;
-    state.limiter.count_turn(&limited).map_err(OpenAiError)?;
+    // The slot moves into the response's stream, so it is held until the answer is sent.
+    let slot = state.admit_turn(&client).map_err(OpenAiError)?;
     let mut relayed = state.relays.start();
 
     let opening = Instant::now();
