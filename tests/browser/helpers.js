@@ -45,6 +45,20 @@ export async function ask(page, text) {
   await composer.press('Enter')
 }
 
+/**
+ * What `read(page)` shows, each time it changes (compared by `key`), while an answer
+ * streams (as long as the Stop button is up).
+ */
+export async function seenWhileStreaming(page, read, key = (value) => value) {
+  const seen = []
+  while (await page.getByTestId('stop').isVisible()) {
+    const value = await read(page)
+    if (value && (seen.length === 0 || key(value) !== key(seen[seen.length - 1]))) seen.push(value)
+    await page.waitForTimeout(15)
+  }
+  return seen
+}
+
 /** Waits until no answer is streaming (the Send button is back). */
 export async function waitIdle(page, timeout = 20_000) {
   await page.getByTestId('send').waitFor({ timeout })

@@ -9,6 +9,7 @@ import {
   echoOf,
   eventually,
   openChat,
+  seenWhileStreaming,
   useStack,
   waitIdle,
 } from './helpers.js'
@@ -42,12 +43,7 @@ describe('reasoning', () => {
       await page.getByTestId('stop').waitFor()
 
       // While the answer streams, the reasoning grows, collapsed.
-      const seen = []
-      while (await page.getByTestId('stop').isVisible()) {
-        const reasoning = await reasoningOf(page)
-        if (reasoning && reasoning.text !== seen[seen.length - 1]?.text) seen.push(reasoning)
-        await page.waitForTimeout(15)
-      }
+      const seen = await seenWhileStreaming(page, reasoningOf, (reasoning) => reasoning.text)
       await waitIdle(page)
       const whole = mockReasoning(6)
       assert.ok(seen.length >= 3, `the reasoning grew in several steps: ${JSON.stringify(seen)}`)

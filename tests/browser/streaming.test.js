@@ -8,6 +8,7 @@ import {
   conversationIdOf,
   echoOf,
   gatewayJson,
+  seenWhileStreaming,
   thread,
   useStack,
   waitIdle,
@@ -24,12 +25,7 @@ describe('asking a question', () => {
       await page.getByTestId('stop').waitFor()
 
       // Read what the person sees while the answer streams.
-      const seen = []
-      while (await page.getByTestId('stop').isVisible()) {
-        const text = await answerText(page)
-        if (text && text !== seen[seen.length - 1]) seen.push(text)
-        await page.waitForTimeout(15)
-      }
+      const seen = await seenWhileStreaming(page, answerText)
       await waitIdle(page)
       const final = await answerText(page)
 
