@@ -260,6 +260,9 @@ async fn a_conv_turn_and_a_v1_completion_show_by_route_pattern_with_their_times_
     assert_eq!(m.sum("gen_ai_client_token_usage_sum", &input), 2.0 * MOCK_PROMPT_TOKENS);
     assert_eq!(m.sum("gen_ai_client_token_usage_count", &input), 2.0);
     assert!(m.exactly("chatgate_store_commit_seconds_count", &[("store", "sqlite")]) > 0.0);
+    // One `/conv` turn was written; `/v1` writes nothing.
+    let turns = [("store", "sqlite"), ("write", "turn")];
+    assert_eq!(m.exactly("chatgate_store_write_seconds_count", &turns), 1.0);
     assert_eq!(m.sum("chatgate_upstream_failovers_total", &[]), 0.0);
 }
 
