@@ -73,6 +73,10 @@ fn build_client() -> Result<reqwest::Client, reqwest::Error> {
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
+        // A redirect is an error, never followed: reqwest would send the request's body
+        // (the conversation) to wherever it points, and with it every header it does not
+        // know to be secret, Anthropic's `x-api-key` among them.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
 }
 
@@ -123,6 +127,12 @@ impl ErrorResponse {
 
     /// The upstream's message, or the status's reason when it gave none.
     pub fn message_or_reason(&self, message: Option<String>) -> String {
+        if self.status.is_redirection() {
+            // Where it points is not passed on: it is the upstream's text, unchecked.
+            return "the upstream answered with a redirect, which chatgate does not follow: set its \
+                    base URL to the address it redirects to"
+                .to_owned();
+        }
         match message {
             Some(m) if !m.is_empty() => m,
             _ => self.status.canonical_reason().unwrap_or("no reason given").to_owned(),

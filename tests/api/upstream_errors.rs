@@ -7,6 +7,17 @@ use mockllm::Script;
 use serde_json::json;
 use std::time::Duration;
 
+/// The gateway against an OpenAI-compatible upstream at `base_url` (not the mock).
+async fn app_against(base_url: String) -> TestApp {
+    spawn_app_with(|s| {
+        s.upstream = UpstreamKind::OpenAi {
+            base_url,
+            key: Some(KEY.to_owned()),
+        }
+    })
+    .await
+}
+
 async fn assert_nothing_stored(app: &TestApp) {
     let (_, list) = app.get_json("/conversations").await;
     assert_eq!(list["items"], json!([]), "a refused turn leaves no conversation");
@@ -90,13 +101,7 @@ async fn an_unreachable_upstream_is_a_502() {
         .local_addr()
         .unwrap()
         .port();
-    let app = spawn_app_with(|s| {
-        s.upstream = UpstreamKind::OpenAi {
-            base_url: format!("http://127.0.0.1:{closed}/v1"),
-            key: Some(KEY.into()),
-        }
-    })
-    .await;
+    let app = app_against(format!("http://127.0.0.1:{closed}/v1")).await;
     let response = app.post_conv(json!({"content": "anyone?"})).await;
     let body = assert_error(response, 502, "upstream_unreachable").await;
     assert!(!body.to_string().contains(KEY));
@@ -157,4 +162,100 @@ async fn an_error_after_the_upstream_accepted_but_before_any_text_names_the_stor
         .turn(json!({"content": "again", "conversation_id": conversation, "parent_message_id": parent}))
         .await;
     retry.assert_finished();
+}
+
+/// An upstream that answers every request with a `307` to `elsewhere`, which records what
+/// reaches it and answers `500`. Returns the upstream's base URL and that record.
+async fn redirecting_upstream() -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Reads a request's head and its body (by `content-length`).
+    async fn read_request(socket: &mut tokio::net::TcpStream) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if seen.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&seen).to_string()
+    }
+
+    let elsewhere = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_url = format!("http://{}", elsewhere.local_addr().unwrap());
+    let record = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = record.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = elsewhere.accept().await {
+            let request = read_request(&mut socket).await;
+            seen.lock().unwrap().push_str(&request);
+            let _ = socket
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", upstream.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = upstream.accept().await {
+            let request = read_request(&mut socket).await;
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {elsewhere_url}{path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    (base_url, record)
+}
+
+/// A redirect is refused, never followed: following it would send the conversation, and
+/// with Anthropic's `x-api-key` the key itself, to wherever the upstream points.
+async fn assert_redirect_refused(response: reqwest::Response, elsewhere: &std::sync::Mutex<String>) {
+    let body = assert_error(response, 502, "upstream_http_307").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("redirect"), "{message}");
+    let seen = elsewhere.lock().unwrap().clone();
+    assert_eq!(seen, "", "nothing reached the redirect's target");
+}
+
+#[tokio::test]
+async fn an_openai_upstream_that_redirects_is_refused_and_the_conversation_goes_nowhere_else() {
+    let (base_url, elsewhere) = redirecting_upstream().await;
+    let app = app_against(format!("{base_url}/v1")).await;
+    let response = app.post_conv(json!({"content": "a private question"})).await;
+    assert_redirect_refused(response, &elsewhere).await;
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn an_anthropic_upstream_that_redirects_is_refused_and_its_key_goes_nowhere_else() {
+    let (base_url, elsewhere) = redirecting_upstream().await;
+    let app = spawn_app_with(|s| {
+        s.upstream = UpstreamKind::Anthropic {
+            base_url,
+            key: Some(KEY.to_owned()),
+        };
+        s.model = "claude-mock".into();
+    })
+    .await;
+    let response = app.post_conv(json!({"content": "a private question"})).await;
+    assert_redirect_refused(response, &elsewhere).await;
 }
