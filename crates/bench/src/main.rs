@@ -158,6 +158,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(n) = args.chunk_streams.iter().find(|n| ![1, 100, 1000].contains(*n)) {
+        return Err(format!("--chunk-streams: no per-chunk scenario has {n} streams (1, 100 or 1000)").into());
+    }
     clock::now_ns();
     let mock = Mock::start(args.mock_port).await?;
     eprintln!("mock upstream on http://127.0.0.1:{}/v1", mock.port);
