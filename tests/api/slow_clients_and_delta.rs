@@ -5,14 +5,21 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// `POST /conv` for an answer of `words` words that the mock sends as fast as it can;
+/// the answer has started (200).
+async fn fast_answer(app: &TestApp, question: &str, words: usize) -> reqwest::Response {
+    let response = app
+        .post_conv(json!({"content": format!("{question} [mock:words={words}] [mock:delay=0]")}))
+        .await;
+    assert_eq!(response.status(), 200);
+    response
+}
+
 #[tokio::test]
 async fn a_slow_reader_gets_coalesced_frames_that_lose_nothing() {
     let app = spawn_app().await;
     let words = 4000;
-    let response = app
-        .post_conv(json!({"content": format!("flood [mock:words={words}] [mock:delay=0]")}))
-        .await;
-    assert_eq!(response.status(), 200);
+    let response = fast_answer(&app, "flood", words).await;
     // Read nothing while the whole answer arrives upstream, so the socket fills up.
     app.mock
         .wait_for_stats(Duration::from_secs(10), |s| s.completed == 1)
@@ -120,10 +127,7 @@ async fn delta_mode_bytes_grow_linearly_with_the_answer() {
 async fn a_first_reader_that_stops_reading_holds_up_neither_the_answer_nor_another_reader() {
     let app = spawn_app().await;
     let words = 3000;
-    let response = app
-        .post_conv(json!({"content": format!("hold on [mock:words={words}] [mock:delay=0]")}))
-        .await;
-    assert_eq!(response.status(), 200);
+    let response = fast_answer(&app, "hold on", words).await;
     // The request that asked reads its first frame, then nothing while the answer streams.
     let mut first = Live::new(response);
     let opening = first.next_frame().await;
