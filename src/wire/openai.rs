@@ -216,7 +216,7 @@ impl ChunkWriter {
     /// asked for it. An upstream that reported none is reported as zeros.
     pub fn usage(&self, usage: Option<Usage>) -> Option<Bytes> {
         self.include_usage.then(|| {
-            self.render(&ChunkObject {
+            data_event(&ChunkObject {
                 choices: &[],
                 usage: Some(Some(usage.unwrap_or_default().into())),
                 ..self.head()
@@ -231,7 +231,7 @@ impl ChunkWriter {
             logprobs: None,
             finish_reason,
         }];
-        self.render(&ChunkObject {
+        data_event(&ChunkObject {
             choices: &choice,
             ..self.head()
         })
@@ -248,16 +248,6 @@ impl ChunkWriter {
             usage: self.include_usage.then_some(None),
         }
     }
-
-    /// One chunk's event, written straight into the buffer that becomes its bytes.
-    fn render(&self, object: &ChunkObject<'_>) -> Bytes {
-        let mut event = Vec::with_capacity(RENDERED_CAPACITY);
-        event.extend_from_slice(b"data: ");
-        // Serializing borrowed strings and numbers into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut event, object);
-        event.extend_from_slice(b"\n\n");
-        event.into()
-    }
 }
 
 /// An error after the stream began: `data: {"error":{…}}`. OpenAI's SDKs raise it as an
@@ -267,18 +257,20 @@ pub fn error_event(object: &Value) -> Bytes {
     if let Value::Object(map) = &mut object {
         map.entry("param").or_insert(Value::Null);
     }
-    data_event(&serde_json::json!({ "error": object }).to_string())
+    data_event(&serde_json::json!({ "error": object }))
 }
 
 /// Room for a chunk of a few words without growing the buffer (the object around the text
 /// is about 200 bytes).
 const RENDERED_CAPACITY: usize = 320;
 
-fn data_event(json: &str) -> Bytes {
-    let mut event = String::with_capacity(json.len() + 8);
-    event.push_str("data: ");
-    event.push_str(json);
-    event.push_str("\n\n");
+/// `data: {object}`, written straight into the buffer that becomes its bytes.
+fn data_event(object: &impl Serialize) -> Bytes {
+    let mut event = Vec::with_capacity(RENDERED_CAPACITY);
+    event.extend_from_slice(b"data: ");
+    // Serializing strings, numbers and JSON values into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut event, object);
+    event.extend_from_slice(b"\n\n");
     event.into()
 }
 
