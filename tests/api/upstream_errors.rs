@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use chatgate::config::UpstreamKind;
-use mockllm::Script;
+use mockllm::{MockLlm, Script};
 use serde_json::json;
 use std::time::Duration;
 
@@ -164,81 +164,45 @@ async fn an_error_after_the_upstream_accepted_but_before_any_text_names_the_stor
     retry.assert_finished();
 }
 
-/// An upstream that answers every request with a `307` to `elsewhere`, which records what
-/// reaches it and answers `500`. Returns the upstream's base URL and that record.
-async fn redirecting_upstream() -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
+/// An upstream that answers every request with a `307` to the same path at `elsewhere`
+/// (an origin, `http://host:port`); returns its own origin.
+async fn redirecting_upstream(elsewhere: String) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
-    /// Reads a request's head and its body (by `content-length`).
-    async fn read_request(socket: &mut tokio::net::TcpStream) -> String {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = socket.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&seen).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().to_owned())
-                    })
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                if seen.len() >= end + 4 + length {
-                    break;
-                }
-            }
-        }
-        String::from_utf8_lossy(&seen).to_string()
-    }
-
-    let elsewhere = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let elsewhere_url = format!("http://{}", elsewhere.local_addr().unwrap());
-    let record = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let seen = record.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = elsewhere.accept().await {
-            let request = read_request(&mut socket).await;
-            seen.lock().unwrap().push_str(&request);
-            let _ = socket
-                .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-        }
-    });
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base_url = format!("http://{}", upstream.local_addr().unwrap());
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", upstream.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = upstream.accept().await {
-            let request = read_request(&mut socket).await;
-            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            // The request's first read names the path.
+            let mut head = vec![0u8; 16 * 1024];
+            let n = socket.read(&mut head).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&head[..n]).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
             let answer = format!(
-                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {elsewhere_url}{path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {elsewhere}{path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             );
             let _ = socket.write_all(answer.as_bytes()).await;
+            // Closing with unread bytes would reset the connection before the answer is read.
+            let _ = socket.shutdown().await;
+            while matches!(socket.read(&mut [0u8; 4096]).await, Ok(n) if n > 0) {}
         }
     });
-    (base_url, record)
+    origin
 }
 
 /// A redirect is refused, never followed: following it would send the conversation, and
-/// with Anthropic's `x-api-key` the key itself, to wherever the upstream points.
-async fn assert_redirect_refused(response: reqwest::Response, elsewhere: &std::sync::Mutex<String>) {
+/// with Anthropic's `x-api-key` the key itself, to `elsewhere` (a mock, which would answer).
+async fn assert_redirect_refused(response: reqwest::Response, elsewhere: &MockLlm) {
     let body = assert_error(response, 502, "upstream_http_307").await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("redirect"), "{message}");
-    let seen = elsewhere.lock().unwrap().clone();
-    assert_eq!(seen, "", "nothing reached the redirect's target");
+    assert_eq!(elsewhere.stats().requests, 0, "nothing reached the redirect's target");
 }
 
 #[tokio::test]
 async fn an_openai_upstream_that_redirects_is_refused_and_the_conversation_goes_nowhere_else() {
-    let (base_url, elsewhere) = redirecting_upstream().await;
+    let elsewhere = MockLlm::start("127.0.0.1:0").unwrap();
+    let base_url = redirecting_upstream(format!("http://127.0.0.1:{}", elsewhere.port())).await;
     let app = app_against(format!("{base_url}/v1")).await;
     let response = app.post_conv(json!({"content": "a private question"})).await;
     assert_redirect_refused(response, &elsewhere).await;
@@ -247,7 +211,8 @@ async fn an_openai_upstream_that_redirects_is_refused_and_the_conversation_goes_
 
 #[tokio::test]
 async fn an_anthropic_upstream_that_redirects_is_refused_and_its_key_goes_nowhere_else() {
-    let (base_url, elsewhere) = redirecting_upstream().await;
+    let elsewhere = MockLlm::start("127.0.0.1:0").unwrap();
+    let base_url = redirecting_upstream(format!("http://127.0.0.1:{}", elsewhere.port())).await;
     let app = spawn_app_with(|s| {
         s.upstream = UpstreamKind::Anthropic {
             base_url,
