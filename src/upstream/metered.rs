@@ -8,10 +8,14 @@
 //! `chatgate_` metrics.
 //!
 //! Cost: an answer's labelled series are looked up once, when it opens; after that a chunk
-//! costs a clock read and a few atomic additions: no lock and no allocation.
+//! costs a clock read and a few additions to the answer's own counts, which reach the
+//! shared series at most a second later ([`FLUSH_EVERY`]) and when the answer ends. A
+//! chunk touches nothing another thread writes: no lock, no allocation, no shared atomic.
 
+use super::router::Replay;
 use super::{Chunk, ChunkStream, UpstreamError, Usage};
 use futures::Stream;
+use prometheus::local::LocalHistogram;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +33,9 @@ const FIRST_TOKEN_BUCKETS: [f64; 19] = [
 const PER_CHUNK_BUCKETS: [f64; 15] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 ];
+
+/// The longest an answer's chunk timings wait before they show in the shared histogram.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `gen_ai.client.token.usage`'s advised buckets.
 const TOKEN_BUCKETS: [f64; 14] = [
@@ -151,16 +158,24 @@ impl UpstreamMetrics {
         self.failovers.with_label_values(&[upstream, model]).inc();
     }
 
-    /// `stream`, measured: an answer that `who` gives, asked for at `asked_at`.
-    pub fn meter(self: &Arc<Self>, stream: ChunkStream, who: Answering<'_>, asked_at: Instant) -> ChunkStream {
+    /// The chunks `read` so far and then `stream`, measured: an answer that `who` gives,
+    /// asked for at `asked_at`.
+    pub fn meter(
+        self: &Arc<Self>,
+        read: Vec<Chunk>,
+        stream: ChunkStream,
+        who: Answering<'_>,
+        asked_at: Instant,
+    ) -> ChunkStream {
         let labels = [who.asked, who.model, who.provider, &**who.upstream];
         let tokens = |kind| self.tokens.with_label_values(&[labels.as_slice(), &[kind]].concat());
         Box::pin(Metered {
-            stream,
+            stream: Replay::new(read, stream),
             since: asked_at,
+            flushed: asked_at,
             had_token: false,
             first_token: self.first_token.with_label_values(&labels),
-            per_chunk: self.per_chunk.with_label_values(&labels),
+            per_chunk: self.per_chunk.with_label_values(&labels).local(),
             input_tokens: tokens("input"),
             output_tokens: tokens("output"),
             usage: None,
@@ -209,12 +224,15 @@ pub fn error_kind(error: &UpstreamError) -> &'static str {
 
 /// An answer's stream as it passes to whoever reads it, timed chunk by chunk.
 struct Metered {
-    stream: ChunkStream,
+    stream: Replay,
     /// When the request reached the router, then when the last chunk with content passed.
     since: Instant,
+    /// When `per_chunk` was last added to the shared histogram.
+    flushed: Instant,
     had_token: bool,
     first_token: Histogram,
-    per_chunk: Histogram,
+    /// This answer's chunk timings, not yet in the shared histogram.
+    per_chunk: LocalHistogram,
     input_tokens: Histogram,
     output_tokens: Histogram,
     /// The latest usage the upstream reported (each one is cumulative); recorded once, when
@@ -240,9 +258,15 @@ impl Metered {
         }
         self.had_token = true;
         self.since = now;
+        if now.duration_since(self.flushed) >= FLUSH_EVERY {
+            self.per_chunk.flush();
+            self.flushed = now;
+        }
     }
 
+    /// The answer ended, or was dropped: its timings and tokens go to the shared series.
     fn record_usage(&mut self) {
+        self.per_chunk.flush();
         if let Some(usage) = self.usage.take() {
             self.input_tokens.observe(usage.prompt_tokens as f64);
             self.output_tokens.observe(usage.completion_tokens as f64);
@@ -255,7 +279,7 @@ impl Stream for Metered {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let item = this.stream.as_mut().poll_next(cx);
+        let item = Pin::new(&mut this.stream).poll_next(cx);
         match &item {
             Poll::Ready(Some(Ok(chunk))) => this.saw(chunk),
             Poll::Ready(Some(Err(error))) => this.metrics.failed(&this.upstream, error),
@@ -328,7 +352,7 @@ mod tests {
             provider: "openai",
             upstream: &upstream,
         };
-        let stream = metrics.meter(Box::pin(paced), who, asked_at);
+        let stream = metrics.meter(Vec::new(), Box::pin(paced), who, asked_at);
         assert_eq!(stream.collect::<Vec<_>>().await.len(), 6);
         let answer = [("gen_ai_request_model", "smart"), ("upstream", "up")];
         let (n, sum) = value(&registry, "gen_ai_server_time_to_first_token_seconds", &answer).unwrap();
@@ -341,6 +365,47 @@ mod tests {
         assert_eq!(value(&registry, "gen_ai_client_token_usage", &output), Some((1, 3.0)));
         let input = [("gen_ai_token_type", "input"), ("gen_ai_provider_name", "openai")];
         assert_eq!(value(&registry, "gen_ai_client_token_usage", &input), Some((1, 7.0)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_answer_shows_its_chunk_timings_within_a_second_and_its_read_chunks_first() {
+        let metrics = Arc::new(UpstreamMetrics::new().unwrap());
+        let registry = Registry::new();
+        metrics.register(&registry).unwrap();
+        let upstream: Arc<str> = "up".into();
+        let who = Answering {
+            asked: "m",
+            model: "m",
+            provider: "openai",
+            upstream: &upstream,
+        };
+        let paced = futures::stream::iter(["b", "c", "d", "e", "f", "g"]).then(|t| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            Ok(Chunk::text(t))
+        });
+        let mut stream = metrics.meter(vec![Chunk::text("a")], Box::pin(paced), who, Instant::now());
+        let per_chunk = |registry: &Registry| {
+            value(
+                registry,
+                "gen_ai_server_time_per_output_token_seconds",
+                &[("upstream", "up")],
+            )
+            .map(|(n, _)| n)
+        };
+        let mut texts = String::new();
+        // "a" was read before the answer opened; "b" to "e" come 300 ms apart, the last
+        // of them 1.2 s after the answer was asked for.
+        for _ in 0..5 {
+            texts.push_str(&stream.next().await.unwrap().unwrap().text);
+        }
+        assert_eq!(texts, "abcde");
+        assert_eq!(
+            per_chunk(&registry),
+            Some(4),
+            "timings more than a second old are shown"
+        );
+        while stream.next().await.is_some() {}
+        assert_eq!(per_chunk(&registry), Some(6));
     }
 
     #[tokio::test]
@@ -356,7 +421,7 @@ mod tests {
             provider: "openai",
             upstream: &upstream,
         };
-        let stream = metrics.meter(Box::pin(futures::stream::iter(items)), who, Instant::now());
+        let stream = metrics.meter(Vec::new(), Box::pin(futures::stream::iter(items)), who, Instant::now());
         drop(stream.collect::<Vec<_>>().await);
         let truncated = [("upstream", "up"), ("kind", "truncated")];
         assert_eq!(

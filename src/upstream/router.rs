@@ -226,12 +226,12 @@ impl Router {
                 let mut this = request.clone();
                 this.model = target.model.clone();
                 let failed = match try_once(upstream.provider.as_ref(), this, first_token_wait, idle).await {
-                    Ok(stream) => {
+                    Ok((read, stream)) => {
                         if n > 0 || attempt > 1 {
                             log::info!("model {asked}: answered by {at} (try {attempt})");
                         }
                         let stream = match &self.metrics {
-                            None => stream,
+                            None => replay(read, stream),
                             Some(metrics) => {
                                 let who = Answering {
                                     asked: &asked,
@@ -239,7 +239,7 @@ impl Router {
                                     provider: upstream.kind,
                                     upstream: &upstream.name,
                                 };
-                                metrics.meter(stream, who, asked_at)
+                                metrics.meter(read, stream, who, asked_at)
                             }
                         };
                         return Ok(Opened {
@@ -376,7 +376,36 @@ fn replay(read: Vec<Chunk>, rest: ChunkStream) -> ChunkStream {
     if read.is_empty() {
         return rest;
     }
-    Box::pin(futures::stream::iter(read.into_iter().map(Ok)).chain(rest))
+    Box::pin(Replay::new(read, rest))
+}
+
+/// Chunks already read, then the stream they were read from.
+pub struct Replay {
+    read: std::vec::IntoIter<Chunk>,
+    rest: ChunkStream,
+}
+
+impl Replay {
+    pub fn new(read: Vec<Chunk>, rest: ChunkStream) -> Self {
+        Self {
+            read: read.into_iter(),
+            rest,
+        }
+    }
+}
+
+impl futures::Stream for Replay {
+    type Item = Result<Chunk, UpstreamError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.read.next() {
+            Some(chunk) => std::task::Poll::Ready(Some(Ok(chunk))),
+            None => self.rest.as_mut().poll_next(cx),
+        }
+    }
 }
 
 /// `stream`, whose next item must come by `deadline`: the silence before a try was kept
@@ -397,14 +426,14 @@ fn heard_by(mut stream: ChunkStream, deadline: Instant, idle: Duration) -> Chunk
     })
 }
 
-/// One try of one target: the stream once it has given its first token (or a finish), or
-/// once `first_token_wait` has passed without an error.
+/// One try of one target: the chunks read and the rest of the stream, once it has given
+/// its first token (or a finish), or once `first_token_wait` has passed without an error.
 async fn try_once(
     provider: &dyn Provider,
     request: ChatRequest,
     first_token_wait: Duration,
     idle: Duration,
-) -> Result<ChunkStream, Failed> {
+) -> Result<(Vec<Chunk>, ChunkStream), Failed> {
     let refused = |error| Failed { error, accepted: None };
     let mut stream = match tokio::time::timeout(idle, provider.stream_chat(request)).await {
         Err(_) => return Err(refused(UpstreamError::IdleTimeout(idle))),
@@ -425,7 +454,7 @@ async fn try_once(
                     read.push(chunk);
                 }
                 if first {
-                    return Ok(replay(read, stream));
+                    return Ok((read, stream));
                 }
             }
             Ok(Some(Err(error))) => {
@@ -449,7 +478,7 @@ async fn try_once(
             }
             // The first token is slow but the upstream is fine so far: keep this try, so
             // the caller can start sending heartbeats.
-            Err(_) => return Ok(replay(read, heard_by(stream, silent_at, idle))),
+            Err(_) => return Ok((read, heard_by(stream, silent_at, idle))),
         }
     }
 }
