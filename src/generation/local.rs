@@ -1,8 +1,9 @@
 //! The in-process registry: every live generation of this process, its text, and its
 //! readers.
 //!
-//! A generation holds its text once, raw (for the store) and JSON-escaped (for frames),
-//! plus where each chunk ends: that is all its memory, however many readers follow it.
+//! A generation holds its text once, JSON-escaped as frames carry it (the store's copy is
+//! unescaped when it is taken), plus where each chunk ends: that is all its memory,
+//! however many readers follow it.
 //! The runner never waits for a reader: it appends a chunk and wakes every reader. Each
 //! reader keeps only a cursor (the last frame id it sent) and renders a frame when its
 //! client is ready for one: one frame per chunk while it keeps up, and, once it has fallen
@@ -17,34 +18,42 @@
 
 use super::{End, Generations, Producer, ReadFrom, Reader, ReaderItem, Signal, Snapshot, Target};
 use crate::conversation::{ConversationId, FinishType, MessageId, Status};
-use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, FrameText, escape_into};
+use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, FrameText, escape_into, unescape};
 use crate::wire::sse;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::task::AtomicWaker;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::sync::{Notify, oneshot};
 
 /// Chunks a reader may fall behind before its next frame jumps to the latest text.
 pub const MAX_BACKLOG: u64 = 32;
 
-/// A generation's text and state.
+/// A generation's text and state. The text is held JSON-escaped only, as frames carry it:
+/// a chunk writes it once; the store's copy is unescaped when it is taken (a checkpoint a
+/// second, and the end). What every chunk touches comes first (`repr(C)` keeps the order).
+#[repr(C)]
 struct Content {
-    text: String,
     escaped: String,
-    /// Where each chunk ends: (in `text`, in `escaped`).
+    /// Where each chunk ends: (in the text, in `escaped`).
     ends: Vec<(u32, u32)>,
-    /// The reasoning, as `text` and `escaped`.
-    reasoning: String,
-    reasoning_escaped: String,
     /// Where each chunk's reasoning ends, as `ends`: empty until the first reasoning comes,
     /// then one per chunk.
     reasoning_ends: Vec<(u32, u32)>,
+    /// The reasoning, as `escaped`.
+    reasoning_escaped: String,
     heartbeats: u64,
     end: Option<End>,
+}
+
+/// Adds `piece` to an escaped text whose chunks end at `ends`, as one more chunk.
+fn push_chunk(escaped: &mut String, ends: &mut Vec<(u32, u32)>, piece: &str) {
+    let raw = ends.last().map_or(0, |e| e.0) + piece.len() as u32;
+    escape_into(escaped, piece);
+    // Offsets are u32: answers are capped far below 4 GiB.
+    ends.push((raw, escaped.len() as u32));
 }
 
 impl Content {
@@ -85,15 +94,18 @@ impl Content {
     }
 }
 
+/// What every chunk touches comes first (`repr(C)` keeps the order): with a thousand
+/// answers running, each of their chunks finds these few cache lines cold.
+#[repr(C)]
 struct Generation {
-    identity: AnswerIdentity,
-    owner: Option<String>,
-    template: FrameTemplate,
     content: Mutex<Content>,
     /// Woken on every change; each reader checks what is new for it.
     wake: Notify,
-    readers: AtomicUsize,
     signals: Signals,
+    template: FrameTemplate,
+    readers: AtomicUsize,
+    identity: AnswerIdentity,
+    owner: Option<String>,
 }
 
 impl Generation {
@@ -105,13 +117,15 @@ impl Generation {
 
 /// What a runner is told, as flags and a waker rather than a channel: the runner looks at
 /// them on every pass of its loop (once per chunk), and a load of one atomic is all that
-/// costs when nothing was raised.
+/// costs when nothing was raised. The runner's waker is registered once, not on every
+/// pass: a raise wakes it without taking it.
 #[derive(Default)]
+#[repr(C)]
 struct Signals {
     raised: AtomicU8,
     /// The reply to the stop request that raised [`STOP`].
     stop: Mutex<Option<oneshot::Sender<bool>>>,
-    runner: AtomicWaker,
+    runner: Mutex<Option<Waker>>,
 }
 
 const STOP: u8 = 1;
@@ -121,7 +135,14 @@ const READERS: u8 = 4;
 impl Signals {
     fn raise(&self, flag: u8) {
         self.raised.fetch_or(flag, Ordering::SeqCst);
-        self.runner.wake();
+        if let Some(runner) = &*self.runner_slot() {
+            runner.wake_by_ref();
+        }
+    }
+
+    fn runner_slot(&self) -> MutexGuard<'_, Option<Waker>> {
+        // Only ever set or read whole.
+        self.runner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn stop_slot(&self) -> MutexGuard<'_, Option<oneshot::Sender<bool>>> {
@@ -204,12 +225,10 @@ impl Generations for LocalGenerations {
             template: FrameTemplate::new(&identity),
             identity,
             content: Mutex::new(Content {
-                text: String::new(),
                 escaped: String::new(),
                 ends: Vec::new(),
-                reasoning: String::new(),
-                reasoning_escaped: String::new(),
                 reasoning_ends: Vec::new(),
+                reasoning_escaped: String::new(),
                 heartbeats: 0,
                 end: None,
             }),
@@ -228,6 +247,7 @@ impl Generations for LocalGenerations {
         drop(registry);
         Box::new(LocalProducer {
             generation,
+            runner: None,
             never_alone,
             registry: Arc::clone(&self.registry),
             emptied: Arc::clone(&self.emptied),
@@ -296,6 +316,8 @@ impl Generations for LocalGenerations {
 
 struct LocalProducer {
     generation: Arc<Generation>,
+    /// The waker registered in the generation's signals.
+    runner: Option<Waker>,
     never_alone: bool,
     registry: Arc<Mutex<Registry>>,
     emptied: Arc<Notify>,
@@ -304,22 +326,16 @@ struct LocalProducer {
 
 impl Producer for LocalProducer {
     fn append(&mut self, text: &str, reasoning: &str) {
-        let mut content = self.generation.lock();
+        let mut guard = self.generation.lock();
+        let content = &mut *guard;
         if !reasoning.is_empty() || !content.reasoning_ends.is_empty() {
             // The chunks before the first reasoning had none.
             let before = content.ends.len();
             content.reasoning_ends.resize(before, (0, 0));
-            content.reasoning.push_str(reasoning);
-            escape_into(&mut content.reasoning_escaped, reasoning);
-            let end = (content.reasoning.len() as u32, content.reasoning_escaped.len() as u32);
-            content.reasoning_ends.push(end);
+            push_chunk(&mut content.reasoning_escaped, &mut content.reasoning_ends, reasoning);
         }
-        content.text.push_str(text);
-        escape_into(&mut content.escaped, text);
-        // Offsets are u32: answers are capped far below 4 GiB.
-        let end = (content.text.len() as u32, content.escaped.len() as u32);
-        content.ends.push(end);
-        drop(content);
+        push_chunk(&mut content.escaped, &mut content.ends, text);
+        drop(guard);
         self.generation.wake.notify_waiters();
     }
 
@@ -346,9 +362,9 @@ impl Producer for LocalProducer {
     fn snapshot(&self) -> Snapshot {
         let content = self.generation.lock();
         Snapshot {
-            text: content.text.clone(),
+            text: unescape(&content.escaped),
             chunk_ends: content.ends.iter().map(|e| e.0).collect(),
-            reasoning: content.reasoning.clone(),
+            reasoning: unescape(&content.reasoning_escaped),
             reasoning_ends: content.reasoning_ends.iter().map(|e| e.0).collect(),
         }
     }
@@ -364,12 +380,12 @@ impl Producer for LocalProducer {
 
     fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Signal> {
         let signals = &self.generation.signals;
-        if let Some(signal) = signals.take() {
-            return Poll::Ready(signal);
+        if !self.runner.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered before the look below: a raise after the look wakes this waker.
+            let waker = cx.waker().clone();
+            *signals.runner_slot() = Some(waker.clone());
+            self.runner = Some(waker);
         }
-        signals.runner.register(cx.waker());
-        // Raised between the look and the registration: its wake-up may have gone to the
-        // previous waker.
         match signals.take() {
             Some(signal) => Poll::Ready(signal),
             None => Poll::Pending,
@@ -430,31 +446,34 @@ fn read(generation: Arc<Generation>, from: ReadFrom) -> Reader {
     Box::pin(async_stream::stream! {
         let presence = presence;
         let generation = &presence.0;
-        loop {
+        'read: loop {
             let wake = generation.wake.notified();
             tokio::pin!(wake);
-            // Registered before the check, so that a change made between the check and
-            // the wait still wakes this reader.
+            // Registered before the checks, so that a change made after one still wakes
+            // this reader; kept while frames are sent, so that a frame costs no new one.
             wake.as_mut().enable();
-            let next = cursor.next(&generation.lock(), &generation.template);
-            match next {
-                Next::Send(bytes) => yield ReaderItem::Bytes(bytes),
-                Next::Last(bytes) => {
-                    yield ReaderItem::Bytes(bytes);
-                    yield ReaderItem::Bytes(Bytes::from_static(sse::DONE));
-                    yield ReaderItem::Bytes(Bytes::from_static(sse::CLOSE));
-                    break;
+            loop {
+                let next = cursor.next(&generation.lock(), &generation.template);
+                match next {
+                    Next::Send(bytes) => yield ReaderItem::Bytes(bytes),
+                    Next::Last(bytes) => {
+                        yield ReaderItem::Bytes(bytes);
+                        yield ReaderItem::Bytes(Bytes::from_static(sse::DONE));
+                        yield ReaderItem::Bytes(Bytes::from_static(sse::CLOSE));
+                        break 'read;
+                    }
+                    Next::Refuse(error) => {
+                        yield ReaderItem::Refused(error);
+                        break 'read;
+                    }
+                    Next::Final(object) => {
+                        yield ReaderItem::Final(object);
+                        break 'read;
+                    }
+                    Next::Wait => break,
                 }
-                Next::Refuse(error) => {
-                    yield ReaderItem::Refused(error);
-                    break;
-                }
-                Next::Final(object) => {
-                    yield ReaderItem::Final(object);
-                    break;
-                }
-                Next::Wait => wake.await,
             }
+            wake.await;
         }
     })
 }
