@@ -19,9 +19,9 @@ use crate::wire::chatgpt::AnswerIdentity;
 use futures::StreamExt;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep_until};
 
 /// The times a runner keeps.
 #[derive(Debug, Clone, Copy)]
@@ -134,74 +134,82 @@ impl Runner {
         let (timing, producer) = (self.timing, &mut self.producer);
         let limit = self.limits.max_answer_bytes;
         let (mut answer_bytes, mut reasoning_bytes) = (0, 0);
-        let heartbeat = sleep(timing.first_heartbeat);
-        let idle = sleep(timing.idle);
-        let grace = sleep(timing.detached_grace);
-        let checkpoint = sleep(timing.checkpoint);
-        tokio::pin!(heartbeat, idle, grace, checkpoint);
+        let started = Instant::now();
+        // One timer for every deadline (a chunk polls one timer, not four); each deadline
+        // is `Some` only while it applies.
+        let mut deadlines = Deadlines {
+            heartbeat: Some(started + timing.first_heartbeat),
+            grace: None,
+            checkpoint: None,
+            // When the upstream last sent anything: the idle deadline follows from it.
+            heard: started,
+            idle: timing.idle,
+        };
         let mut finish = None;
-        let mut has_text = false;
         // Started with nobody reading (a background turn that asked to be cancelled when
         // unread): its first reader has the grace, and at least a few seconds, to come.
         let mut alone = producer.readers() == 0;
         if alone {
-            grace
-                .as_mut()
-                .reset(tokio::time::Instant::now() + timing.detached_grace.max(FIRST_READER_WAIT));
+            deadlines.grace = Some(started + timing.detached_grace.max(FIRST_READER_WAIT));
         }
-        let mut unsaved_text = false;
-        // When the upstream last sent anything.
-        let mut heard = tokio::time::Instant::now();
+        let timer = sleep_until(deadlines.next());
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 biased;
                 signal = poll_fn(|cx| producer.poll_signal(cx)) => match signal {
                     Signal::Stop(reply) => return Ending::Stopped(reply),
                     Signal::Shutdown => return Ending::ShuttingDown,
-                    Signal::Readers if producer.readers() > 0 => alone = false,
+                    Signal::Readers if producer.readers() > 0 => {
+                        alone = false;
+                        deadlines.grace = None;
+                    }
                     Signal::Readers if timing.detached_grace.is_zero() => return Ending::Unread,
                     Signal::Readers => {
                         // The grace starts again each time the last reader leaves.
                         if !alone {
-                            grace.as_mut().reset(tokio::time::Instant::now() + timing.detached_grace);
+                            deadlines.grace = Some(Instant::now() + timing.detached_grace);
                             alone = true;
+                            rearm(timer.as_mut(), &deadlines);
                         }
                     }
                 },
-                _ = &mut grace, if alone => return Ending::Unread,
-                _ = &mut idle => {
-                    // Moved on lazily: a chunk only notes its time.
-                    let deadline = heard + timing.idle;
-                    if deadline > tokio::time::Instant::now() {
-                        idle.as_mut().reset(deadline);
-                        continue;
-                    }
-                    return match finish {
-                        Some(f) => Ending::Finished(f),
-                        None => Ending::Failed(self.tally.raised(UpstreamError::IdleTimeout(timing.idle)).into()),
-                    };
-                }
                 // Never ready: the store writes move on as they complete.
                 () = poll_fn(|cx| self.lane.poll(cx)) => {}
-                _ = &mut heartbeat, if !has_text => {
-                    producer.heartbeat();
-                    heartbeat.as_mut().reset(tokio::time::Instant::now() + timing.heartbeat);
-                }
-                _ = &mut checkpoint, if unsaved_text => {
-                    unsaved_text = false;
-                    let snapshot = producer.snapshot();
-                    self.lane.checkpoint(AnswerUpdate {
-                        conversation_id: self.identity.conversation_id,
-                        id: self.identity.message_id,
-                        content: snapshot.text,
-                        chunk_ends: snapshot.chunk_ends,
-                        reasoning: snapshot.reasoning,
-                        reasoning_ends: snapshot.reasoning_ends,
-                        usage: self.usage,
-                        status: Status::InProgress,
-                        finish: None,
-                        error: None,
-                    });
+                () = &mut timer => {
+                    // Each deadline is looked at when the timer fires: a chunk only notes
+                    // its time, and the timer catches up with it here.
+                    let now = Instant::now();
+                    if deadlines.grace.is_some_and(|at| at <= now) {
+                        return Ending::Unread;
+                    }
+                    if deadlines.heard + timing.idle <= now {
+                        return match finish {
+                            Some(f) => Ending::Finished(f),
+                            None => Ending::Failed(self.tally.raised(UpstreamError::IdleTimeout(timing.idle)).into()),
+                        };
+                    }
+                    if deadlines.heartbeat.is_some_and(|at| at <= now) {
+                        producer.heartbeat();
+                        deadlines.heartbeat = Some(now + timing.heartbeat);
+                    }
+                    if deadlines.checkpoint.is_some_and(|at| at <= now) {
+                        deadlines.checkpoint = None;
+                        let snapshot = producer.snapshot();
+                        self.lane.checkpoint(AnswerUpdate {
+                            conversation_id: self.identity.conversation_id,
+                            id: self.identity.message_id,
+                            content: snapshot.text,
+                            chunk_ends: snapshot.chunk_ends,
+                            reasoning: snapshot.reasoning,
+                            reasoning_ends: snapshot.reasoning_ends,
+                            usage: self.usage,
+                            status: Status::InProgress,
+                            finish: None,
+                            error: None,
+                        });
+                    }
+                    timer.as_mut().reset(deadlines.next());
                 }
                 item = stream.next() => match item {
                     // Any chunk, even an empty one (keep-alive bytes), shows the upstream is alive.
@@ -219,14 +227,16 @@ impl Runner {
                         if chunk.usage.is_some() {
                             self.usage = chunk.usage;
                         }
+                        let now = Instant::now();
                         if !chunk.text.is_empty() || !chunk.reasoning.is_empty() {
-                            has_text = true;
                             answer_bytes += chunk.text.len();
                             reasoning_bytes += chunk.reasoning.len();
                             producer.append(&chunk.text, &chunk.reasoning);
-                            if !unsaved_text {
-                                unsaved_text = true;
-                                checkpoint.as_mut().reset(tokio::time::Instant::now() + timing.checkpoint);
+                            // Heartbeats are for the wait before the first text.
+                            deadlines.heartbeat = None;
+                            if deadlines.checkpoint.is_none() {
+                                deadlines.checkpoint = Some(now + timing.checkpoint);
+                                rearm(timer.as_mut(), &deadlines);
                             }
                         }
                         if too_large {
@@ -234,7 +244,7 @@ impl Runner {
                             return Ending::Failed(self.tally.raised(UpstreamError::TooLarge { limit }).into());
                         }
                         finish = chunk.finish.or(finish);
-                        heard = tokio::time::Instant::now();
+                        deadlines.heard = now;
                     }
                     Some(Err(e)) => return Ending::Failed(e.into()),
                     None => {
@@ -311,6 +321,37 @@ impl Runner {
         if let Some(reply) = stop_reply {
             let _ = reply.send(true);
         }
+    }
+}
+
+/// A runner's deadlines, kept by one timer.
+struct Deadlines {
+    /// The next keep-alive comment, while no text has come.
+    heartbeat: Option<Instant>,
+    /// The end of the detached grace, while nobody reads.
+    grace: Option<Instant>,
+    /// The next checkpoint, while there is text not yet checkpointed.
+    checkpoint: Option<Instant>,
+    heard: Instant,
+    idle: Duration,
+}
+
+impl Deadlines {
+    /// The earliest deadline.
+    fn next(&self) -> Instant {
+        [self.heartbeat, self.grace, self.checkpoint]
+            .into_iter()
+            .flatten()
+            .fold(self.heard + self.idle, Instant::min)
+    }
+}
+
+/// Brings the timer forward when a deadline earlier than its own was set (a later one
+/// waits for the timer to fire and set it again).
+fn rearm(timer: std::pin::Pin<&mut tokio::time::Sleep>, deadlines: &Deadlines) {
+    let next = deadlines.next();
+    if next < timer.deadline() {
+        timer.reset(next);
     }
 }
 
