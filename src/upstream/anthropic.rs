@@ -10,7 +10,7 @@ mod request;
 
 pub use events::{EventDecoder, error_details};
 
-use super::http::{Clients, Endpoint, ErrorResponse, answer_stream, describe};
+use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe};
 use super::hygiene::{self, Hygiene};
 use super::{ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
@@ -60,8 +60,9 @@ impl Provider for AnthropicProvider {
 }
 
 impl AnthropicProvider {
-    /// The request, and the upstream's answer as it came (not yet through the gate).
-    async fn send(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
+    /// The request, and the upstream's answer as it came with the decoder that reads it
+    /// (not yet through the gate).
+    async fn send(&self, request: ChatRequest) -> Result<(reqwest::Response, impl AnswerDecoder), UpstreamError> {
         let body = serde_json::to_vec(&request::body(&request)).map_err(|e| UpstreamError::BadChunk(e.to_string()))?;
         let mut builder = self
             .url
@@ -80,7 +81,7 @@ impl AnthropicProvider {
         if !response.status().is_success() {
             return Err(refusal(response).await);
         }
-        Ok(answer_stream(response, EventDecoder::new(self.max_answer_bytes)))
+        Ok((response, EventDecoder::new(self.max_answer_bytes)))
     }
 }
 

@@ -2,6 +2,7 @@
 //! causes, the start of an error response, and a streamed body read by a decoder.
 
 use super::chunks::Item;
+use super::hygiene::AnswerGate;
 use super::{ChunkStream, UpstreamError};
 use futures::StreamExt;
 use reqwest::header::RETRY_AFTER;
@@ -151,23 +152,37 @@ pub trait AnswerDecoder: Send + 'static {
     fn is_over(&self) -> bool;
 }
 
-/// The response body as chunks, read by `decoder`.
-pub fn answer_stream(response: reqwest::Response, mut decoder: impl AnswerDecoder) -> ChunkStream {
+/// The response body as chunks, read by `decoder` and passed through `gate`: both in the
+/// one task that reads the body, each chunk handed on once.
+pub fn answer_stream(
+    response: reqwest::Response,
+    mut decoder: impl AnswerDecoder,
+    mut gate: AnswerGate,
+) -> ChunkStream {
     Box::pin(async_stream::stream! {
         let mut body = response.bytes_stream();
-        let mut items = Vec::new();
+        let (mut items, mut out) = (Vec::new(), Vec::with_capacity(2));
         while !decoder.is_over() {
             match body.next().await {
                 Some(Ok(bytes)) => decoder.read(&bytes, &mut items),
-                Some(Err(e)) => {
-                    yield Err(UpstreamError::Broken(describe(&e)));
-                    return;
-                }
+                Some(Err(e)) => items.push(Err(UpstreamError::Broken(describe(&e)))),
                 None => decoder.end(&mut items),
             }
             for item in items.drain(..) {
-                yield item;
+                // The first error ends the answer.
+                let failed = item.is_err();
+                gate.item(item, &mut out);
+                for item in out.drain(..) {
+                    yield item;
+                }
+                if failed {
+                    return;
+                }
             }
+        }
+        gate.end(&mut out);
+        for item in out.drain(..) {
+            yield item;
         }
     })
 }

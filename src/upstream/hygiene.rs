@@ -7,9 +7,9 @@
 //! code; a `Retry-After` only when it is a plain number of seconds; no other field or header.
 
 use super::chunks::Item;
+use super::http::{AnswerDecoder, answer_stream};
 use super::redact::{Redactor, TextGuard};
 use super::{Chunk, ChunkStream, ToolCallDelta, UpstreamError};
-use futures::StreamExt;
 use std::sync::Arc;
 
 /// Error codes passed on as the upstream sent them; any other code becomes the gateway's.
@@ -197,34 +197,16 @@ impl AnswerGate {
     }
 }
 
-/// What a provider sent for (its answer, or why there is none) through the gate.
-pub fn gate(hygiene: &Arc<Hygiene>, sent: Result<ChunkStream, UpstreamError>) -> Result<ChunkStream, UpstreamError> {
+/// What a provider sent for (its answer, read by `decoder`, or why there is none) through
+/// the gate. The answer is decoded and gated in one pass over each read of its body.
+pub fn gate(
+    hygiene: &Arc<Hygiene>,
+    sent: Result<(reqwest::Response, impl AnswerDecoder), UpstreamError>,
+) -> Result<ChunkStream, UpstreamError> {
     match sent {
-        Ok(stream) => Ok(guard(Arc::clone(hygiene), stream)),
+        Ok((response, decoder)) => Ok(answer_stream(response, decoder, AnswerGate::new(Arc::clone(hygiene)))),
         Err(e) => Err(hygiene.error(e)),
     }
-}
-
-/// `stream` through the gate.
-pub fn guard(hygiene: Arc<Hygiene>, mut stream: ChunkStream) -> ChunkStream {
-    Box::pin(async_stream::stream! {
-        let mut gate = AnswerGate::new(hygiene);
-        let mut out = Vec::with_capacity(2);
-        while let Some(item) = stream.next().await {
-            let failed = item.is_err();
-            gate.item(item, &mut out);
-            for item in out.drain(..) {
-                yield item;
-            }
-            if failed {
-                return;
-            }
-        }
-        gate.end(&mut out);
-        for item in out.drain(..) {
-            yield item;
-        }
-    })
 }
 
 #[cfg(test)]

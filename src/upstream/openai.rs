@@ -3,7 +3,7 @@
 //! [`hygiene`] gate first: the key this provider holds never leaves it.
 
 use super::chunks::{ChunkDecoder, error_details};
-use super::http::{Clients, Endpoint, ErrorResponse, answer_stream, describe};
+use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe};
 use super::hygiene::{self, Hygiene};
 use super::{ChatMessage, ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
@@ -60,8 +60,9 @@ impl Provider for OpenAiProvider {
 }
 
 impl OpenAiProvider {
-    /// The request, and the upstream's answer as it came (not yet through the gate).
-    async fn send(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
+    /// The request, and the upstream's answer as it came with the decoder that reads it
+    /// (not yet through the gate).
+    async fn send(&self, request: ChatRequest) -> Result<(reqwest::Response, impl AnswerDecoder), UpstreamError> {
         let body = RequestBody {
             model: &request.model,
             messages: &request.messages,
@@ -98,7 +99,7 @@ impl OpenAiProvider {
             true => ChunkDecoder::whole_json(self.max_answer_bytes),
             false => ChunkDecoder::new(self.max_answer_bytes),
         };
-        Ok(answer_stream(response, decoder))
+        Ok((response, decoder))
     }
 }
 
