@@ -10,9 +10,11 @@ use super::openai::OpenAiProvider;
 use super::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
 use crate::config::UpstreamKind;
 use crate::config_file::{ApiKind, ModelRoute, Target};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -394,15 +396,12 @@ impl Replay {
     }
 }
 
-impl futures::Stream for Replay {
+impl Stream for Replay {
     type Item = Result<Chunk, UpstreamError>;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.read.next() {
-            Some(chunk) => std::task::Poll::Ready(Some(Ok(chunk))),
+            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
             None => self.rest.as_mut().poll_next(cx),
         }
     }
