@@ -1,7 +1,7 @@
 //! The ChatGPT-shaped message, decided once in [`message_json`], in its two forms: the
 //! stored message and conversation of `GET /conv/{id}`, built with serde_json; and the live
-//! frame, cut once per answer out of that same rendering and filled in per frame with the
-//! answer's JSON-escaped text (escaped once as it arrives, not again for every frame: each
+//! frame, cut once per process out of that same rendering, given each answer's identity
+//! when the answer starts, and filled in per frame with the answer's JSON-escaped text (escaped once as it arrives, not again for every frame: each
 //! frame carries the whole answer so far, so re-encoding it would cost O(n²) per answer).
 //! The reasoning text, when there is any, is filled in the same way; an answer without
 //! reasoning or token counts has neither key, so its frames are the same bytes as before
@@ -50,10 +50,17 @@ enum Slot {
     /// `,"usage":{…}` in `metadata`, key and all, or nothing when there is none.
     Usage,
     Error,
+    // What one answer fills in once, when its template is made (inside their quotes but
+    // the last).
+    MessageId,
+    ParentId,
+    ConversationId,
+    Model,
+    CreateTime,
 }
 
 impl Slot {
-    const ALL: [Slot; 7] = [
+    const ALL: [Slot; 12] = [
         Slot::Text,
         Slot::Status,
         Slot::EndTurn,
@@ -61,6 +68,11 @@ impl Slot {
         Slot::Reasoning,
         Slot::Usage,
         Slot::Error,
+        Slot::MessageId,
+        Slot::ParentId,
+        Slot::ConversationId,
+        Slot::Model,
+        Slot::CreateTime,
     ];
 
     /// The value that stands for the slot while the template is cut out.
@@ -73,7 +85,10 @@ impl Slot {
 
     /// Whether the slot's value is a JSON string whose quotes stay in the template.
     fn inside_quotes(self) -> bool {
-        matches!(self, Slot::Text | Slot::Status)
+        matches!(
+            self,
+            Slot::Text | Slot::Status | Slot::MessageId | Slot::ParentId | Slot::ConversationId | Slot::Model
+        )
     }
 
     /// The `metadata` key of a slot that is left out, key and all, when it has no value.
@@ -120,27 +135,37 @@ impl FrameState<'_> {
     };
 }
 
-impl FrameTemplate {
-    pub fn new(who: &AnswerIdentity) -> Self {
+/// The frame's JSON object cut once per process, the answer's identity left out as well:
+/// each piece of fixed text followed by the slot that comes after it, then the tail.
+struct Skeleton {
+    pieces: Vec<(String, Slot)>,
+    tail: String,
+}
+
+impl Skeleton {
+    /// Cut out of [`message_json`]'s own rendering, every slot a marker.
+    fn cut() -> Self {
         let mut answer = Message::new(
-            Some(who.parent_id),
+            Some(MessageId::new()),
             Role::Assistant,
             Slot::Text.marker(),
             Status::InProgress,
-            who.create_time,
+            0.0,
         );
-        answer.id = who.message_id;
-        answer.model = Some(who.model.clone());
+        answer.model = Some(Slot::Model.marker());
         answer.reasoning = Slot::Reasoning.marker();
         let mut message = message_json(&answer);
+        message["id"] = Value::String(Slot::MessageId.marker());
+        message["create_time"] = Value::String(Slot::CreateTime.marker());
         message["status"] = Value::String(Slot::Status.marker());
         message["end_turn"] = Value::String(Slot::EndTurn.marker());
+        message["metadata"]["parent_id"] = Value::String(Slot::ParentId.marker());
         message["metadata"]["finish_details"] = Value::String(Slot::FinishDetails.marker());
         // Where `message_json` puts it: after the reasoning.
         message["metadata"]["usage"] = Value::String(Slot::Usage.marker());
         let object = json!({
             "message": message,
-            "conversation_id": who.conversation_id.to_string(),
+            "conversation_id": Slot::ConversationId.marker(),
             "error": Slot::Error.marker(),
         });
         let rendered = object.to_string();
@@ -161,16 +186,48 @@ impl FrameTemplate {
             })
             .collect();
         found.sort_by_key(|(at, ..)| *at);
-        let mut fixed = String::with_capacity(rendered.len());
         let mut pieces = Vec::with_capacity(found.len());
         let mut from = 0;
         for (at, end, slot) in found {
-            fixed.push_str(&rendered[from..at]);
-            // A template is a few hundred bytes.
-            pieces.push((fixed.len() as u32, slot));
+            pieces.push((rendered[from..at].to_owned(), slot));
             from = end;
         }
-        fixed.push_str(&rendered[from..]);
+        Self {
+            pieces,
+            tail: rendered[from..].to_owned(),
+        }
+    }
+}
+
+impl FrameTemplate {
+    /// The answer's template: the process's skeleton with its identity filled in (a few
+    /// hundred bytes copied; the skeleton is rendered and cut once, at the first answer).
+    pub fn new(who: &AnswerIdentity) -> Self {
+        static SKELETON: OnceLock<Skeleton> = OnceLock::new();
+        let skeleton = SKELETON.get_or_init(Skeleton::cut);
+        let mut fixed = String::with_capacity(512);
+        let mut pieces = Vec::with_capacity(Slot::ALL.len());
+        for (text, slot) in &skeleton.pieces {
+            fixed.push_str(text);
+            // Formatting into the template's own buffer.
+            match slot {
+                Slot::MessageId => {
+                    let _ = write!(fixed, "{}", who.message_id);
+                }
+                Slot::ParentId => {
+                    let _ = write!(fixed, "{}", who.parent_id);
+                }
+                Slot::ConversationId => {
+                    let _ = write!(fixed, "{}", who.conversation_id);
+                }
+                Slot::Model => escape_into(&mut fixed, &who.model),
+                // As serde_json writes a number (`null` for one it cannot hold).
+                Slot::CreateTime => fixed.push_str(&Value::from(who.create_time).to_string()),
+                // A template is a few hundred bytes.
+                _ => pieces.push((fixed.len() as u32, *slot)),
+            }
+        }
+        fixed.push_str(&skeleton.tail);
         Self {
             fixed,
             pieces: pieces.into_boxed_slice(),
@@ -230,6 +287,8 @@ impl FrameTemplate {
                     }
                     None => out.put_slice(b"null"),
                 },
+                // Filled in when the template was made.
+                Slot::MessageId | Slot::ParentId | Slot::ConversationId | Slot::Model | Slot::CreateTime => {}
                 Slot::Error => match state.error {
                     // Formatting into the frame's own buffer: nothing else is allocated.
                     Some(error) => {
@@ -505,6 +564,23 @@ mod tests {
     }
 
     proptest! {
+        /// Every answer's template is the process's one skeleton with its identity filled
+        /// in: whatever the model's name and the time, a frame is the stored shape.
+        #[test]
+        fn any_identity_makes_frames_of_the_stored_shape(model in any::<String>(), create_time in any::<f64>()) {
+            let who = AnswerIdentity { model, create_time, ..identity() };
+            let template = FrameTemplate::new(&who);
+            let (_, frame) = data_of(&template.frame(1, FrameText::text(&escaped("hi")), FrameState::IN_PROGRESS));
+            let mut stored = Message::new(Some(who.parent_id), Role::Assistant, "hi".to_owned(), Status::InProgress, who.create_time);
+            stored.id = who.message_id;
+            stored.model = Some(who.model.clone());
+            // Both as a client reads them, from their text (a float parses back the same
+            // from the same text only).
+            let stored: Value = serde_json::from_str(&message_json(&stored).to_string()).unwrap();
+            prop_assert_eq!(&frame["message"], &stored);
+            prop_assert_eq!(&frame["conversation_id"], &Value::String(who.conversation_id.to_string()));
+        }
+
         #[test]
         fn escaping_round_trips_any_text(pieces in prop::collection::vec(any::<String>(), 0..5)) {
             let mut escaped = String::new();
