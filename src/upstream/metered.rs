@@ -9,8 +9,9 @@
 //!
 //! Cost: an answer's labelled series are looked up once, when it opens; after that a chunk
 //! costs a clock read and a few additions to the answer's own counts, which reach the
-//! shared series at most a second later ([`FLUSH_EVERY`]) and when the answer ends. A
-//! chunk touches nothing another thread writes: no lock, no allocation, no shared atomic.
+//! shared series with the first chunk a second or more after they were last added
+//! ([`FLUSH_EVERY`]), and when the answer ends. A chunk touches nothing another thread
+//! writes: no lock, no allocation, no shared atomic.
 
 use super::router::Replay;
 use super::{Chunk, ChunkStream, UpstreamError, Usage};
@@ -34,7 +35,8 @@ const PER_CHUNK_BUCKETS: [f64; 15] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 ];
 
-/// The longest an answer's chunk timings wait before they show in the shared histogram.
+/// How often a running answer adds its chunk timings to the shared histogram (with its
+/// next chunk after this much time; an answer that goes silent adds them when it ends).
 pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `gen_ai.client.token.usage`'s advised buckets.
@@ -368,7 +370,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_running_answer_shows_its_chunk_timings_within_a_second_and_its_read_chunks_first() {
+    async fn a_streaming_answer_shows_its_chunk_timings_about_once_a_second_and_its_read_chunks_first() {
         let metrics = Arc::new(UpstreamMetrics::new().unwrap());
         let registry = Registry::new();
         metrics.register(&registry).unwrap();
