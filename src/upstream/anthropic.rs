@@ -10,8 +10,8 @@ mod request;
 
 pub use events::{EventDecoder, error_details};
 
-use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe};
-use super::hygiene::{self, Hygiene};
+use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe, gated};
+use super::hygiene::Hygiene;
 use super::{ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
@@ -51,7 +51,7 @@ impl AnthropicProvider {
 #[async_trait]
 impl Provider for AnthropicProvider {
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
-        hygiene::gate(&self.hygiene, self.send(request).await)
+        gated(&self.hygiene, self.send(request).await)
     }
 
     fn warm(&self) {

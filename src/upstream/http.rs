@@ -1,13 +1,14 @@
 //! What every HTTP upstream shares: a client per thread, errors described with their
-//! causes, the start of an error response, and a streamed body read by a decoder.
+//! causes, the start of an error response, and a streamed body read by a decoder through
+//! the hygiene gate.
 
 use super::chunks::Item;
-use super::hygiene::AnswerGate;
+use super::hygiene::{AnswerGate, Hygiene};
 use super::{ChunkStream, UpstreamError};
 use futures::StreamExt;
 use reqwest::header::RETRY_AFTER;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -152,13 +153,21 @@ pub trait AnswerDecoder: Send + 'static {
     fn is_over(&self) -> bool;
 }
 
+/// What a provider sent for (its answer, read by `decoder`, or why there is none) through
+/// the hygiene gate. The answer is decoded and gated in one pass over each read of its body.
+pub fn gated(
+    hygiene: &Arc<Hygiene>,
+    sent: Result<(reqwest::Response, impl AnswerDecoder), UpstreamError>,
+) -> Result<ChunkStream, UpstreamError> {
+    match sent {
+        Ok((response, decoder)) => Ok(answer_stream(response, decoder, AnswerGate::new(Arc::clone(hygiene)))),
+        Err(e) => Err(hygiene.error(e)),
+    }
+}
+
 /// The response body as chunks, read by `decoder` and passed through `gate`: both in the
 /// one task that reads the body, each chunk handed on once.
-pub fn answer_stream(
-    response: reqwest::Response,
-    mut decoder: impl AnswerDecoder,
-    mut gate: AnswerGate,
-) -> ChunkStream {
+fn answer_stream(response: reqwest::Response, mut decoder: impl AnswerDecoder, mut gate: AnswerGate) -> ChunkStream {
     Box::pin(async_stream::stream! {
         let mut body = response.bytes_stream();
         let (mut items, mut out) = (Vec::new(), Vec::with_capacity(2));

@@ -7,9 +7,8 @@
 //! code; a `Retry-After` only when it is a plain number of seconds; no other field or header.
 
 use super::chunks::Item;
-use super::http::{AnswerDecoder, answer_stream};
 use super::redact::{Redactor, TextGuard};
-use super::{Chunk, ChunkStream, ToolCallDelta, UpstreamError};
+use super::{Chunk, ToolCallDelta, UpstreamError};
 use std::sync::Arc;
 
 /// Error codes passed on as the upstream sent them; any other code becomes the gateway's.
@@ -194,18 +193,6 @@ impl AnswerGate {
         if held.has_content() {
             out.push(Ok(held));
         }
-    }
-}
-
-/// What a provider sent for (its answer, read by `decoder`, or why there is none) through
-/// the gate. The answer is decoded and gated in one pass over each read of its body.
-pub fn gate(
-    hygiene: &Arc<Hygiene>,
-    sent: Result<(reqwest::Response, impl AnswerDecoder), UpstreamError>,
-) -> Result<ChunkStream, UpstreamError> {
-    match sent {
-        Ok((response, decoder)) => Ok(answer_stream(response, decoder, AnswerGate::new(Arc::clone(hygiene)))),
-        Err(e) => Err(hygiene.error(e)),
     }
 }
 

@@ -13,8 +13,7 @@
 //! ([`FLUSH_EVERY`]), and when the answer ends. A chunk touches nothing another thread
 //! writes: no lock, no allocation, no shared atomic.
 
-use super::router::Replay;
-use super::{Chunk, ChunkStream, UpstreamError, Usage};
+use super::{Chunk, ChunkStream, Replay, UpstreamError, Usage};
 use futures::Stream;
 use prometheus::local::LocalHistogram;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};

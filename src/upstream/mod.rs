@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// One message of the upstream conversation, in OpenAI's shape: `content` is a string (or,
@@ -142,6 +143,32 @@ pub struct ToolCallDelta {
 /// The answer as it arrives. It ends after the piece that carries `finish`, or with an
 /// error; dropping it cancels the upstream request.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> + Send>>;
+
+/// Chunks already read, then the stream they were read from.
+pub struct Replay {
+    read: std::vec::IntoIter<Chunk>,
+    rest: ChunkStream,
+}
+
+impl Replay {
+    pub fn new(read: Vec<Chunk>, rest: ChunkStream) -> Self {
+        Self {
+            read: read.into_iter(),
+            rest,
+        }
+    }
+}
+
+impl Stream for Replay {
+    type Item = Result<Chunk, UpstreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.read.next() {
+            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
+            None => self.rest.as_mut().poll_next(cx),
+        }
+    }
+}
 
 /// Everything that can go wrong between the gateway and the upstream.
 #[derive(Debug, Clone, thiserror::Error)]

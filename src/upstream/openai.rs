@@ -3,8 +3,8 @@
 //! [`hygiene`] gate first: the key this provider holds never leaves it.
 
 use super::chunks::{ChunkDecoder, error_details};
-use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe};
-use super::hygiene::{self, Hygiene};
+use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe, gated};
+use super::hygiene::Hygiene;
 use super::{ChatMessage, ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
@@ -51,7 +51,7 @@ struct StreamOptions {
 #[async_trait]
 impl Provider for OpenAiProvider {
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChunkStream, UpstreamError> {
-        hygiene::gate(&self.hygiene, self.send(request).await)
+        gated(&self.hygiene, self.send(request).await)
     }
 
     fn warm(&self) {

@@ -7,14 +7,12 @@
 use super::demo::DemoProvider;
 use super::metered::{Answering, UpstreamMetrics};
 use super::openai::OpenAiProvider;
-use super::{ChatRequest, Chunk, ChunkStream, Provider, UpstreamError};
+use super::{ChatRequest, Chunk, ChunkStream, Provider, Replay, UpstreamError};
 use crate::config::UpstreamKind;
 use crate::config_file::{ApiKind, ModelRoute, Target};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -379,32 +377,6 @@ fn replay(read: Vec<Chunk>, rest: ChunkStream) -> ChunkStream {
         return rest;
     }
     Box::pin(Replay::new(read, rest))
-}
-
-/// Chunks already read, then the stream they were read from.
-pub struct Replay {
-    read: std::vec::IntoIter<Chunk>,
-    rest: ChunkStream,
-}
-
-impl Replay {
-    pub fn new(read: Vec<Chunk>, rest: ChunkStream) -> Self {
-        Self {
-            read: read.into_iter(),
-            rest,
-        }
-    }
-}
-
-impl Stream for Replay {
-    type Item = Result<Chunk, UpstreamError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.read.next() {
-            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
-            None => self.rest.as_mut().poll_next(cx),
-        }
-    }
 }
 
 /// `stream`, whose next item must come by `deadline`: the silence before a try was kept
