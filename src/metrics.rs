@@ -8,9 +8,8 @@
 use crate::conversation::Store;
 use crate::conversation::group_commit;
 use crate::conversation::metered::MeteredStore;
-use crate::edge::requests;
 use crate::upstream::metered::UpstreamMetrics;
-use prometheus::{Encoder, IntCounterVec, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 
 /// The Content-Type of the text exposition format.
@@ -28,7 +27,14 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let requests = requests::counter()?;
+        // Counted by `edge::requests`, for every request.
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "chatgate_http_requests_total",
+                "Requests by route pattern (`page` for the chat page's files, `unmatched` for paths no route takes), method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         let upstream = Arc::new(UpstreamMetrics::new()?);
         upstream.register(&registry)?;

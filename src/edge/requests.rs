@@ -6,18 +6,6 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{Error, web};
-use prometheus::{IntCounterVec, Opts};
-
-/// Every request's route, method and status.
-pub fn counter() -> Result<IntCounterVec, prometheus::Error> {
-    IntCounterVec::new(
-        Opts::new(
-            "chatgate_http_requests_total",
-            "Requests by route pattern (`page` for the chat page's files, `unmatched` for paths no route takes), method and status.",
-        ),
-        &["route", "method", "status"],
-    )
-}
 
 /// Counts every request once its response head is ready (a stream counts when it starts).
 /// The route is the pattern a request matched (`/conv/{id}/stream`), never its path: ids

@@ -7,14 +7,11 @@
 //! read yields at least an empty chunk, so that keep-alive bytes count as life.
 
 use super::sse_decode::{SseDecoder, SseEvent};
-use super::{Chunk, ReasoningField, ToolCallDelta, UpstreamError, Usage};
+use super::{Chunk, Item, ReasoningField, ToolCallDelta, UpstreamError, Usage};
 use crate::conversation::FinishType;
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
-
-/// What the decoder hands on: a piece of the answer, or why it ended.
-pub type Item = Result<Chunk, UpstreamError>;
 
 /// JSON escapes take at most 6 bytes per byte of text (`\u00XX`); an event longer than
 /// that and this margin for its other fields cannot be part of an answer within the limit.

@@ -5,7 +5,8 @@
 //! the output stays proportional to the input.
 
 use super::Chunk;
-use super::chunks::{ChunkDecoder, Item};
+use super::Item;
+use super::chunks::ChunkDecoder;
 use super::http::AnswerDecoder;
 use super::hygiene::{AnswerGate, Hygiene};
 use crate::error::ApiError;

@@ -2,9 +2,8 @@
 //! causes, the start of an error response, and a streamed body read by a decoder through
 //! the hygiene gate.
 
-use super::chunks::Item;
 use super::hygiene::{AnswerGate, Hygiene};
-use super::{ChunkStream, UpstreamError};
+use super::{ChunkStream, Item, UpstreamError};
 use futures::StreamExt;
 use reqwest::header::RETRY_AFTER;
 use std::collections::HashMap;

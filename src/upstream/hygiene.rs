@@ -6,9 +6,8 @@
 //! an error keeps its message and, only when it is one of OpenAI's or Anthropic's own, its
 //! code; a `Retry-After` only when it is a plain number of seconds; no other field or header.
 
-use super::chunks::Item;
 use super::redact::{Redactor, TextGuard};
-use super::{Chunk, ToolCallDelta, UpstreamError};
+use super::{Chunk, Item, ToolCallDelta, UpstreamError};
 use std::sync::Arc;
 
 /// Error codes passed on as the upstream sent them; any other code becomes the gateway's.

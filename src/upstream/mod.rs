@@ -140,9 +140,12 @@ pub struct ToolCallDelta {
     pub arguments: String,
 }
 
+/// What a provider's decoder hands on: a piece of the answer, or why it ended.
+pub type Item = Result<Chunk, UpstreamError>;
+
 /// The answer as it arrives. It ends after the piece that carries `finish`, or with an
 /// error; dropping it cancels the upstream request.
-pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> + Send>>;
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
 /// Chunks already read, then the stream they were read from.
 pub struct Replay {

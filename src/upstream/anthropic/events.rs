@@ -9,7 +9,8 @@
 //! unknown events and unknown block types carry nothing for a client. Every network read
 //! yields at least an empty chunk, so that keep-alive bytes count as life.
 
-use super::super::chunks::{self, Item, mend_surrogates, parse_data};
+use super::super::Item;
+use super::super::chunks::{self, mend_surrogates, parse_data};
 use super::super::http::AnswerDecoder;
 use super::super::sse_decode::{SseDecoder, SseEvent};
 use super::super::{Chunk, ReasoningField, ToolCallDelta, UpstreamError, Usage};

@@ -5,7 +5,7 @@
 //! panic, the key may not come out, and the output stays proportional to the input.
 
 use super::super::Chunk;
-use super::super::chunks::Item;
+use super::super::Item;
 use super::super::fuzz::{KEY, shows_the_key, spelled_key_byte, through_the_gate};
 use super::EventDecoder;
 use crate::error::ApiError;
