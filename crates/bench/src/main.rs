@@ -59,7 +59,8 @@ struct Args {
     /// `store=memory` or with client keys on (`keys`: `--api-keys`, which every request
     /// then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
     /// `delta` adds a column for its delta frames, `v1` one for its `/v1/chat/completions`
-    /// (the first chatgate has both). May be given several times.
+    /// (the first chatgate has both). Every column runs on a chatgate process of its own.
+    /// May be given several times.
     #[arg(long = "also")]
     also: Vec<String>,
     /// Before each block of a scenario, wait until other processes on the machine have used
@@ -104,12 +105,13 @@ struct Chatgate {
     bin: PathBuf,
     store_kind: Option<String>,
     process: gateway::Gateway,
-    /// Measured in delta mode too, in a column of its own.
-    delta: bool,
+    /// Measured in delta mode too, in a column of its own, on a process of its own.
+    delta: Option<gateway::Gateway>,
     /// Started with a client key, which every request then carries.
     keys: bool,
-    /// Measured on its OpenAI-compatible endpoint too, in a column of its own.
-    v1: bool,
+    /// Measured on its OpenAI-compatible endpoint too, in a column of its own, on a
+    /// process of its own.
+    v1: Option<gateway::Gateway>,
 }
 
 /// One chatgate to measure, as `--also` gives it.
@@ -189,14 +191,32 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         v1,
     } in specs
     {
-        let store = store_kind.clone().unwrap_or_else(|| fresh(&name.replace(' ', "-")));
-        let process = gateway::Gateway::start(&bin, mock.port, &store, keys).await?;
-        eprintln!(
-            "{name}: {} on http://{} (pid {}, store {store})",
-            bin.display(),
-            process.addr,
-            process.pid
-        );
+        // Each column has a process of its own: a process that served several columns
+        // would hold their connections and their answers' memory at once, and its columns
+        // would read differently from the same build's in a column of its own.
+        let start = |column: String| {
+            let (bin, fresh) = (&bin, &fresh);
+            let store = store_kind.clone().unwrap_or_else(|| fresh(&column.replace(' ', "-")));
+            async move {
+                let process = gateway::Gateway::start(bin, mock.port, &store, keys).await?;
+                eprintln!(
+                    "{column}: {} on http://{} (pid {}, store {store})",
+                    bin.display(),
+                    process.addr,
+                    process.pid
+                );
+                Ok::<_, std::io::Error>(process)
+            }
+        };
+        let process = start(name.clone()).await?;
+        let delta = match delta {
+            true => Some(start(format!("{name} delta")).await?),
+            false => None,
+        };
+        let v1 = match v1 {
+            true => Some(start(format!("{name} v1")).await?),
+            false => None,
+        };
         chatgates.push(Chatgate {
             name,
             bin,
@@ -227,25 +247,27 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         };
         targets.push(full.clone());
         pids.push(Some(gw.process.pid));
-        // The same gateway asked for delta frames: the gateway's own cost, without the
+        // The same build asked for delta frames: the gateway's own cost, without the
         // whole-text frames that grow with the answer.
-        if gw.delta {
+        if let Some(process) = &gw.delta {
             targets.push(Target {
                 name: format!("{} delta", gw.name),
+                addr: process.addr,
                 protocol: Protocol::Conv { delta: true },
                 ..full.clone()
             });
-            pids.push(Some(gw.process.pid));
+            pids.push(Some(process.pid));
         }
-        // The same gateway's OpenAI-compatible endpoint, as an SDK would use it.
-        if gw.v1 {
+        // The same build's OpenAI-compatible endpoint, as an SDK would use it.
+        if let Some(process) = &gw.v1 {
             targets.push(Target {
                 name: format!("{} /v1", gw.name),
+                addr: process.addr,
                 path: "/v1/chat/completions".into(),
                 protocol: Protocol::OpenAi,
                 ..full
             });
-            pids.push(Some(gw.process.pid));
+            pids.push(Some(process.pid));
         }
     }
     if let Some(peer) = &args.peer {
@@ -291,7 +313,8 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut table = Table::new(gateways);
 
     // Memory first: later scenarios leave freed memory resident, which would hide growth.
-    // Measured for each process once (a delta column is its chatgate's process again).
+    // Measured for each process once (every column has its own, but a peer's pid may be
+    // given twice).
     let mut measured = Vec::new();
     let mut idle = Vec::new();
     let mut per_stream = vec![f64::NAN; columns];
@@ -366,8 +389,8 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if workers == 1 {
-            // a chatgate's columns (whole text and delta) are turns of the same process;
-            // the CPU goes in its first column
+            // the CPU of each `/conv` column's process over its turns (should columns ever
+            // share a process, its CPU goes in the first of them)
             let mut cells = vec![String::new(); columns];
             for (t, target) in targets.iter().enumerate().skip(1) {
                 let Some(pid) = pids[t].filter(|_| is_chatgate(target)) else {
