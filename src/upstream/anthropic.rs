@@ -10,7 +10,7 @@ mod request;
 
 pub use events::{EventDecoder, error_details};
 
-use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe, gated};
+use super::http::{self, AnswerDecoder, Clients, Endpoint, ErrorResponse, gated};
 use super::hygiene::Hygiene;
 use super::{ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
@@ -62,7 +62,7 @@ impl Provider for AnthropicProvider {
 impl AnthropicProvider {
     /// The request, and the upstream's answer as it came with the decoder that reads it
     /// (not yet through the gate).
-    async fn send(&self, request: ChatRequest) -> Result<(reqwest::Response, impl AnswerDecoder), UpstreamError> {
+    async fn send(&self, request: ChatRequest) -> Result<(http::Response, impl AnswerDecoder), UpstreamError> {
         let body = serde_json::to_vec(&request::body(&request)).map_err(|e| UpstreamError::BadChunk(e.to_string()))?;
         let mut builder = self
             .url
@@ -74,11 +74,8 @@ impl AnthropicProvider {
         if let Some(key) = &self.key {
             builder = builder.header("x-api-key", key.clone());
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
-        if !response.status().is_success() {
+        let response = http::send(&self.clients, builder).await?;
+        if !response.status.is_success() {
             return Err(refusal(response).await);
         }
         Ok((response, EventDecoder::new(self.max_answer_bytes)))
@@ -86,7 +83,7 @@ impl AnthropicProvider {
 }
 
 /// An error response: its message, and its error type (`overloaded_error`, …) as the code.
-async fn refusal(response: reqwest::Response) -> UpstreamError {
+async fn refusal(response: http::Response) -> UpstreamError {
     let error = ErrorResponse::read(response).await;
     let (message, code) = error_details(&error.body);
     UpstreamError::Refused {

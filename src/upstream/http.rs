@@ -1,15 +1,24 @@
-//! What every HTTP upstream shares: a client per thread, errors described with their
-//! causes, the start of an error response, and a streamed body read by a decoder through
-//! the hygiene gate.
+//! What every HTTP upstream shares: a client per thread, a request sent on the right one
+//! of two paths, errors described with their causes, the start of an error response, and
+//! a streamed body read by a decoder through the hygiene gate.
 
+use super::direct::{self, DirectBody};
 use super::hygiene::{AnswerGate, Hygiene};
 use super::{ChunkStream, Item, UpstreamError};
-use futures::StreamExt;
-use reqwest::header::RETRY_AFTER;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::thread::ThreadId;
 use std::time::Duration;
+
+/// How long connecting to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most of an error body worth reading; bodies are short, a proxy's HTML page is not.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
@@ -72,13 +81,84 @@ fn build_client() -> Result<reqwest::Client, reqwest::Error> {
         // Nagle's algorithm would hold the request's last segment for the ACK of the
         // previous one, adding ~40 ms to every turn.
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(90))
         // A redirect is an error, never followed: reqwest would send the request's body
         // (the conversation) to wherever it points, and with it every header it does not
         // know to be secret, Anthropic's `x-api-key` among them.
         .redirect(reqwest::redirect::Policy::none())
         .build()
+}
+
+/// An upstream's answer as it began: its status, its headers and its body to come.
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Body,
+}
+
+enum Body {
+    /// Read through reqwest: its connection task reads the socket.
+    Pooled(BoxStream<'static, reqwest::Result<Bytes>>),
+    /// Read by the task that polls it (see [`direct`]).
+    Direct(DirectBody),
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, String>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Body::Pooled(body) => body
+                .as_mut()
+                .poll_next(cx)
+                .map(|r| r.map(|r| r.map_err(|e| describe(&e)))),
+            Body::Direct(body) => Pin::new(body)
+                .poll_next(cx)
+                .map(|r| r.map(|r| r.map_err(|e| describe(&e)))),
+        }
+    }
+}
+
+/// Sends `request`: to a plain-HTTP upstream on a connection driven by the task that reads
+/// the answer ([`direct`]), to any other (HTTPS, or through a proxy the environment sets)
+/// with this thread's reqwest client. An error is the upstream's being unreachable.
+pub async fn send(clients: &Clients, request: reqwest::RequestBuilder) -> Result<Response, UpstreamError> {
+    let unreachable = |e: reqwest::Error| UpstreamError::Unreachable(describe(&e));
+    let request = request.build().map_err(unreachable)?;
+    let body = request.body().and_then(reqwest::Body::as_bytes);
+    if let Some(body) = body.filter(|_| request.url().scheme() == "http" && !proxied()) {
+        let body = Bytes::copy_from_slice(body);
+        let url = request.url();
+        let response = direct::post(url, request.headers(), body, CONNECT_TIMEOUT)
+            .await
+            // Worded as reqwest words its own.
+            .map_err(|e| {
+                UpstreamError::Unreachable(format!("error sending request for url ({url}): {}", describe(&*e)))
+            })?;
+        return Ok(Response {
+            status: response.status,
+            headers: response.headers,
+            body: Body::Direct(response.body),
+        });
+    }
+    let response = clients.get().execute(request).await.map_err(unreachable)?;
+    Ok(Response {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body: Body::Pooled(response.bytes_stream().boxed()),
+    })
+}
+
+/// Whether the environment sets a proxy for plain-HTTP requests, which reqwest then takes
+/// (and honours `NO_PROXY` for): looked at once.
+fn proxied() -> bool {
+    static PROXIED: OnceLock<bool> = OnceLock::new();
+    *PROXIED.get_or_init(|| {
+        ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+    })
 }
 
 /// The error and its causes on one line: reqwest's own message alone rarely says why.
@@ -98,24 +178,24 @@ pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// What a response that is not a success says, before any upstream reads it its own way.
 pub struct ErrorResponse {
-    pub status: reqwest::StatusCode,
+    pub status: StatusCode,
     pub retry_after: Option<String>,
     /// The start of the body, at most [`ERROR_BODY_LIMIT`] bytes and a read.
     pub body: Vec<u8>,
 }
 
 impl ErrorResponse {
-    pub async fn read(mut response: reqwest::Response) -> Self {
-        let status = response.status();
+    pub async fn read(mut response: Response) -> Self {
+        let status = response.status;
         let retry_after = response
-            .headers()
+            .headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut body = Vec::new();
         while body.len() < ERROR_BODY_LIMIT {
-            match response.chunk().await {
-                Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+            match response.body.next().await {
+                Some(Ok(bytes)) => body.extend_from_slice(&bytes),
                 _ => break,
             }
         }
@@ -156,7 +236,7 @@ pub trait AnswerDecoder: Send + 'static {
 /// the hygiene gate. The answer is decoded and gated in one pass over each read of its body.
 pub fn gated(
     hygiene: &Arc<Hygiene>,
-    sent: Result<(reqwest::Response, impl AnswerDecoder), UpstreamError>,
+    sent: Result<(Response, impl AnswerDecoder), UpstreamError>,
 ) -> Result<ChunkStream, UpstreamError> {
     match sent {
         Ok((response, decoder)) => Ok(answer_stream(response, decoder, AnswerGate::new(Arc::clone(hygiene)))),
@@ -166,14 +246,14 @@ pub fn gated(
 
 /// The response body as chunks, read by `decoder` and passed through `gate`: both in the
 /// one task that reads the body, each chunk handed on once.
-fn answer_stream(response: reqwest::Response, mut decoder: impl AnswerDecoder, mut gate: AnswerGate) -> ChunkStream {
+fn answer_stream(response: Response, mut decoder: impl AnswerDecoder, mut gate: AnswerGate) -> ChunkStream {
     Box::pin(async_stream::stream! {
-        let mut body = response.bytes_stream();
+        let mut body = response.body;
         let (mut items, mut out) = (Vec::new(), Vec::with_capacity(2));
         while !decoder.is_over() {
             match body.next().await {
                 Some(Ok(bytes)) => decoder.read(&bytes, &mut items),
-                Some(Err(e)) => items.push(Err(UpstreamError::Broken(describe(&e)))),
+                Some(Err(e)) => items.push(Err(UpstreamError::Broken(e))),
                 None => decoder.end(&mut items),
             }
             for item in items.drain(..) {

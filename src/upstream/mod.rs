@@ -8,6 +8,7 @@
 pub mod anthropic;
 pub mod chunks;
 pub mod demo;
+pub mod direct;
 #[cfg(test)]
 mod fuzz;
 pub mod http;

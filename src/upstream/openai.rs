@@ -3,7 +3,7 @@
 //! [`hygiene`] gate first: the key this provider holds never leaves it.
 
 use super::chunks::{ChunkDecoder, error_details};
-use super::http::{AnswerDecoder, Clients, Endpoint, ErrorResponse, describe, gated};
+use super::http::{self, AnswerDecoder, Clients, Endpoint, ErrorResponse, gated};
 use super::hygiene::Hygiene;
 use super::{ChatMessage, ChatRequest, ChunkStream, Provider, UpstreamError};
 use async_trait::async_trait;
@@ -62,7 +62,7 @@ impl Provider for OpenAiProvider {
 impl OpenAiProvider {
     /// The request, and the upstream's answer as it came with the decoder that reads it
     /// (not yet through the gate).
-    async fn send(&self, request: ChatRequest) -> Result<(reqwest::Response, impl AnswerDecoder), UpstreamError> {
+    async fn send(&self, request: ChatRequest) -> Result<(http::Response, impl AnswerDecoder), UpstreamError> {
         let body = RequestBody {
             model: &request.model,
             messages: &request.messages,
@@ -81,17 +81,13 @@ impl OpenAiProvider {
             // bearer_auth marks the header sensitive, so it never shows in debug output.
             builder = builder.bearer_auth(key);
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
+        let response = http::send(&self.clients, builder).await?;
+        if !response.status.is_success() {
             return Err(refusal(response).await);
         }
         // Some servers answer with one JSON object although asked to stream.
         let json = response
-            .headers()
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
@@ -103,7 +99,7 @@ impl OpenAiProvider {
     }
 }
 
-async fn refusal(response: reqwest::Response) -> UpstreamError {
+async fn refusal(response: http::Response) -> UpstreamError {
     let error = ErrorResponse::read(response).await;
     let (message, code) = error_details(&error.body);
     UpstreamError::Refused {

@@ -21,6 +21,7 @@ mod routing;
 mod shutdown;
 mod slow_clients_and_delta;
 mod streaming;
+mod upstream_connections;
 mod upstream_errors;
 mod upstream_formats;
 mod upstream_hygiene;

@@ -97,13 +97,15 @@ async fn delta_mode_frames_carry_only_new_text() {
 async fn delta_mode_bytes_grow_linearly_with_the_answer() {
     let app = spawn_app().await;
     let bytes = |stream: &Stream| stream.events.iter().map(|e| e.data.len()).sum::<usize>();
+    // Paced, so that the reader keeps up and gets a frame for every chunk: a reader
+    // behind the upstream gets chunks that came together in one frame.
     let short = app
-        .turn(json!({"content": "x [mock:words=200] [mock:delay=0]", "delta": true}))
+        .turn(json!({"content": "x [mock:words=200] [mock:delay=1]", "delta": true}))
         .await;
     let long = app
-        .turn(json!({"content": "x [mock:words=2000] [mock:delay=0]", "delta": true}))
+        .turn(json!({"content": "x [mock:words=2000] [mock:delay=1]", "delta": true}))
         .await;
-    let full = app.turn(json!({"content": "x [mock:words=2000] [mock:delay=0]"})).await;
+    let full = app.turn(json!({"content": "x [mock:words=2000] [mock:delay=1]"})).await;
     let ratio = bytes(&long) as f64 / bytes(&short) as f64;
     assert!(ratio < 13.0, "10× the words cost {ratio:.1}× the bytes in delta mode");
     assert!(

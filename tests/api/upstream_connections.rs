@@ -1,0 +1,150 @@
+//! How the gateway reaches a plain-HTTP upstream: one kept-alive connection for answers in
+//! a row, a new one when the upstream closed it, and a proxy from the environment honoured.
+
+use crate::helpers::{KEY, spawn_app_with};
+use crate::shutdown::Gateway;
+use chatgate::config::UpstreamKind;
+use mockllm::MockLlm;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An OpenAI-compatible upstream on raw sockets that counts the connections made to it
+/// and answers every request with "one two"; it keeps each connection open for the next
+/// request, or closes it after each answer.
+async fn upstream(close_after_each: bool) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(socket, close_after_each));
+        }
+    });
+    (url, accepted)
+}
+
+async fn serve(mut socket: TcpStream, close_after_each: bool) {
+    let mut buf = Vec::new();
+    loop {
+        // One request: its head, then Content-Length bytes of body.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !read_more(&mut socket, &mut buf).await {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            if !read_more(&mut socket, &mut buf).await {
+                return;
+            }
+        }
+        buf.drain(..head_end + length);
+        let content =
+            |text: &str| json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+        let finish = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+        let mut response =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for data in [content("one"), content(" two"), finish] {
+            push_event(&mut response, &data.to_string());
+        }
+        push_event(&mut response, "[DONE]");
+        response.extend_from_slice(b"0\r\n\r\n");
+        if socket.write_all(&response).await.is_err() || close_after_each {
+            return;
+        }
+    }
+}
+
+async fn read_more(socket: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match socket.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// `data: …` as one chunk of a chunked body.
+fn push_event(response: &mut Vec<u8>, data: &str) {
+    let event = format!("data: {data}\n\n");
+    response.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+}
+
+/// Three answers in a row through the gateway, from an upstream that keeps its
+/// connections open or closes each after its answer: how many connections it took.
+async fn connections_for_three_answers(close_after_each: bool) -> usize {
+    let (url, accepted) = upstream(close_after_each).await;
+    let app = spawn_app_with(|settings| {
+        settings.upstream = UpstreamKind::OpenAi {
+            base_url: url,
+            key: Some(KEY.to_owned()),
+        }
+    })
+    .await;
+    for turn in 0..3 {
+        let stream = app.turn(json!({"content": "hi"})).await;
+        assert_eq!(stream.text(), "one two", "turn {turn}");
+        assert_eq!(
+            stream.last()["message"]["status"],
+            "finished_successfully",
+            "turn {turn}"
+        );
+    }
+    accepted.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn answers_in_a_row_share_one_kept_alive_upstream_connection() {
+    assert_eq!(connections_for_three_answers(false).await, 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_not_used_again() {
+    // Each answer still comes whole, on a new connection.
+    assert_eq!(connections_for_three_answers(true).await, 3);
+}
+
+#[tokio::test]
+async fn a_proxy_set_in_the_environment_carries_plain_http_requests() {
+    // The upstream's name resolves nowhere: only the proxy (a mock, which answers whatever
+    // URL a request names) can answer.
+    let proxy = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port());
+    let gateway = Gateway::start_with_env(
+        &dir.path().join("chatgate.db"),
+        &["--upstream-url", "http://upstream.invalid/v1", "--model", "mock-model"],
+        &[("OPENAI_API_KEY", KEY), ("HTTP_PROXY", &proxy_url)],
+    )
+    .await;
+    let answer = gateway
+        .client
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&json!({"model": "mock-model", "messages": [{"role": "user", "content": "hello proxy"}]}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("hello proxy"), "{text}");
+    assert_eq!(proxy.stats().requests, 1);
+}
