@@ -1,8 +1,8 @@
 //! Plain-HTTP upstreams (a model served on the same host or network: vLLM, llama.cpp,
 //! Ollama) reached without reqwest's connection task: the answer's own task drives its
 //! HTTP/1.1 connection (hyper's `client::conn`), so a chunk goes from the socket to the
-//! task that reads the answer with no task in between. At 1,000 streams that one task
-//! less a chunk halves the chunks' latency (BENCHMARKS.md).
+//! task that reads the answer with no task in between: one task less a chunk, and a
+//! request without reqwest's layers (BENCHMARKS.md has what it bought).
 //!
 //! Connections are kept alive between answers in a pool per thread: actix runs one
 //! single-threaded runtime per worker, and a socket belongs to the runtime that opened it.
@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 use futures::Stream;
+use futures::task::AtomicWaker;
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -23,7 +24,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -99,12 +102,7 @@ pub async fn post(url: &Url, headers: &HeaderMap, body: Bytes, connect_timeout: 
     Ok(Response {
         status: head.status,
         headers: head.headers,
-        body: DirectBody {
-            body,
-            conn: Some(conn),
-            key,
-            ended: false,
-        },
+        body: DirectBody::new(body, conn, key),
     })
 }
 
@@ -179,7 +177,76 @@ pub struct DirectBody {
     conn: Option<Conn>,
     key: String,
     ended: bool,
+    /// What the connection and the body are polled with (see [`Inward`]).
+    inward: Arc<Inward>,
+    waker: Waker,
 }
+
+impl DirectBody {
+    fn new(body: Incoming, conn: Conn, key: String) -> Self {
+        let inward = Arc::new(Inward::default());
+        Self {
+            body,
+            conn: Some(conn),
+            key,
+            ended: false,
+            waker: Waker::from(Arc::clone(&inward)),
+            inward,
+        }
+    }
+
+    /// The connection's progress, then the body's next frame.
+    fn poll_once(&mut self) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+        let mut cx = Context::from_waker(&self.waker);
+        loop {
+            if let Some(conn) = &mut self.conn {
+                conn.drive(&mut cx);
+            }
+            return match Pin::new(&mut self.body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    // Trailers: nothing of the answer.
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+/// The waker of a connection and its body. The two wake each other as they go (a frame
+/// handed to the body, the body asking for the next), and one task polls both: a wake-up
+/// that comes while that task polls them is noted, and acted on in the same poll, rather
+/// than scheduling the task once more for nothing. Wake-ups from outside (the socket's,
+/// which come between polls) wake the task.
+#[derive(Default)]
+struct Inward {
+    polling: AtomicBool,
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Inward {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self.polling.load(Ordering::SeqCst) {
+            true => self.woken.store(true, Ordering::SeqCst),
+            false => self.task.wake(),
+        }
+    }
+}
+
+/// Passes in a row that a poll may take for wake-ups of its own before it lets the task
+/// be scheduled again instead.
+const INWARD_PASSES: usize = 4;
 
 impl Stream for DirectBody {
     type Item = Result<Bytes, hyper::Error>;
@@ -190,27 +257,24 @@ impl Stream for DirectBody {
         // would: an upstream that sent a long answer at once does not keep the worker's
         // other tasks waiting while the answer's task reads it all.
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
-        loop {
-            if let Some(conn) = &mut this.conn {
-                conn.drive(cx);
+        this.inward.task.register(cx.waker());
+        for _ in 0..INWARD_PASSES {
+            this.inward.polling.store(true, Ordering::SeqCst);
+            let polled = this.poll_once();
+            this.inward.polling.store(false, Ordering::SeqCst);
+            if polled.is_ready() {
+                budget.made_progress();
+                // A wake-up of this pass is acted on by the next poll, which the reader
+                // of a stream makes after an item.
+                return polled;
             }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        budget.made_progress();
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                    // Trailers: nothing of the answer.
-                    Err(_) => continue,
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => return Poll::Pending,
+            if !this.inward.woken.swap(false, Ordering::SeqCst) {
+                return Poll::Pending;
             }
         }
+        // Still waking itself: let the other tasks run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -228,5 +292,38 @@ impl Drop for DirectBody {
         if let Some(conn) = self.conn.take().filter(|c| self.ended && !c.done) {
             put_idle(std::mem::take(&mut self.key), conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_up_while_polled_is_noted_and_one_from_outside_wakes_the_task() {
+        let task = Arc::new(Counted::default());
+        let inward = Arc::new(Inward::default());
+        inward.task.register(&Waker::from(Arc::clone(&task)));
+        let waker = Waker::from(Arc::clone(&inward));
+
+        inward.polling.store(true, Ordering::SeqCst);
+        waker.wake_by_ref();
+        inward.polling.store(false, Ordering::SeqCst);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0, "the task is not scheduled again");
+        assert!(inward.woken.swap(false, Ordering::SeqCst), "but the poll sees it");
+
+        waker.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert!(!inward.woken.load(Ordering::SeqCst));
     }
 }
