@@ -99,7 +99,7 @@ pub struct Response {
 
 enum Body {
     /// Read through reqwest: its connection task reads the socket.
-    Pooled(BoxStream<'static, reqwest::Result<Bytes>>),
+    Reqwest(BoxStream<'static, reqwest::Result<Bytes>>),
     /// Read by the task that polls it (see [`direct`]).
     Direct(DirectBody),
 }
@@ -109,7 +109,7 @@ impl Stream for Body {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.get_mut() {
-            Body::Pooled(body) => body
+            Body::Reqwest(body) => body
                 .as_mut()
                 .poll_next(cx)
                 .map(|r| r.map(|r| r.map_err(|e| describe(&e)))),
@@ -146,7 +146,7 @@ pub async fn send(clients: &Clients, request: reqwest::RequestBuilder) -> Result
     Ok(Response {
         status: response.status(),
         headers: response.headers().clone(),
-        body: Body::Pooled(response.bytes_stream().boxed()),
+        body: Body::Reqwest(response.bytes_stream().boxed()),
     })
 }
 
