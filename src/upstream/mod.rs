@@ -164,7 +164,7 @@ impl Replay {
 }
 
 impl Stream for Replay {
-    type Item = Result<Chunk, UpstreamError>;
+    type Item = Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.read.next() {

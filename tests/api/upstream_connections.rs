@@ -1,5 +1,6 @@
 //! How the gateway reaches a plain-HTTP upstream: one kept-alive connection for answers in
-//! a row, a new one when the upstream closed it, and a proxy from the environment honoured.
+//! a row, a new one when the upstream closed it, a connection dropped before the answer
+//! tried again, and a proxy from the environment honoured.
 
 use crate::helpers::{KEY, spawn_app_with};
 use crate::shutdown::Gateway;
@@ -12,24 +13,36 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// What the raw upstream does with its connections.
+#[derive(Clone, Copy, PartialEq)]
+enum Connections {
+    /// Keeps each open for the next request.
+    KeptAlive,
+    /// Closes each after its answer.
+    ClosedAfterEach,
+    /// Reads the first connection's request and closes it without an answer (as a
+    /// server that restarts would); keeps the others open.
+    FirstDropped,
+}
+
 /// An OpenAI-compatible upstream on raw sockets that counts the connections made to it
-/// and answers every request with "one two"; it keeps each connection open for the next
-/// request, or closes it after each answer.
-async fn upstream(close_after_each: bool) -> (String, Arc<AtomicUsize>) {
+/// and answers every request with "one two".
+async fn upstream(connections: Connections) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(socket, close_after_each));
+            let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+            let drop_it = first && connections == Connections::FirstDropped;
+            tokio::spawn(serve(socket, connections == Connections::ClosedAfterEach, drop_it));
         }
     });
     (url, accepted)
 }
 
-async fn serve(mut socket: TcpStream, close_after_each: bool) {
+async fn serve(mut socket: TcpStream, close_after_each: bool, drop_unanswered: bool) {
     let mut buf = Vec::new();
     loop {
         // One request: its head, then Content-Length bytes of body.
@@ -53,6 +66,9 @@ async fn serve(mut socket: TcpStream, close_after_each: bool) {
             }
         }
         buf.drain(..head_end + length);
+        if drop_unanswered {
+            return;
+        }
         let content =
             |text: &str| json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
         let finish = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
@@ -86,10 +102,10 @@ fn push_event(response: &mut Vec<u8>, data: &str) {
     response.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
 }
 
-/// Three answers in a row through the gateway, from an upstream that keeps its
-/// connections open or closes each after its answer: how many connections it took.
-async fn connections_for_three_answers(close_after_each: bool) -> usize {
-    let (url, accepted) = upstream(close_after_each).await;
+/// Three answers in a row through the gateway, from an upstream that treats its
+/// connections as `connections` says: how many connections it took.
+async fn connections_for_three_answers(connections: Connections) -> usize {
+    let (url, accepted) = upstream(connections).await;
     let app = spawn_app_with(|settings| {
         settings.upstream = UpstreamKind::OpenAi {
             base_url: url,
@@ -111,13 +127,20 @@ async fn connections_for_three_answers(close_after_each: bool) -> usize {
 
 #[tokio::test]
 async fn answers_in_a_row_share_one_kept_alive_upstream_connection() {
-    assert_eq!(connections_for_three_answers(false).await, 1);
+    assert_eq!(connections_for_three_answers(Connections::KeptAlive).await, 1);
 }
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_not_used_again() {
     // Each answer still comes whole, on a new connection.
-    assert_eq!(connections_for_three_answers(true).await, 3);
+    assert_eq!(connections_for_three_answers(Connections::ClosedAfterEach).await, 3);
+}
+
+#[tokio::test]
+async fn a_connection_dropped_before_the_answer_is_tried_again_unseen() {
+    // The first try fails before any byte of an answer: it is retried (on a new
+    // connection), and the client sees only the answer; the rest share that connection.
+    assert_eq!(connections_for_three_answers(Connections::FirstDropped).await, 2);
 }
 
 #[tokio::test]
