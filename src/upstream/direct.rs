@@ -16,6 +16,7 @@ use futures::Stream;
 use futures::task::AtomicWaker;
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::header::{HOST, HeaderMap, HeaderValue};
 use hyper_util::rt::TokioIo;
@@ -46,18 +47,21 @@ thread_local! {
 /// which whoever waits for its answer polls.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    connection: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
-    /// The connection's future has completed (closed, or failed): it is not polled again.
-    done: bool,
+    /// `None` once it has ended (closed, or failed). It is dropped then and there: a
+    /// request still queued on it fails only when it is dropped (handing the request
+    /// back), and would otherwise wait for an answer that cannot come.
+    connection: Option<Pin<Box<Http1>>>,
 }
 
 impl Conn {
     /// Lets the connection read and write what it can; true while it is open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done && self.connection.as_mut().poll(cx).is_ready() {
-            self.done = true;
+        if let Some(connection) = &mut self.connection
+            && connection.as_mut().poll(cx).is_ready()
+        {
+            self.connection = None;
         }
-        !self.done
+        self.connection.is_some()
     }
 }
 
@@ -76,23 +80,39 @@ pub struct Response {
 /// Why a request could not be sent, or its answer not begun.
 pub type Failed = Box<dyn std::error::Error + Send + Sync>;
 
+type Request = hyper::Request<Full<Bytes>>;
+type Http1 = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
 /// Sends a POST of `body` with `headers` to `url` (an `http://` URL) on a kept-alive
 /// connection to its host, or a new one.
 pub async fn post(url: &Url, headers: &HeaderMap, body: Bytes, connect_timeout: Duration) -> Result<Response, Failed> {
     let key = authority(url)?;
-    let mut conn = match take_idle(&key) {
-        Some(conn) => conn,
-        None => connect(url, connect_timeout).await?,
-    };
     let target = match url.query() {
         Some(query) => format!("{}?{query}", url.path()),
         None => url.path().to_owned(),
     };
     let mut request = hyper::Request::post(target).body(Full::new(body))?;
     *request.headers_mut() = headers.clone();
-    let host = HeaderValue::from_str(&key)?;
-    request.headers_mut().insert(HOST, host);
-    let mut sent = std::pin::pin!(conn.sender.send_request(request));
+    request.headers_mut().insert(HOST, HeaderValue::from_str(&key)?);
+    if let Some(conn) = take_idle(&key) {
+        match send(conn, request, &key).await {
+            Ok(response) => return Ok(response),
+            // The upstream closed the kept-alive connection before it took the request (its
+            // own idle timeout ran out as the request went): nothing was sent, so it is
+            // sent again, on a new connection. A request that was sent is not.
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => request = unsent,
+                None => return Err(e.into_error().into()),
+            },
+        }
+    }
+    let conn = connect(url, connect_timeout).await?;
+    send(conn, request, &key).await.map_err(|e| e.into_error().into())
+}
+
+/// Sends `request` on `conn` and waits for the answer's head, driving the connection.
+async fn send(mut conn: Conn, request: Request, key: &str) -> Result<Response, TrySendError<Request>> {
+    let mut sent = std::pin::pin!(conn.sender.try_send_request(request));
     let response = poll_fn(|cx| {
         conn.drive(cx);
         sent.as_mut().poll(cx)
@@ -102,7 +122,7 @@ pub async fn post(url: &Url, headers: &HeaderMap, body: Bytes, connect_timeout: 
     Ok(Response {
         status: head.status,
         headers: head.headers,
-        body: DirectBody::new(body, conn, key),
+        body: DirectBody::new(body, conn, key.to_owned()),
     })
 }
 
@@ -136,8 +156,7 @@ async fn connect(url: &Url, timeout: Duration) -> Result<Conn, Failed> {
     let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
     Ok(Conn {
         sender,
-        connection: Box::pin(connection),
-        done: false,
+        connection: Some(Box::pin(connection)),
     })
 }
 
@@ -289,7 +308,7 @@ impl Drop for DirectBody {
             }
             self.ended = matches!(Pin::new(&mut self.body).poll_frame(&mut cx), Poll::Ready(None));
         }
-        if let Some(conn) = self.conn.take().filter(|c| self.ended && !c.done) {
+        if let Some(conn) = self.conn.take().filter(|c| self.ended && c.connection.is_some()) {
             put_idle(std::mem::take(&mut self.key), conn);
         }
     }
@@ -298,6 +317,7 @@ impl Drop for DirectBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use std::sync::atomic::AtomicUsize;
 
     #[derive(Default)]
@@ -307,6 +327,61 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// A request on `key` with an empty body.
+    fn request(key: &str) -> Request {
+        let mut request = hyper::Request::post("/v1/chat/completions")
+            .body(Full::default())
+            .unwrap();
+        request.headers_mut().insert(HOST, HeaderValue::from_str(key).unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn a_request_queued_on_a_connection_that_ended_is_handed_back_unsent() {
+        // An upstream that answers one request, then closes the connection when told to (as
+        // a server whose keep-alive timeout runs out), reading nothing more.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/v1", listener.local_addr().unwrap())).unwrap();
+        let (close, closing) = tokio::sync::oneshot::channel::<()>();
+        let upstream = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(socket.read(&mut byte).await.unwrap(), 1);
+                head.push(byte[0]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            closing.await.unwrap();
+        });
+        let key = authority(&url).unwrap();
+        let conn = connect(&url, Duration::from_secs(5)).await.unwrap();
+        let mut response = send(conn, request(&key), &key).await.unwrap().body;
+        assert_eq!(response.next().await.unwrap().unwrap(), "ok");
+        assert!(response.next().await.is_none());
+        let conn = response.conn.take().unwrap();
+
+        close.send(()).unwrap();
+        upstream.await.unwrap();
+        // The upstream's FIN is seen by the runtime, not yet by the connection.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = tokio::time::timeout(Duration::from_secs(10), send(conn, request(&key), &key)).await;
+        let mut error = match sent {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => panic!("a closed connection gave an answer"),
+            Err(_) => panic!("the request waited on a connection that had ended"),
+        };
+        assert!(
+            error.take_message().is_some(),
+            "the unsent request comes back: {:?}",
+            error.error()
+        );
     }
 
     #[test]
