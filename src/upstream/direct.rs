@@ -6,8 +6,10 @@
 //!
 //! Connections are kept alive between answers in a pool per thread: actix runs one
 //! single-threaded runtime per worker, and a socket belongs to the runtime that opened it.
-//! A connection is kept only when its answer was read to the end of its body; one found
-//! closed when taken from the pool is dropped, and one idle for [`IDLE_TIMEOUT`] too.
+//! A connection is kept only when its answer was read to the end of its body. Every
+//! [`SWEEP_EVERY`] a task of the thread lets go of the idle connections the upstream has
+//! closed (a server's own keep-alive timeout is often seconds: uvicorn's is 5) and of those
+//! idle for [`IDLE_TIMEOUT`]; one found closed when taken from the pool is dropped too.
 //! HTTPS upstreams, and any upstream when a proxy is set in the environment, go through
 //! reqwest as before (see `http::send`).
 
@@ -38,9 +40,21 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The most connections a thread keeps idle, to all upstreams together.
 const MAX_IDLE: usize = 1024;
 
+/// How often a thread's idle connections are looked at.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
 thread_local! {
-    /// This thread's idle connections, by the upstream's `host:port`.
-    static IDLE: RefCell<HashMap<String, Vec<Idle>>> = RefCell::default();
+    /// This thread's idle connections.
+    static IDLE: RefCell<Pool> = RefCell::default();
+}
+
+#[derive(Default)]
+struct Pool {
+    /// By the upstream's `host:port`; never an empty list.
+    by_key: HashMap<String, Vec<Idle>>,
+    count: usize,
+    /// A sweep task runs on this thread.
+    sweeping: bool,
 }
 
 /// One HTTP/1.1 connection: the handle requests are sent on, and the connection itself,
@@ -163,29 +177,68 @@ async fn connect(url: &Url, timeout: Duration) -> Result<Conn, Failed> {
 /// A kept-alive connection to `key` that is still open, if the pool has one.
 fn take_idle(key: &str) -> Option<Conn> {
     let mut cx = Context::from_waker(Waker::noop());
-    IDLE.with_borrow_mut(|idle| {
-        let list = idle.get_mut(key)?;
+    IDLE.with_borrow_mut(|pool| {
+        let list = pool.by_key.get_mut(key)?;
+        let mut found = None;
         while let Some(Idle { mut conn, since }) = list.pop() {
-            // Polled once: a connection the upstream closed while it waited completes now.
+            pool.count -= 1;
+            // Polled once: a connection the upstream closed since the last sweep completes now.
             if since.elapsed() < IDLE_TIMEOUT && conn.drive(&mut cx) && conn.sender.is_ready() {
-                return Some(conn);
+                found = Some(conn);
+                break;
             }
         }
-        None
+        if list.is_empty() {
+            pool.by_key.remove(key);
+        }
+        found
     })
 }
 
+/// Keeps `conn` for the next answer to `key`. Only on a single-threaded runtime (each of
+/// actix's workers has one), where the sweep task runs on the pool's own thread; elsewhere
+/// the connection is closed.
 fn put_idle(key: String, conn: Conn) {
-    IDLE.with_borrow_mut(|idle| {
-        let now = Instant::now();
-        idle.retain(|_, list| {
-            list.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT);
-            !list.is_empty()
-        });
-        if idle.values().map(Vec::len).sum::<usize>() < MAX_IDLE {
-            idle.entry(key).or_default().push(Idle { conn, since: now });
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        return;
+    }
+    let sweep = IDLE.with_borrow_mut(|pool| {
+        if pool.count >= MAX_IDLE {
+            return false;
         }
+        let since = Instant::now();
+        pool.by_key.entry(key).or_default().push(Idle { conn, since });
+        pool.count += 1;
+        !std::mem::replace(&mut pool.sweeping, true)
     });
+    if sweep {
+        runtime.spawn(sweep_idle());
+    }
+}
+
+/// Lets go of the thread's idle connections that have closed or waited too long, every
+/// [`SWEEP_EVERY`], until none is left.
+async fn sweep_idle() {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let mut cx = Context::from_waker(Waker::noop());
+        let now = Instant::now();
+        let left = IDLE.with_borrow_mut(|pool| {
+            pool.by_key.retain(|_, list| {
+                list.retain_mut(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.drive(&mut cx));
+                !list.is_empty()
+            });
+            pool.count = pool.by_key.values().map(Vec::len).sum();
+            pool.sweeping = pool.count > 0;
+            pool.count
+        });
+        if left == 0 {
+            return;
+        }
+    }
 }
 
 /// The body of an answer; polling it drives its connection. Dropped after its end, it puts

@@ -1,6 +1,7 @@
 //! How the gateway reaches a plain-HTTP upstream: one kept-alive connection for answers in
 //! a row, a new one when the upstream closed it, a connection dropped before the answer
-//! tried again, and a proxy from the environment honoured.
+//! tried again, an idle connection the upstream closed let go, and a proxy from the
+//! environment honoured.
 
 use crate::helpers::{KEY, spawn_app_with};
 use crate::shutdown::Gateway;
@@ -23,26 +24,52 @@ enum Connections {
     /// Reads the first connection's request and closes it without an answer (as a
     /// server that restarts would); keeps the others open.
     FirstDropped,
+    /// Closes each a moment after its answer, as a server whose keep-alive timeout is
+    /// short, and then waits for the gateway to close its end.
+    ClosedWhileIdle,
 }
 
 /// An OpenAI-compatible upstream on raw sockets that counts the connections made to it
 /// and answers every request with "one two".
 async fn upstream(connections: Connections) -> (String, Arc<AtomicUsize>) {
+    let (url, accepted, _) = upstream_counting_let_go(connections).await;
+    (url, accepted)
+}
+
+/// As [`upstream`], and also counts the connections it closed while idle whose other end
+/// the gateway then closed too.
+async fn upstream_counting_let_go(connections: Connections) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
+    let let_go = Arc::new(AtomicUsize::new(0));
+    let (count, gone) = (Arc::clone(&accepted), Arc::clone(&let_go));
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             let first = count.fetch_add(1, Ordering::SeqCst) == 0;
             let drop_it = first && connections == Connections::FirstDropped;
-            tokio::spawn(serve(socket, connections == Connections::ClosedAfterEach, drop_it));
+            let gone = Arc::clone(&gone);
+            tokio::spawn(async move {
+                let mut socket = socket;
+                serve(&mut socket, connections, drop_it).await;
+                if connections == Connections::ClosedWhileIdle {
+                    let _ = socket.shutdown().await;
+                    // Anything but the gateway closing its end is a failure of the test.
+                    let mut rest = [0u8; 64];
+                    if let Ok(0) = socket.read(&mut rest).await {
+                        gone.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
         }
     });
-    (url, accepted)
+    (url, accepted, let_go)
 }
 
-async fn serve(mut socket: TcpStream, close_after_each: bool, drop_unanswered: bool) {
+/// Answers the requests on `socket` until the client closes it, or until `connections`
+/// says to stop.
+async fn serve(socket: &mut TcpStream, connections: Connections, drop_unanswered: bool) {
+    let close_after_each = connections == Connections::ClosedAfterEach;
     let mut buf = Vec::new();
     loop {
         // One request: its head, then Content-Length bytes of body.
@@ -50,7 +77,7 @@ async fn serve(mut socket: TcpStream, close_after_each: bool, drop_unanswered: b
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            if !read_more(&mut socket, &mut buf).await {
+            if !read_more(socket, &mut buf).await {
                 return;
             }
         };
@@ -61,7 +88,7 @@ async fn serve(mut socket: TcpStream, close_after_each: bool, drop_unanswered: b
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         while buf.len() < head_end + length {
-            if !read_more(&mut socket, &mut buf).await {
+            if !read_more(socket, &mut buf).await {
                 return;
             }
         }
@@ -80,6 +107,11 @@ async fn serve(mut socket: TcpStream, close_after_each: bool, drop_unanswered: b
         push_event(&mut response, "[DONE]");
         response.extend_from_slice(b"0\r\n\r\n");
         if socket.write_all(&response).await.is_err() || close_after_each {
+            return;
+        }
+        if connections == Connections::ClosedWhileIdle {
+            // Long enough for the gateway to keep the connection for its next answer.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             return;
         }
     }
@@ -141,6 +173,30 @@ async fn a_connection_dropped_before_the_answer_is_tried_again_unseen() {
     // The first try fails before any byte of an answer: it is retried (on a new
     // connection), and the client sees only the answer; the rest share that connection.
     assert_eq!(connections_for_three_answers(Connections::FirstDropped).await, 2);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_let_go() {
+    // The gateway closes its end too, with no new answer asked for (a socket left in
+    // CLOSE_WAIT holds a file descriptor), and the next answer comes on a new connection.
+    let (url, accepted, let_go) = upstream_counting_let_go(Connections::ClosedWhileIdle).await;
+    let app = spawn_app_with(|settings| {
+        settings.upstream = UpstreamKind::OpenAi {
+            base_url: url,
+            key: Some(KEY.to_owned()),
+        }
+    })
+    .await;
+    assert_eq!(app.turn(json!({"content": "hi"})).await.text(), "one two");
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while let_go.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the gateway kept a connection the upstream had closed");
+    assert_eq!(app.turn(json!({"content": "hi"})).await.text(), "one two");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
