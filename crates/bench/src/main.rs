@@ -334,8 +334,11 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let rss = scenarios::rss_with_open_streams(&mock, target, pid, held).await;
             points.push((held as f64, rss));
         }
-        // the gateway's kept upstream connections go before the next process is measured
+        // the gateway's kept upstream connections go before the next process is measured,
+        // and before the next part: a request sent as the mock closes its connection would be
+        // sent again, and measured with the retry
         mock.close_idle();
+        tokio::time::sleep(Duration::from_millis(500)).await;
         // with nothing open, after every start-up load is done
         idle.push(fmt(points[0].1 / 1024.0, "MiB"));
         per_stream[g] = slope(&points);
