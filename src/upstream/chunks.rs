@@ -6,26 +6,19 @@
 //! the answer; a lone surrogate escape becomes U+FFFD instead of ending it; every network
 //! read yields at least an empty chunk, so that keep-alive bytes count as life.
 
-use super::sse_decode::{SseDecoder, SseEvent};
+use super::sse_decode::{AnswerEvents, SseEvent, event_limit};
 use super::{Chunk, Item, ReasoningField, ToolCallDelta, UpstreamError, Usage};
 use crate::conversation::FinishType;
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
 
-/// JSON escapes take at most 6 bytes per byte of text (`\u00XX`); an event longer than
-/// that and this margin for its other fields cannot be part of an answer within the limit.
-const EVENT_MARGIN: usize = 64 * 1024;
-
 /// One answer's events, read by read.
 pub struct ChunkDecoder {
-    sse: SseDecoder,
-    events: Vec<SseEvent>,
+    events: AnswerEvents,
     max_answer_bytes: usize,
     /// A finish reason came.
     finished: bool,
-    /// `[DONE]`, an error or the end of the body came: nothing more is read.
-    over: bool,
     /// The body is one `chat.completion` JSON object, not events (an upstream that does not
     /// stream although asked to): it is kept whole and read at its end.
     whole: Option<Vec<u8>>,
@@ -33,13 +26,10 @@ pub struct ChunkDecoder {
 
 impl ChunkDecoder {
     pub fn new(max_answer_bytes: usize) -> Self {
-        let limit = max_answer_bytes.saturating_mul(6).saturating_add(EVENT_MARGIN);
         Self {
-            sse: SseDecoder::with_limit(limit),
-            events: Vec::new(),
+            events: AnswerEvents::new(max_answer_bytes),
             max_answer_bytes,
             finished: false,
-            over: false,
             whole: None,
         }
     }
@@ -53,27 +43,21 @@ impl ChunkDecoder {
         }
     }
 
-    /// The most a whole JSON body may hold: the answer at its limit, escaped, and room for
-    /// the rest of the object.
-    fn whole_limit(&self) -> usize {
-        self.max_answer_bytes.saturating_mul(6).saturating_add(EVENT_MARGIN)
-    }
-
-    /// Whether the answer is over: the body need not be read further.
+    /// Whether the answer is over: the body need not be read further (`[DONE]`, an error
+    /// or the end of the body came).
     pub fn is_over(&self) -> bool {
-        self.over
+        self.events.over
     }
 
     /// One read of the body. A read that completed no chunk with text (a comment, a role
     /// chunk, half a line) still yields an empty chunk: the upstream is alive.
     pub fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>) {
-        if self.over {
+        if self.events.over {
             return;
         }
-        let limit = self.whole_limit();
         if let Some(whole) = &mut self.whole {
-            if whole.len() + bytes.len() > limit {
-                self.over = true;
+            if whole.len() + bytes.len() > event_limit(self.max_answer_bytes) {
+                self.events.over = true;
                 out.push(Err(UpstreamError::TooLarge {
                     limit: self.max_answer_bytes,
                 }));
@@ -83,70 +67,52 @@ impl ChunkDecoder {
             }
             return;
         }
-        let before = out.len();
-        self.sse.feed(bytes, &mut self.events);
-        self.drain(out);
-        if !self.over && self.sse.overflowed() {
-            self.over = true;
-            out.push(Err(UpstreamError::TooLarge {
-                limit: self.max_answer_bytes,
-            }));
-        }
-        if out.len() == before && !self.over {
-            out.push(Ok(Chunk::default()));
-        }
+        let finished = &mut self.finished;
+        self.events.read(bytes, out, |event, out| meaning(event, finished, out));
     }
 
     /// The body ended: complete if a finish reason came, truncated otherwise.
     pub fn end(&mut self, out: &mut Vec<Item>) {
-        if self.over {
+        if self.events.over {
             return;
         }
         if let Some(whole) = self.whole.take() {
-            self.over = true;
+            self.events.over = true;
             out.push(completion(&whole));
             return;
         }
-        self.sse.finish(&mut self.events);
-        self.drain(out);
-        if !self.over {
-            self.over = true;
-            if !self.finished {
-                out.push(Err(UpstreamError::Truncated));
-            }
+        let finished = &mut self.finished;
+        let open = self.events.end(out, |event, out| meaning(event, finished, out));
+        if open && !self.finished {
+            out.push(Err(UpstreamError::Truncated));
         }
     }
+}
 
-    fn drain(&mut self, out: &mut Vec<Item>) {
-        let mut events = std::mem::take(&mut self.events);
-        for event in events.drain(..) {
-            if self.over {
-                break;
-            }
-            match parse_event(&event) {
-                Ok(None) => {}
-                Ok(Some(Parsed::Chunk(chunk))) => {
-                    self.finished |= chunk.finish.is_some();
-                    out.push(Ok(chunk));
-                }
-                Ok(Some(Parsed::Done)) => {
-                    if !self.finished {
-                        self.finished = true;
-                        out.push(Ok(Chunk {
-                            finish: Some(FinishType::Stop),
-                            ..Chunk::default()
-                        }));
-                    }
-                    self.over = true;
-                }
-                Err(e) => {
-                    self.over = true;
-                    out.push(Err(e));
-                }
-            }
+/// What one event means for the answer (its chunk, its end, or an error ending it), and
+/// whether the answer is over with it.
+fn meaning(event: &SseEvent, finished: &mut bool, out: &mut Vec<Item>) -> bool {
+    match parse_event(event) {
+        Ok(None) => false,
+        Ok(Some(Parsed::Chunk(chunk))) => {
+            *finished |= chunk.finish.is_some();
+            out.push(Ok(chunk));
+            false
         }
-        // The allocation is kept for the next read.
-        self.events = events;
+        Ok(Some(Parsed::Done)) => {
+            if !*finished {
+                *finished = true;
+                out.push(Ok(Chunk {
+                    finish: Some(FinishType::Stop),
+                    ..Chunk::default()
+                }));
+            }
+            true
+        }
+        Err(e) => {
+            out.push(Err(e));
+            true
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 //! decoder says it overflowed and reads no further, so an upstream that never ends a line
 //! cannot fill the memory.
 
+use super::{Chunk, Item, UpstreamError};
+
 /// One dispatched event. `data` joins multi-line data with `\n`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SseEvent {
@@ -160,6 +162,85 @@ impl SseDecoder {
         }
         self.has_data = false;
         self.event = None;
+    }
+}
+
+/// JSON escapes take at most 6 bytes per byte of text (`\u00XX`); an event longer than
+/// that and this margin for its other fields cannot be part of an answer within the limit.
+const EVENT_MARGIN: usize = 64 * 1024;
+
+/// The most bytes one event of an answer of at most `max_answer_bytes` may hold: the
+/// answer at its limit, escaped, and room for the rest of the event.
+pub fn event_limit(max_answer_bytes: usize) -> usize {
+    max_answer_bytes.saturating_mul(6).saturating_add(EVENT_MARGIN)
+}
+
+/// An answer's events, read by read: what every provider's decoder shares. The decoder
+/// says what each event means for the answer; this reads the events, keeps the size
+/// limit, and makes every read yield at least one item, so that keep-alive bytes (a
+/// comment, a ping, half a line) count as life.
+pub struct AnswerEvents {
+    sse: SseDecoder,
+    events: Vec<SseEvent>,
+    max_answer_bytes: usize,
+    /// Nothing more is read: the answer's last event, an error, its size or the body's end
+    /// came.
+    pub over: bool,
+}
+
+impl AnswerEvents {
+    pub fn new(max_answer_bytes: usize) -> Self {
+        Self {
+            sse: SseDecoder::with_limit(event_limit(max_answer_bytes)),
+            events: Vec::new(),
+            max_answer_bytes,
+            over: false,
+        }
+    }
+
+    /// One read of the body. Each event it completes goes to `meaning`, which adds what
+    /// it means to `out` and says whether the answer is over with it.
+    pub fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>, meaning: impl FnMut(&SseEvent, &mut Vec<Item>) -> bool) {
+        if self.over {
+            return;
+        }
+        let before = out.len();
+        self.sse.feed(bytes, &mut self.events);
+        self.drain(out, meaning);
+        if !self.over && self.sse.overflowed() {
+            self.over = true;
+            out.push(Err(UpstreamError::TooLarge {
+                limit: self.max_answer_bytes,
+            }));
+        }
+        if out.len() == before && !self.over {
+            out.push(Ok(Chunk::default()));
+        }
+    }
+
+    /// The body ended: its last event goes to `meaning`. Whether the answer was still not
+    /// over then (whether that makes it truncated is the decoder's to say); it is over now.
+    pub fn end(&mut self, out: &mut Vec<Item>, meaning: impl FnMut(&SseEvent, &mut Vec<Item>) -> bool) -> bool {
+        if self.over {
+            return false;
+        }
+        self.sse.finish(&mut self.events);
+        self.drain(out, meaning);
+        let open = !self.over;
+        self.over = true;
+        open
+    }
+
+    fn drain(&mut self, out: &mut Vec<Item>, mut meaning: impl FnMut(&SseEvent, &mut Vec<Item>) -> bool) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            if self.over {
+                break;
+            }
+            self.over = meaning(&event, out);
+        }
+        // The allocation is kept for the next read.
+        self.events = events;
     }
 }
 

@@ -12,24 +12,24 @@
 use super::super::Item;
 use super::super::chunks::{self, mend_surrogates, parse_data};
 use super::super::http::AnswerDecoder;
-use super::super::sse_decode::{SseDecoder, SseEvent};
+use super::super::sse_decode::{AnswerEvents, SseEvent};
 use super::super::{Chunk, ReasoningField, ToolCallDelta, UpstreamError, Usage};
 use crate::conversation::FinishType;
 use serde::Deserialize;
 use serde_json::Value;
-
-/// JSON escapes take at most 6 bytes per byte of text (`\u00XX`); an event longer than
-/// that and this margin for its other fields cannot be part of an answer within the limit.
-const EVENT_MARGIN: usize = 64 * 1024;
 
 /// Tool-use blocks open at once; more is no answer, and would only hold memory.
 const OPEN_TOOL_BLOCKS: usize = 64;
 
 /// One answer's events, read by read.
 pub struct EventDecoder {
-    sse: SseDecoder,
-    events: Vec<SseEvent>,
-    max_answer_bytes: usize,
+    events: AnswerEvents,
+    answer: Answer,
+}
+
+/// What the events so far said of the answer.
+#[derive(Default)]
+struct Answer {
     /// What `message_delta` said the answer stopped for.
     stop_reason: Option<String>,
     usage: Usage,
@@ -37,45 +37,37 @@ pub struct EventDecoder {
     tool_blocks: Vec<(u64, u32)>,
     /// The tool call index the next `tool_use` block gets.
     next_call: u32,
-    /// `message_stop`, an error or the end of the body came: nothing more is read.
-    over: bool,
 }
 
 impl EventDecoder {
     pub fn new(max_answer_bytes: usize) -> Self {
-        let limit = max_answer_bytes.saturating_mul(6).saturating_add(EVENT_MARGIN);
         Self {
-            sse: SseDecoder::with_limit(limit),
-            events: Vec::new(),
-            max_answer_bytes,
-            stop_reason: None,
-            usage: Usage::default(),
-            tool_blocks: Vec::new(),
-            next_call: 0,
-            over: false,
+            events: AnswerEvents::new(max_answer_bytes),
+            answer: Answer::default(),
+        }
+    }
+}
+
+impl Answer {
+    /// What one event means for the answer, added to `out`; whether the answer is over
+    /// with it (`message_stop`, or an error).
+    fn meaning(&mut self, event: &SseEvent, out: &mut Vec<Item>) -> bool {
+        match self.event(event) {
+            Ok(Some(chunk)) => {
+                // Only `message_stop` finishes an answer.
+                let over = chunk.finish.is_some();
+                out.push(Ok(chunk));
+                over
+            }
+            Ok(None) => false,
+            Err(e) => {
+                out.push(Err(e));
+                true
+            }
         }
     }
 
-    fn drain(&mut self, out: &mut Vec<Item>) {
-        let mut events = std::mem::take(&mut self.events);
-        for event in events.drain(..) {
-            if self.over {
-                break;
-            }
-            match self.event(&event) {
-                Ok(Some(chunk)) => out.push(Ok(chunk)),
-                Ok(None) => {}
-                Err(e) => {
-                    self.over = true;
-                    out.push(Err(e));
-                }
-            }
-        }
-        // The allocation is kept for the next read.
-        self.events = events;
-    }
-
-    /// What one event means for the answer.
+    /// The chunk one event gives the answer, if it gives one.
     fn event(&mut self, event: &SseEvent) -> Result<Option<Chunk>, UpstreamError> {
         let data = event.data.trim();
         if event.event.as_deref() == Some("error") {
@@ -143,7 +135,6 @@ impl EventDecoder {
                 self.count(usage)
             }
             EventWire::MessageStop {} => {
-                self.over = true;
                 let reason = self.stop_reason.as_deref().unwrap_or("end_turn");
                 Chunk {
                     finish: Some(FinishType::from_upstream(reason)),
@@ -176,38 +167,20 @@ impl AnswerDecoder for EventDecoder {
     /// One read of the body. A read that completed no event with something in it (a ping,
     /// half a line) still yields an empty chunk: the upstream is alive.
     fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>) {
-        if self.over {
-            return;
-        }
-        let before = out.len();
-        self.sse.feed(bytes, &mut self.events);
-        self.drain(out);
-        if !self.over && self.sse.overflowed() {
-            self.over = true;
-            out.push(Err(UpstreamError::TooLarge {
-                limit: self.max_answer_bytes,
-            }));
-        }
-        if out.len() == before && !self.over {
-            out.push(Ok(Chunk::default()));
-        }
+        let answer = &mut self.answer;
+        self.events.read(bytes, out, |event, out| answer.meaning(event, out));
     }
 
     /// The body ended: complete only after `message_stop`, truncated otherwise.
     fn end(&mut self, out: &mut Vec<Item>) {
-        if self.over {
-            return;
-        }
-        self.sse.finish(&mut self.events);
-        self.drain(out);
-        if !self.over {
-            self.over = true;
+        let answer = &mut self.answer;
+        if self.events.end(out, |event, out| answer.meaning(event, out)) {
             out.push(Err(UpstreamError::Truncated));
         }
     }
 
     fn is_over(&self) -> bool {
-        self.over
+        self.events.over
     }
 }
 
