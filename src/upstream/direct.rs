@@ -52,9 +52,15 @@ thread_local! {
 struct Pool {
     /// By the upstream's `host:port`; never an empty list.
     by_key: HashMap<String, Vec<Idle>>,
-    count: usize,
     /// A sweep task runs on this thread.
     sweeping: bool,
+}
+
+impl Pool {
+    /// Idle connections, to every upstream (a list per upstream host: a handful).
+    fn len(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum()
+    }
 }
 
 /// One HTTP/1.1 connection: the handle requests are sent on, and the connection itself,
@@ -181,7 +187,6 @@ fn take_idle(key: &str) -> Option<Conn> {
         let list = pool.by_key.get_mut(key)?;
         let mut found = None;
         while let Some(Idle { mut conn, since }) = list.pop() {
-            pool.count -= 1;
             // Polled once: a connection the upstream closed since the last sweep completes now.
             if since.elapsed() < IDLE_TIMEOUT && conn.drive(&mut cx) && conn.sender.is_ready() {
                 found = Some(conn);
@@ -206,12 +211,11 @@ fn put_idle(key: String, conn: Conn) {
         return;
     }
     let sweep = IDLE.with_borrow_mut(|pool| {
-        if pool.count >= MAX_IDLE {
+        if pool.len() >= MAX_IDLE {
             return false;
         }
         let since = Instant::now();
         pool.by_key.entry(key).or_default().push(Idle { conn, since });
-        pool.count += 1;
         !std::mem::replace(&mut pool.sweeping, true)
     });
     if sweep {
@@ -231,11 +235,10 @@ async fn sweep_idle() {
                 list.retain_mut(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.drive(&mut cx));
                 !list.is_empty()
             });
-            pool.count = pool.by_key.values().map(Vec::len).sum();
-            pool.sweeping = pool.count > 0;
-            pool.count
+            pool.sweeping = !pool.by_key.is_empty();
+            pool.sweeping
         });
-        if left == 0 {
+        if !left {
             return;
         }
     }

@@ -109,15 +109,15 @@ impl Stream for Body {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.get_mut() {
-            Body::Reqwest(body) => body
-                .as_mut()
-                .poll_next(cx)
-                .map(|r| r.map(|r| r.map_err(|e| describe(&e)))),
-            Body::Direct(body) => Pin::new(body)
-                .poll_next(cx)
-                .map(|r| r.map(|r| r.map_err(|e| describe(&e)))),
+            Body::Reqwest(body) => body.as_mut().poll_next(cx).map(|r| r.map(described)),
+            Body::Direct(body) => Pin::new(body).poll_next(cx).map(|r| r.map(described)),
         }
     }
+}
+
+/// A read of either body, its error described with its causes.
+fn described<E: std::error::Error + 'static>(read: Result<Bytes, E>) -> Result<Bytes, String> {
+    read.map_err(|e| describe(&e))
 }
 
 /// Sends `request`: to a plain-HTTP upstream on a connection driven by the task that reads
