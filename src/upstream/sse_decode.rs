@@ -8,6 +8,7 @@
 //! cannot fill the memory.
 
 use super::{Chunk, Item, UpstreamError};
+use std::borrow::Cow;
 
 /// One dispatched event. `data` joins multi-line data with `\n`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -123,7 +124,12 @@ impl SseDecoder {
         if raw[0] == b':' {
             return;
         }
-        let line = String::from_utf8_lossy(raw);
+        // A valid line (nearly every one) is borrowed as it is: `from_utf8` checks ASCII a
+        // word at a time, where the lossy decoder goes byte by byte.
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => Cow::Borrowed(line),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
         let (field, value) = match line.find(':') {
             Some(colon) => {
                 let value = &line[colon + 1..];
@@ -287,6 +293,12 @@ mod tests {
         for cut in 1..input.len() {
             assert_eq!(decode_in_pieces(input, &[cut]), vec![data("你好🙂")], "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_become_replacement_characters_and_the_rest_is_kept() {
+        let input = b"data: a\xffb\xc3\n\ndata: \xe4\xbd\xa0\n\n";
+        assert_eq!(decode_in_pieces(input, &[]), vec![data("a\u{fffd}b\u{fffd}"), data("你")]);
     }
 
     #[test]
