@@ -7,6 +7,7 @@
 //! leave a hole in a client's array); a call's `id`, `type` and name go with its first
 //! piece only, as OpenAI streams them.
 
+use super::chatgpt::escape_into;
 use crate::conversation::FinishType;
 use crate::upstream::{Chunk, ReasoningField, Usage};
 use bytes::Bytes;
@@ -151,16 +152,57 @@ pub struct ChunkWriter {
     completion: Completion,
     include_usage: bool,
     calls: CallIndexes,
+    /// The event of a piece that is only text, cut where the text goes.
+    text_event: Option<TextEvent>,
+}
+
+/// The event of a piece that is only text (most pieces), rendered once per completion as
+/// every other event is rendered, with empty content, and cut there: a piece then costs a
+/// copy and the escaping of its own text, not a serialization of the whole object.
+struct TextEvent {
+    rendered: String,
+    /// Where the text goes: the closing quote of `"content":""`.
+    at: usize,
+}
+
+impl TextEvent {
+    fn cut(rendered: Bytes) -> Option<Self> {
+        const EMPTY: &str = "\"content\":\"\"";
+        let rendered = String::from_utf8(rendered.to_vec()).ok()?;
+        // The last one: `content` comes after the id and the model, and inside a JSON
+        // string every quote is escaped, so neither can hold this text.
+        let at = rendered.rfind(EMPTY)? + EMPTY.len() - 1;
+        Some(Self { rendered, at })
+    }
+
+    fn with(&self, text: &str) -> Bytes {
+        let (head, tail) = self.rendered.split_at(self.at);
+        let mut event = String::with_capacity(self.rendered.len() + text.len() + text.len() / 8);
+        event.push_str(head);
+        escape_into(&mut event, text);
+        event.push_str(tail);
+        event.into_bytes().into()
+    }
 }
 
 impl ChunkWriter {
     /// `include_usage`: the client asked for `stream_options.include_usage`.
     pub fn new(completion: Completion, include_usage: bool) -> Self {
-        Self {
+        let mut writer = Self {
             completion,
             include_usage,
             calls: CallIndexes::default(),
-        }
+            text_event: None,
+        };
+        let empty = writer.event(
+            Delta {
+                content: Some(""),
+                ..Delta::default()
+            },
+            None,
+        );
+        writer.text_event = TextEvent::cut(empty);
+        writer
     }
 
     /// The first event: the assistant's role, and empty content.
@@ -177,7 +219,10 @@ impl ChunkWriter {
 
     /// The events for one piece of the answer: its content, then its finish, if any.
     pub fn piece(&mut self, chunk: &Chunk, out: &mut Vec<Bytes>) {
-        if chunk.has_content() {
+        let only_text = chunk.reasoning.is_empty() && chunk.tool_calls.is_empty();
+        if let Some(text_event) = self.text_event.as_ref().filter(|_| only_text && !chunk.text.is_empty()) {
+            out.push(text_event.with(&chunk.text));
+        } else if chunk.has_content() {
             let mut delta = Delta {
                 content: (!chunk.text.is_empty()).then_some(chunk.text.as_str()),
                 ..Delta::default()
@@ -376,6 +421,29 @@ pub fn model_list(names: &[String]) -> Value {
 mod tests {
     use super::*;
     use crate::upstream::ToolCallDelta;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A piece that is only text goes out through the cut event: the same object as
+        /// the whole serialization gives, whatever the text, the model and the options.
+        #[test]
+        fn a_text_piece_is_the_object_the_whole_serialization_gives(
+            text in "\\PC{1,40}|[\u{0}-\u{1f}\"\\\\/]{1,8}",
+            model in "[a-z\"\\\\:{},]{1,12}",
+            include_usage: bool,
+        ) {
+            let mut writer = ChunkWriter::new(Completion::new(&model), include_usage);
+            let mut out = Vec::new();
+            writer.piece(&Chunk::text(text.clone()), &mut out);
+            let whole = writer.event(Delta { content: Some(&text), ..Delta::default() }, None);
+            let parse = |event: &[u8]| -> Value {
+                let event = std::str::from_utf8(event).unwrap();
+                serde_json::from_str(event.strip_prefix("data: ").unwrap().strip_suffix("\n\n").unwrap()).unwrap()
+            };
+            prop_assert_eq!(out.len(), 1);
+            prop_assert_eq!(parse(&out[0]), parse(&whole));
+        }
+    }
 
     fn events(writer: &mut ChunkWriter, chunk: Chunk) -> Vec<Value> {
         let mut out = Vec::new();
