@@ -442,6 +442,8 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut r: Option<scenarios::Relay> = None;
         // Each round's gap p99 per target, added to the direct path's in the same round.
         let mut round_p99 = vec![Vec::new(); targets.len()];
+        // Each round's CPU per chunk per target, for its ratio to the pump's in that round.
+        let mut round_cpu = vec![Vec::new(); targets.len()];
         for round in 0..args.chunk_rounds.max(1) {
             let mut tries = 0;
             let this = loop {
@@ -454,6 +456,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let direct = this.gaps[0].p(99.0);
             for (t, gaps) in this.gaps.iter().enumerate() {
                 round_p99[t].push(gaps.p(99.0) - direct);
+                round_cpu[t].push(this.cpu_ms[t] / this.chunks[t] as f64);
             }
             match &mut r {
                 Some(r) => r.merge(this),
@@ -491,6 +494,23 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 cells,
                 "",
             );
+        }
+        // Issue targets are ratios to the pump: each round's, the pump measured beside the
+        // gateway in that round, and their median, which one slow phase does not move.
+        if let Some(floor) = pump_column.map(|p| p + 1).filter(|_| args.chunk_rounds >= 3) {
+            let rounds = args.chunk_rounds;
+            table.row(
+                &format!("added inter-chunk gap p99 ÷ the pump's, {streams} stream(s), median of {rounds} rounds"),
+                ratios_to(&round_p99, floor),
+                "",
+            );
+            if streams == 100 {
+                table.row(
+                    &format!("CPU per chunk ÷ the pump's, median of {rounds} rounds"),
+                    ratios_to(&round_cpu, floor),
+                    "/v1 ≤ 1.3×",
+                );
+            }
         }
         table.added(
             &format!("added chunk latency p50, {streams} stream(s)"),
@@ -826,6 +846,21 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
     let den: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
     num / den
+}
+
+/// Each gateway column's median over rounds of its figure divided by the `floor` target's
+/// in the same round.
+fn ratios_to(rounds: &[Vec<f64>], floor: usize) -> Vec<String> {
+    rounds[1..]
+        .iter()
+        .map(|own| {
+            let ratios = own.iter().zip(&rounds[floor]).map(|(o, f)| o / f).collect();
+            match Samples::new(ratios).p(50.0) {
+                r if r.is_finite() => format!("{r:.2}×"),
+                _ => "n/a".into(),
+            }
+        })
+        .collect()
 }
 
 fn fmt(value: f64, unit: &str) -> String {
