@@ -298,7 +298,10 @@ mod tests {
     #[test]
     fn bytes_that_are_not_utf8_become_replacement_characters_and_the_rest_is_kept() {
         let input = b"data: a\xffb\xc3\n\ndata: \xe4\xbd\xa0\n\n";
-        assert_eq!(decode_in_pieces(input, &[]), vec![data("a\u{fffd}b\u{fffd}"), data("你")]);
+        assert_eq!(
+            decode_in_pieces(input, &[]),
+            vec![data("a\u{fffd}b\u{fffd}"), data("你")]
+        );
     }
 
     #[test]
