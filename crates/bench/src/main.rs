@@ -849,12 +849,18 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 }
 
 /// Each gateway column's median over rounds of its figure divided by the `floor` target's
-/// in the same round.
+/// in the same round. A round whose floor figure is not above zero (an added gap can be,
+/// when the pump evened out the mock's jitter) has no ratio.
 fn ratios_to(rounds: &[Vec<f64>], floor: usize) -> Vec<String> {
     rounds[1..]
         .iter()
         .map(|own| {
-            let ratios = own.iter().zip(&rounds[floor]).map(|(o, f)| o / f).collect();
+            let ratios = own
+                .iter()
+                .zip(&rounds[floor])
+                .filter(|(_, f)| **f > 0.0)
+                .map(|(o, f)| o / f)
+                .collect();
             match Samples::new(ratios).p(50.0) {
                 r if r.is_finite() => format!("{r:.2}×"),
                 _ => "n/a".into(),
