@@ -51,8 +51,13 @@ pub struct Cli {
     #[arg(long, env = "CHATGATE_MODEL")]
     pub model: Option<String>,
 
-    /// Where conversations live: `sqlite://PATH` or `memory`.
-    #[arg(long, env = "CHATGATE_STORE", default_value = "sqlite://chatgate.db")]
+    /// Where conversations live: `sqlite://PATH`, `postgres://USER:PASSWORD@HOST:PORT/DB` or `memory`.
+    #[arg(
+        long,
+        env = "CHATGATE_STORE",
+        default_value = "sqlite://chatgate.db",
+        hide_env_values = true
+    )]
     pub store: String,
 
     /// Directory of prompt presets (`NAME.md`); the built-in presets are used when it does not exist.
@@ -140,7 +145,18 @@ pub struct Cli {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Sqlite(PathBuf),
+    Postgres(PostgresUrl),
     Memory,
+}
+
+/// A `postgres://` URL, which may hold a password: shown without it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(pub String);
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::conversation::postgres::describe(&self.0))
+    }
 }
 
 /// Which browser origins may call the gateway.
@@ -252,8 +268,10 @@ fn host_name(host: &str) -> &str {
 pub enum ConfigError {
     #[error("bad config file {0}")]
     File(#[from] ConfigFileError),
-    #[error("--store must be `sqlite://PATH` or `memory`, got {0:?}")]
+    #[error("--store must be `sqlite://PATH`, `postgres://USER@HOST:PORT/DB` or `memory`, got {0:?}")]
     Store(String),
+    #[error("--store: bad PostgreSQL URL ({0})")]
+    PostgresUrl(String),
     #[error("the upstream URL must start with http:// or https://, got {0:?}")]
     UpstreamUrl(String),
     #[error("{0} must be a positive number of seconds")]
@@ -433,6 +451,14 @@ fn at_least_one(value: Option<u32>, name: &'static str) -> Result<Option<u32>, C
 fn parse_store(raw: &str) -> Result<StoreKind, ConfigError> {
     if raw == "memory" {
         return Ok(StoreKind::Memory);
+    }
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        // Checked now, so that a typo stops the start with a reason; the URL itself is not
+        // repeated in the message (it may hold a password).
+        return match raw.parse::<tokio_postgres::Config>() {
+            Ok(_) => Ok(StoreKind::Postgres(PostgresUrl(raw.to_owned()))),
+            Err(e) => Err(ConfigError::PostgresUrl(e.to_string())),
+        };
     }
     match raw.strip_prefix("sqlite://") {
         Some(path) if !path.is_empty() => Ok(StoreKind::Sqlite(PathBuf::from(path))),
@@ -620,7 +646,20 @@ mod tests {
             parse_store("sqlite://a/b.db").unwrap(),
             StoreKind::Sqlite("a/b.db".into())
         );
-        assert!(parse_store("postgres://x").is_err());
+        assert_eq!(
+            parse_store("postgres://u:pw@db.example:5433/chat").unwrap(),
+            StoreKind::Postgres(PostgresUrl("postgres://u:pw@db.example:5433/chat".into()))
+        );
+        let shown = format!("{:?}", parse_store("postgresql://u:secret-pw@db.example/chat").unwrap());
+        assert!(
+            shown.contains("db.example:5432/chat") && !shown.contains("secret-pw"),
+            "{shown}"
+        );
+        let refused = parse_store("postgres://u@db.example:notaport/chat")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("bad PostgreSQL URL"), "{refused}");
+        assert!(parse_store("mysql://x").is_err());
         assert_eq!(parse_cors(Some("*")), CorsOrigins::Any);
         assert_eq!(
             parse_cors(Some("https://a.example/, http://b:3000")),

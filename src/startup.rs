@@ -4,6 +4,7 @@
 
 use crate::config::{CorsOrigins, Settings, StoreKind, UpstreamKind};
 use crate::conversation::memory::MemoryStore;
+use crate::conversation::postgres::{self, PostgresStore};
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
 use crate::edge::auth::{Keyring, KeysError};
@@ -33,6 +34,8 @@ pub enum StartupError {
     Bind { addr: String, source: std::io::Error },
     #[error("cannot open the conversation store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot open the conversation store at {at}: {source}")]
+    Postgres { at: String, source: StoreError },
     #[error("cannot read the prompt presets: {0}")]
     Prompts(std::io::Error),
     #[error("cannot build the upstream HTTP client: {0}")]
@@ -66,6 +69,14 @@ impl Application {
                     .await
                     .map_err(StoreError::from)??;
                 (Arc::new(store), "sqlite")
+            }
+            StoreKind::Postgres(url) => {
+                let at = postgres::describe(&url.0);
+                log::info!("conversations are stored in PostgreSQL at {at}");
+                let store = PostgresStore::open(&url.0)
+                    .await
+                    .map_err(|source| StartupError::Postgres { at, source })?;
+                (Arc::new(store), "postgres")
             }
             StoreKind::Memory => {
                 log::warn!("conversations are kept in memory only: they are lost when chatgate stops");

@@ -1,9 +1,10 @@
 //! Conversations as a message tree: the domain types, the [`Store`] trait and its
-//! SQLite and in-memory implementations.
+//! SQLite, PostgreSQL and in-memory implementations.
 
 pub mod group_commit;
 pub mod memory;
 pub mod metered;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod tree;
@@ -29,6 +30,15 @@ macro_rules! uuid_id {
             /// Parses the canonical hyphenated form (any case).
             pub fn parse(raw: &str) -> Result<Self, uuid::Error> {
                 Uuid::try_parse(raw.trim()).map(Self)
+            }
+
+            /// As a store with a UUID type keeps it.
+            pub fn uuid(self) -> Uuid {
+                self.0
+            }
+
+            pub fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
             }
         }
 

@@ -4,8 +4,9 @@
 //! waits never stall the threads that relay tokens.
 
 use super::group_commit::{Durability, Writer};
+use super::store::columns::{corrupt, decode_ends, encode_ends, kinds, reasoning_ends_of, tokens, usage};
 use super::store::{AnswerUpdate, NewTurn, Store, StoreError};
-use super::{Conversation, ConversationId, FinishType, Message, MessageId, Role, Status, Summary, Usage, now};
+use super::{Conversation, ConversationId, FinishType, Message, MessageId, Status, Summary, now};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -167,31 +168,6 @@ fn reasoning_of(reasoning: &str) -> Option<&str> {
     Some(reasoning).filter(|r| !r.is_empty())
 }
 
-fn reasoning_ends_of(ends: &[u32]) -> Option<Vec<u8>> {
-    Some(ends).filter(|e| !e.is_empty()).map(encode_ends)
-}
-
-/// A token count as SQLite stores integers.
-fn tokens(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Chunk ends as little-endian `u32`s: four bytes a chunk.
-fn encode_ends(ends: &[u32]) -> Vec<u8> {
-    ends.iter().flat_map(|e| e.to_le_bytes()).collect()
-}
-
-fn decode_ends(raw: Option<Vec<u8>>) -> Vec<u32> {
-    raw.unwrap_or_default()
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} {value:?}"))
-}
-
 fn message_id(raw: &str) -> Result<MessageId, StoreError> {
     MessageId::parse(raw).map_err(|_| corrupt("message id", raw))
 }
@@ -214,32 +190,21 @@ type MessageRow = (
 fn message_from_row(row: MessageRow) -> Result<Message, StoreError> {
     let (id, parent, role, content, status, create_time, model, finish, error, ends, extra) = row;
     let (reasoning, reasoning_ends, prompt_tokens, completion_tokens) = extra;
+    let kinds = kinds(&role, &status, finish.as_deref(), error.as_deref())?;
     Ok(Message {
         id: message_id(&id)?,
         parent: parent.as_deref().map(message_id).transpose()?,
-        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        role: kinds.role,
         content,
-        status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        status: kinds.status,
         create_time,
         model,
-        finish: match finish {
-            Some(f) => Some(FinishType::parse(&f).ok_or_else(|| corrupt("finish type", &f))?),
-            None => None,
-        },
-        error: match error {
-            Some(e) => Some(serde_json::from_str(&e).map_err(|_| corrupt("error", &e))?),
-            None => None,
-        },
+        finish: kinds.finish,
+        error: kinds.error,
         chunk_ends: decode_ends(ends),
         reasoning: reasoning.unwrap_or_default(),
         reasoning_ends: decode_ends(reasoning_ends),
-        usage: match (prompt_tokens, completion_tokens) {
-            (Some(p), Some(c)) => Some(Usage {
-                prompt_tokens: p.max(0) as u64,
-                completion_tokens: c.max(0) as u64,
-            }),
-            _ => None,
-        },
+        usage: usage(prompt_tokens, completion_tokens),
     })
 }
 
@@ -412,7 +377,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::Role;
+    use crate::conversation::{Role, Usage};
 
     fn turn(conversation_id: ConversationId) -> NewTurn {
         let root = Message::root(1.0);
