@@ -462,7 +462,11 @@ fn parse_store(raw: &str) -> Result<StoreKind, ConfigError> {
     }
     match raw.strip_prefix("sqlite://") {
         Some(path) if !path.is_empty() => Ok(StoreKind::Sqlite(PathBuf::from(path))),
-        _ => Err(ConfigError::Store(raw.to_owned())),
+        // A URL of another database may hold a password too: only its scheme is repeated.
+        _ => Err(ConfigError::Store(match raw.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://…"),
+            _ => raw.to_owned(),
+        })),
     }
 }
 
@@ -659,7 +663,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(refused.contains("bad PostgreSQL URL"), "{refused}");
-        assert!(parse_store("mysql://x").is_err());
+        let other = parse_store("mysql://u:pw2@x/db").unwrap_err().to_string();
+        assert!(other.contains("\"mysql://…\"") && !other.contains("pw2"), "{other}");
         assert_eq!(parse_cors(Some("*")), CorsOrigins::Any);
         assert_eq!(
             parse_cors(Some("https://a.example/, http://b:3000")),
