@@ -60,6 +60,10 @@ pub struct Cli {
     )]
     pub store: String,
 
+    /// Joins the replicas on the same store and bus: `redis://[:PASSWORD@]HOST:PORT/N` (`rediss://` for TLS); needs a `postgres://` store.
+    #[arg(long, env = "CHATGATE_BUS", hide_env_values = true)]
+    pub bus: Option<String>,
+
     /// Directory of prompt presets (`NAME.md`); the built-in presets are used when it does not exist.
     #[arg(long, env = "CHATGATE_PROMPTS_DIR", default_value = "prompts")]
     pub prompts_dir: PathBuf,
@@ -159,6 +163,16 @@ impl std::fmt::Debug for PostgresUrl {
     }
 }
 
+/// A `redis://` URL, which may hold a password: shown without it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BusUrl(pub String);
+
+impl std::fmt::Debug for BusUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::generation::bus::describe(&self.0))
+    }
+}
+
 /// Which browser origins may call the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -188,6 +202,8 @@ pub struct Settings {
     pub upstream: UpstreamKind,
     pub model: String,
     pub store: StoreKind,
+    /// The bus shared with other replicas; `None`: this process alone.
+    pub bus: Option<BusUrl>,
     pub prompts_dir: PathBuf,
     pub cors: CorsOrigins,
     pub max_body_bytes: usize,
@@ -272,6 +288,12 @@ pub enum ConfigError {
     Store(String),
     #[error("--store: bad PostgreSQL URL ({0})")]
     PostgresUrl(String),
+    #[error("--bus must be a `redis://HOST:PORT/N` or `rediss://` URL, got {0}")]
+    Bus(String),
+    #[error(
+        "--bus joins replicas that share one store: give --store postgres://… (a SQLite file or memory belongs to one process)"
+    )]
+    BusWithoutSharedStore,
     #[error("the upstream URL must start with http:// or https://, got {0:?}")]
     UpstreamUrl(String),
     #[error("{0} must be a positive number of seconds")]
@@ -331,11 +353,14 @@ impl Settings {
             turns_per_minute: at_least_one(cli.rate_limit, "--rate-limit")?,
             streams: at_least_one(cli.max_streams_per_client, "--max-streams-per-client")?,
         };
+        let store = parse_store(&cli.store)?;
+        let bus = parse_bus(cli.bus.as_deref(), &store)?;
         Ok(Self {
             listen: cli.listen,
             upstream,
             model,
-            store: parse_store(&cli.store)?,
+            store,
+            bus,
             prompts_dir: cli.prompts_dir,
             cors: parse_cors(cli.cors_origins.as_deref()),
             max_body_bytes: cli.max_body_bytes,
@@ -368,6 +393,7 @@ impl Settings {
             },
             model: "demo".into(),
             store: StoreKind::Memory,
+            bus: None,
             prompts_dir: PathBuf::from("prompts"),
             cors: CorsOrigins::Localhost,
             max_body_bytes: 1 << 20,
@@ -467,6 +493,23 @@ fn parse_store(raw: &str) -> Result<StoreKind, ConfigError> {
             Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://…"),
             _ => raw.to_owned(),
         })),
+    }
+}
+
+fn parse_bus(raw: Option<&str>, store: &StoreKind) -> Result<Option<BusUrl>, ConfigError> {
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let shown = crate::generation::bus::describe(raw);
+    if !(raw.starts_with("redis://") || raw.starts_with("rediss://")) {
+        return Err(ConfigError::Bus(shown));
+    }
+    if let Err(e) = redis::Client::open(raw) {
+        return Err(ConfigError::Bus(format!("{shown} ({e})")));
+    }
+    match store {
+        StoreKind::Postgres(_) => Ok(Some(BusUrl(raw.to_owned()))),
+        _ => Err(ConfigError::BusWithoutSharedStore),
     }
 }
 
@@ -670,6 +713,27 @@ mod tests {
             parse_cors(Some("https://a.example/, http://b:3000")),
             CorsOrigins::List(vec!["https://a.example".into(), "http://b:3000".into()])
         );
+    }
+
+    #[test]
+    fn a_bus_is_a_redis_url_beside_a_postgres_store_and_is_shown_without_its_password() {
+        let postgres = parse_store("postgres://u@db/chat").unwrap();
+        assert_eq!(parse_bus(None, &postgres).unwrap(), None);
+        assert_eq!(parse_bus(Some("  "), &postgres).unwrap(), None);
+        let bus = parse_bus(Some("redis://:s3cret-pw@cache:6379/2"), &postgres)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bus.0, "redis://:s3cret-pw@cache:6379/2");
+        assert_eq!(format!("{bus:?}"), "redis://cache:6379/2");
+        assert!(parse_bus(Some("rediss://cache:6380/0"), &postgres).unwrap().is_some());
+        let other = parse_bus(Some("memcached://u:s3cret-pw@cache:11211"), &postgres)
+            .unwrap_err()
+            .to_string();
+        assert!(other.contains("memcached://u@cache:11211") && !other.contains("s3cret"), "{other}");
+        for store in [StoreKind::Memory, StoreKind::Sqlite("c.db".into())] {
+            let alone = parse_bus(Some("redis://cache:6379/0"), &store).unwrap_err().to_string();
+            assert!(alone.contains("--store postgres://"), "{alone}");
+        }
     }
 
     #[test]

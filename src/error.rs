@@ -80,6 +80,12 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("chatgate is shutting down: no new answer starts, and running ones end at the shutdown grace")]
     Stopping,
+    #[error("the chatgate replica generating this answer stopped before it was finished")]
+    ReplicaStopped,
+    #[error(
+        "the bus that carries live answers between replicas failed ({0}); the answer may still finish on the replica generating it: read the conversation again"
+    )]
+    Bus(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
     /// An error the framework answered by itself (see `edge::finish`), kept as it was.
@@ -197,6 +203,8 @@ impl ApiError {
             },
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "store_failed"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "gateway_stopping"),
+            ApiError::ReplicaStopped => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "gateway_stopped"),
+            ApiError::Bus(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "bus_failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
             ApiError::Http { status, .. } => {
                 let kind = if status.is_server_error() {

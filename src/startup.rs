@@ -10,6 +10,7 @@ use crate::conversation::{Store, StoreError};
 use crate::edge::auth::{Keyring, KeysError};
 use crate::edge::{self, origin};
 use crate::generation::Generations;
+use crate::generation::bus::{self, BusError, BusGenerations};
 use crate::generation::lane::Unsaved;
 use crate::generation::local::LocalGenerations;
 use crate::limits::LocalLimiter;
@@ -36,6 +37,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot open the conversation store at {at}: {source}")]
     Postgres { at: String, source: StoreError },
+    #[error("cannot join the bus at {at}: {source}")]
+    Bus { at: String, source: BusError },
     #[error("cannot read the prompt presets: {0}")]
     Prompts(std::io::Error),
     #[error("cannot build the upstream HTTP client: {0}")]
@@ -84,6 +87,17 @@ impl Application {
             }
         };
         let store = metrics.measure_store(store, kind)?;
+        let generations: Arc<dyn Generations> = match &settings.bus {
+            Some(url) => {
+                let at = bus::describe(&url.0);
+                log::info!("live answers are shared with the other replicas through Redis at {at}");
+                let joined = BusGenerations::join(&url.0, Arc::clone(&store), settings.heartbeat)
+                    .await
+                    .map_err(|source| StartupError::Bus { at, source })?;
+                Arc::new(joined)
+            }
+            None => Arc::new(LocalGenerations::default()),
+        };
         let router = Router::build(&settings.upstream, &settings.model, settings.max_answer_bytes)?
             .measured_by(Arc::clone(&metrics.upstream));
         log_upstreams(&settings.upstream, &settings.model);
@@ -127,7 +141,7 @@ impl Application {
             store,
             router,
             presets,
-            generations: Arc::new(LocalGenerations::default()),
+            generations,
             unsaved: Arc::new(Unsaved::default()),
             stopping: AtomicBool::new(false),
             keys,

@@ -77,7 +77,7 @@ impl AppState {
         if let Client::Address(_) = client {
             return Ok(());
         }
-        let visible = match self.generations.owner(id) {
+        let visible = match self.generations.owner(id).await {
             Some(owner) => client.may_see(owner.as_deref()),
             None => self
                 .store

@@ -215,11 +215,41 @@ impl LocalGenerations {
         // Each update is a few map operations that cannot panic halfway.
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether `target` is live here.
+    pub fn is_live(&self, target: Target) -> bool {
+        self.lock().find(target).is_some()
+    }
+
+    /// The conversation of live answer `message`.
+    pub fn conversation_of(&self, message: MessageId) -> Option<ConversationId> {
+        self.lock().by_message.get(&message).map(|g| g.identity.conversation_id)
+    }
+
+    /// [`Generations::subscribe`], without a wait.
+    pub fn reader(&self, target: Target, from: ReadFrom) -> Option<Reader> {
+        let generation = Arc::clone(self.lock().find(target)?);
+        Some(read(generation, from))
+    }
+
+    /// Counts a reader elsewhere (on another replica) in, for as long as the returned
+    /// guard lives; `None` when `message` is not live here.
+    pub fn watch(&self, message: MessageId) -> Option<Watch> {
+        let generation = Arc::clone(self.lock().by_message.get(&message)?);
+        Some(Watch {
+            _reader: Presence::new(generation),
+        })
+    }
+}
+
+/// A reader that is not a [`Reader`] of this process (see [`LocalGenerations::watch`]).
+pub struct Watch {
+    _reader: Presence,
 }
 
 #[async_trait]
 impl Generations for LocalGenerations {
-    fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer> {
+    async fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer> {
         let generation = Arc::new(Generation {
             owner,
             template: FrameTemplate::new(&identity),
@@ -255,15 +285,14 @@ impl Generations for LocalGenerations {
         })
     }
 
-    fn owner(&self, conversation: ConversationId) -> Option<Option<String>> {
+    async fn owner(&self, conversation: ConversationId) -> Option<Option<String>> {
         let registry = self.lock();
         let message = registry.by_conversation.get(&conversation)?.first()?;
         registry.by_message.get(message).map(|g| g.owner.clone())
     }
 
-    fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader> {
-        let generation = Arc::clone(self.lock().find(target)?);
-        Some(read(generation, from))
+    async fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader> {
+        self.reader(target, from)
     }
 
     async fn stop(&self, target: Target) -> bool {

@@ -7,6 +7,7 @@
 //! one (`local`) without touching the runner or the routes. Readers never hold the store
 //! or the upstream: only the runner does.
 
+pub mod bus;
 pub mod lane;
 pub mod local;
 pub mod replay;
@@ -113,13 +114,13 @@ pub struct Target {
 pub trait Generations: Send + Sync + 'static {
     /// Registers a new generation. A `never_alone` one (a background turn) is never ended
     /// for having no reader. `owner`: the client key name its conversation belongs to.
-    fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer>;
+    async fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer>;
     /// The owner of a conversation with a live generation (`Some(None)`: no owner); `None`
     /// when none is live. A new conversation's first answer is live before its row is
     /// stored: this is where its owner is known meanwhile.
-    fn owner(&self, conversation: ConversationId) -> Option<Option<String>>;
+    async fn owner(&self, conversation: ConversationId) -> Option<Option<String>>;
     /// Follows a live generation from `from`; `None` when it is not live.
-    fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader>;
+    async fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader>;
     /// Asks a live generation to stop; resolves to whether it was stopped by this request.
     async fn stop(&self, target: Target) -> bool;
     /// Tells every live generation to end now ([`Signal::Shutdown`]).

@@ -64,7 +64,7 @@ pub async fn post(
     let (stream, upstream) = (opened.stream, opened.upstream);
 
     let owner = client.owner().map(str::to_owned);
-    let producer = state.generations.start(identity.clone(), owner, never_alone);
+    let producer = state.generations.start(identity.clone(), owner, never_alone).await;
     // Subscribed before the runner starts, so that this reader sees the answer from its
     // first chunk and an early failure as a refusal.
     let target = Target {
@@ -73,7 +73,7 @@ pub async fn post(
     };
     let reader = match background {
         true => None,
-        false => state.generations.subscribe(target, read),
+        false => state.generations.subscribe(target, read).await,
     };
     runner::spawn(Run {
         identity: identity.clone(),

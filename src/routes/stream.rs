@@ -70,7 +70,7 @@ pub async fn get(
         ..ReadFrom::default()
     };
     let target = Target { conversation, message };
-    if let Some(reader) = state.generations.subscribe(target, read) {
+    if let Some(reader) = state.generations.subscribe(target, read).await {
         return Ok(event_stream(None, reader));
     }
     let stored = state

@@ -17,6 +17,8 @@ mod metrics;
 mod postgres_server;
 mod postgres_store;
 mod reasoning;
+mod redis_server;
+mod replicas;
 mod restart;
 mod resume;
 mod routing;

@@ -87,6 +87,29 @@ impl Gateway {
         Self::spawn(command).await
     }
 
+    /// Starts `chatgate` as one of several replicas: on `store` and `bus`, against `mock`,
+    /// in the directory `dir`, with `extra` flags.
+    pub async fn start_replica(store: &str, bus: &str, mock: &MockLlm, dir: &Path, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--upstream-url", &mock.base_url()])
+            .args(["--model", "mock-model"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        without_own_settings(&mut command);
+        // As operators should give them: not on the command line, where `ps` shows them.
+        command
+            .env("CHATGATE_STORE", store)
+            .env("CHATGATE_BUS", bus)
+            .env("OPENAI_API_KEY", KEY);
+        Self::spawn(command).await
+    }
+
     /// Runs `command` and waits for the address it prints.
     async fn spawn(mut command: Command) -> Self {
         let mut child = command.spawn().expect("chatgate starts");

@@ -1,0 +1,1028 @@
+//! The registry across replicas (`--bus redis://…`): every replica keeps its own answers
+//! in an in-process registry, as without a bus, and also appends each of their chunks to a
+//! Redis stream, so that a reader on any other replica can follow or resume them.
+//!
+//! On Redis, under `chatgate:`:
+//! - `answer:{message}`: a hash naming a live answer's conversation, replica, parent,
+//!   model, start time and owner;
+//! - `frames:{message}`: the answer's stream. Chunk `n` is the entry `0-n`, so a frame id
+//!   (`Last-Event-ID`) is a stream position on every replica; the end is the entry after
+//!   the last chunk, with the last frame's status, error and usage;
+//! - `live:{conversation}`: the conversation's live answers, by start time;
+//! - `replica:{id}`: a replica's lease, renewed every [`LEASE_RENEW`] and lasting
+//!   [`LEASE_LASTS`]: a replica without one is dead;
+//! - `ctl:{id}`: a replica's control stream: stop requests, and "a reader here still
+//!   follows this answer" from the others.
+//!
+//! A reader on another replica reads through a *mirror*: a generation of that replica's
+//! own, fed from the stream by one task however many of its readers follow it, so its
+//! readers get the same frames (coalescing, delta mode, resume) as readers of a local
+//! answer. While a mirror has readers, its task tells the generating replica every second,
+//! which counts them as one reader: an answer read only elsewhere is not "unread".
+//!
+//! The chunks of every answer of a replica go out through one writer task, which sends
+//! whatever has piled up as one pipeline: one round trip for many chunks when they come
+//! fast, never one per chunk. Chunks are not retried: a follower that finds a gap (Redis
+//! lost a write, or restarted) ends its readers with `bus_failed`, while the answer goes on
+//! and is stored on its own replica, where its own readers see nothing of it.
+
+use super::local::{LocalGenerations, Watch};
+use super::{End, Generations, Producer, ReadFrom, Reader, Signal, Snapshot, Target};
+use crate::conversation::store::AnswerUpdate;
+use crate::conversation::{ConversationId, FinishType, MessageId, Status, Store, Usage};
+use crate::error::{ApiError, ErrorBody};
+use crate::wire::chatgpt::AnswerIdentity;
+use actix_web::http::StatusCode;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How often a replica renews its lease.
+pub const LEASE_RENEW: Duration = Duration::from_millis(750);
+/// How long a lease lasts: a replica silent this long is dead. With a follower looking at
+/// least every [`BLOCK`], readers elsewhere hear of a death within 4 s.
+pub const LEASE_LASTS: Duration = Duration::from_secs(3);
+/// The longest a follower waits on Redis for new entries before it looks at the lease.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// How often a follower with readers tells the generating replica so.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// A reader elsewhere counts for this long after its replica last said so.
+const WATCH_LASTS: Duration = Duration::from_secs(3);
+/// How long a finished answer stays on the bus (the contract promises at least 5 minutes);
+/// after that, it is replayed from the store.
+const ENDED_KEPT_SECS: i64 = 600;
+/// A live answer's keys go even if every replica died without ending it.
+const LIVE_KEPT_SECS: i64 = 24 * 3600;
+/// Every command's answer, and every connection, within this.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stop request elsewhere is answered within this, or counts as not stopped.
+const STOP_WAIT_SECS: u64 = 30;
+/// Chunks one pipeline carries at most.
+const BATCH: usize = 512;
+
+/// Why the bus could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+}
+
+/// `redis://[user[:password]@]host:port/db` without the password, for logs and errors.
+pub fn describe(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or("");
+                match user.is_empty() {
+                    true => format!("{scheme}://{host}"),
+                    false => format!("{scheme}://{user}@{host}"),
+                }
+            }
+            None => url.to_owned(),
+        },
+        None => "an unreadable Redis URL".to_owned(),
+    }
+}
+
+fn answer_key(message: MessageId) -> String {
+    format!("chatgate:answer:{message}")
+}
+
+fn frames_key(message: MessageId) -> String {
+    format!("chatgate:frames:{message}")
+}
+
+fn live_key(conversation: ConversationId) -> String {
+    format!("chatgate:live:{conversation}")
+}
+
+fn lease_key(replica: &str) -> String {
+    format!("chatgate:replica:{replica}")
+}
+
+fn control_key(replica: &str) -> String {
+    format!("chatgate:ctl:{replica}")
+}
+
+/// What the writer task sends.
+enum Write {
+    Chunk {
+        message: MessageId,
+        n: u64,
+        text: String,
+        reasoning: String,
+    },
+    End {
+        identity: Box<AnswerIdentity>,
+        n: u64,
+        end: String,
+    },
+}
+
+/// The replica's side of the bus, shared by its registry and its tasks.
+struct Bus {
+    client: Client,
+    conn: ConnectionManager,
+    /// This replica's id: a new one at every start.
+    replica: String,
+    writes: mpsc::UnboundedSender<Write>,
+    store: Arc<dyn Store>,
+    heartbeat: Duration,
+    /// Readers on other replicas of this replica's answers, until their lapse.
+    watched: Mutex<HashMap<MessageId, (Watch, Instant)>>,
+}
+
+/// The [`Generations`] of a replica on a bus.
+pub struct BusGenerations {
+    /// This replica's answers.
+    own: Arc<LocalGenerations>,
+    /// Answers of other replicas that readers here follow.
+    mirrors: Arc<LocalGenerations>,
+    following: Arc<tokio::sync::Mutex<HashSet<MessageId>>>,
+    bus: Arc<Bus>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each holder does a few map operations that cannot panic halfway.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn connection(client: &Client) -> Result<MultiplexedConnection, RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+impl BusGenerations {
+    /// Joins the bus at `url`: connects, takes a lease and starts the replica's tasks.
+    pub async fn join(url: &str, store: Arc<dyn Store>, heartbeat: Duration) -> Result<Self, BusError> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let replica = uuid::Uuid::new_v4().to_string();
+        renew_lease(&mut conn, &replica).await?;
+        let control = connection(&client).await?;
+        let (writes, queue) = mpsc::unbounded_channel();
+        let bus = Arc::new(Bus {
+            client,
+            conn: conn.clone(),
+            replica,
+            writes,
+            store,
+            heartbeat,
+            watched: Mutex::default(),
+        });
+        let own = Arc::new(LocalGenerations::default());
+        tokio::spawn(write(conn.clone(), queue));
+        tokio::spawn(keep_lease(Arc::downgrade(&bus)));
+        tokio::spawn(control_loop(Arc::downgrade(&bus), Arc::downgrade(&own), control));
+        log::info!("replica {} joined the bus", bus.replica);
+        Ok(Self {
+            own,
+            mirrors: Arc::new(LocalGenerations::default()),
+            following: Arc::default(),
+            bus,
+        })
+    }
+
+    /// The newest live answer of `conversation`, on any replica.
+    async fn newest(&self, conversation: ConversationId) -> Result<Option<MessageId>, RedisError> {
+        let mut conn = self.bus.conn.clone();
+        let newest: Vec<String> = redis::cmd("ZRANGE")
+            .arg(live_key(conversation))
+            .arg(-1)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(newest.first().and_then(|m| MessageId::parse(m).ok()))
+    }
+
+    /// The answer `target` names, on the bus: its message and its hash.
+    async fn find(&self, target: Target) -> Result<Option<(MessageId, Meta)>, RedisError> {
+        let message = match target.message {
+            Some(m) => m,
+            None => match self.newest(target.conversation).await? {
+                Some(m) => m,
+                None => return Ok(None),
+            },
+        };
+        let mut conn = self.bus.conn.clone();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(answer_key(message))
+            .query_async(&mut conn)
+            .await?;
+        Ok(Meta::parse(message, &fields)
+            .filter(|m| m.identity.conversation_id == target.conversation)
+            .map(|m| (message, m)))
+    }
+
+    /// A reader of another replica's answer, through this replica's mirror of it.
+    async fn follow(&self, target: Target, from: ReadFrom) -> Result<Option<Reader>, RedisError> {
+        let Some((message, meta)) = self.find(target).await? else {
+            return Ok(None);
+        };
+        let mirror_target = Target {
+            conversation: target.conversation,
+            message: Some(message),
+        };
+        // Held until the mirror is in place: one mirror per answer, however many readers
+        // come at once.
+        let mut following = self.following.lock().await;
+        if following.contains(&message) {
+            return Ok(self.mirrors.reader(mirror_target, from));
+        }
+        // The mirror holds every chunk so far before its first reader comes: a resume
+        // point is placed within what the answer already has.
+        let mut reading = connection(&self.bus.client).await?;
+        let entries: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(frames_key(message))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut reading)
+            .await?;
+        let mut producer = self
+            .mirrors
+            .start(meta.identity.clone(), meta.owner.clone(), false)
+            .await;
+        let mut follower = Follower {
+            message,
+            identity: meta.identity,
+            replica: meta.replica,
+            chunks: 0,
+            ended: false,
+            conn: reading,
+            bus: Arc::clone(&self.bus),
+        };
+        if let Err(e) = follower.take(&mut *producer, entries.ids) {
+            follower.fail(&mut *producer, e);
+        }
+        following.insert(message);
+        // Subscribed while the set is held: the follower cannot see no reader and end the
+        // mirror before this reader is in.
+        let reader = self.mirrors.reader(mirror_target, from);
+        drop(following);
+        tokio::spawn(follower.run(producer, Arc::clone(&self.following)));
+        Ok(reader)
+    }
+
+    /// Asks the replica generating `target` to stop it.
+    async fn stop_elsewhere(&self, target: Target) -> Result<bool, RedisError> {
+        let Some((message, meta)) = self.find(target).await? else {
+            return Ok(false);
+        };
+        if meta.replica == self.bus.replica {
+            // Ended here meanwhile.
+            return Ok(false);
+        }
+        let mut conn = self.bus.conn.clone();
+        let alive: bool = redis::cmd("EXISTS")
+            .arg(lease_key(&meta.replica))
+            .query_async(&mut conn)
+            .await?;
+        if !alive {
+            // Its readers are told by their followers; the store by any replica's sweep.
+            return Ok(false);
+        }
+        let reply = format!("chatgate:reply:{}", uuid::Uuid::new_v4());
+        let control = control_key(&meta.replica);
+        redis::pipe()
+            .cmd("XADD")
+            .arg(&control)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("op")
+            .arg("stop")
+            .arg("message")
+            .arg(message.to_string())
+            .arg("reply")
+            .arg(&reply)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&control)
+            .arg(60)
+            .ignore()
+            .exec_async(&mut conn)
+            .await?;
+        // A blocking pop of its own: the shared connection must not wait behind it.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(Duration::from_secs(STOP_WAIT_SECS + 5)));
+        let mut waiting = self
+            .bus
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let answer: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(&reply)
+            .arg(STOP_WAIT_SECS)
+            .query_async(&mut waiting)
+            .await?;
+        Ok(answer.is_some_and(|(_, stopped)| stopped == "1"))
+    }
+}
+
+/// A live answer's hash.
+struct Meta {
+    identity: AnswerIdentity,
+    replica: String,
+    owner: Option<String>,
+}
+
+impl Meta {
+    fn parse(message: MessageId, fields: &HashMap<String, String>) -> Option<Self> {
+        Some(Self {
+            identity: AnswerIdentity {
+                conversation_id: ConversationId::parse(fields.get("conversation")?).ok()?,
+                message_id: message,
+                parent_id: MessageId::parse(fields.get("parent")?).ok()?,
+                model: fields.get("model")?.clone(),
+                create_time: fields.get("created")?.parse().ok()?,
+            },
+            replica: fields.get("replica")?.clone(),
+            owner: fields.get("owner").cloned(),
+        })
+    }
+}
+
+/// The end of a mirror nobody reads any more: nobody sees it.
+fn detached() -> End {
+    End {
+        status: Status::FinishedPartialCompletion,
+        finish: FinishType::Interrupted,
+        error: None,
+        usage: None,
+    }
+}
+
+fn end_of(error: &ApiError) -> End {
+    End {
+        status: Status::Error,
+        finish: FinishType::Interrupted,
+        error: Some(error.into()),
+        usage: None,
+    }
+}
+
+/// An end as the stream carries it.
+fn encode_end(end: &End) -> String {
+    json!({
+        "status": end.status.as_str(),
+        "finish": end.finish.as_str(),
+        "error": end.error.as_ref().map(|e| &e.object),
+        "http_status": end.error.as_ref().map(|e| e.status.as_u16()),
+        "usage": end.usage,
+    })
+    .to_string()
+}
+
+fn decode_end(raw: &str) -> Option<End> {
+    let value: serde_json::Value = serde_json::from_str(raw).ok()?;
+    let error = match &value["error"] {
+        serde_json::Value::Null => None,
+        object => Some(ErrorBody {
+            status: value["http_status"]
+                .as_u64()
+                .and_then(|s| StatusCode::from_u16(s as u16).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
+            object: object.clone(),
+            retry_after: None,
+        }),
+    };
+    Some(End {
+        status: Status::parse(value["status"].as_str()?)?,
+        finish: FinishType::parse(value["finish"].as_str()?)?,
+        error,
+        usage: serde_json::from_value::<Option<Usage>>(value["usage"].clone()).ok()?,
+    })
+}
+
+/// What went wrong with the stream a follower reads.
+enum Broken {
+    Redis(RedisError),
+    /// An entry that is not the next chunk or the end.
+    Gap(String),
+}
+
+impl From<RedisError> for Broken {
+    fn from(e: RedisError) -> Self {
+        Broken::Redis(e)
+    }
+}
+
+/// Feeds a mirror from its answer's stream.
+struct Follower {
+    message: MessageId,
+    identity: AnswerIdentity,
+    replica: String,
+    /// Chunks taken so far.
+    chunks: u64,
+    ended: bool,
+    /// Its own connection: it blocks on it.
+    conn: MultiplexedConnection,
+    bus: Arc<Bus>,
+}
+
+impl Follower {
+    /// Takes entries into the mirror, in order.
+    fn take(&mut self, producer: &mut dyn Producer, entries: Vec<StreamId>) -> Result<(), Broken> {
+        for entry in entries {
+            if self.ended {
+                break;
+            }
+            let position = entry.id.strip_prefix("0-").and_then(|n| n.parse::<u64>().ok());
+            if position != Some(self.chunks + 1) {
+                return Err(Broken::Gap(format!(
+                    "entry {} where chunk {} was due",
+                    entry.id,
+                    self.chunks + 1
+                )));
+            }
+            let field = |name: &str| match entry.map.get(name) {
+                Some(Value::BulkString(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            };
+            if let Some(end) = field("end") {
+                let end = decode_end(&end).ok_or_else(|| Broken::Gap(format!("an unreadable end: {end}")))?;
+                producer.finish(end);
+                self.ended = true;
+                break;
+            }
+            let (text, reasoning) = (field("t").unwrap_or_default(), field("r").unwrap_or_default());
+            producer.append(&text, &reasoning);
+            self.chunks += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the mirror's readers with `bus_failed`.
+    fn fail(&mut self, producer: &mut dyn Producer, broken: Broken) {
+        let why = match broken {
+            Broken::Redis(e) => e.to_string(),
+            Broken::Gap(why) => why,
+        };
+        log::warn!("answer {}: the bus failed: {why}", self.message);
+        producer.finish(end_of(&ApiError::Bus(why)));
+        self.ended = true;
+    }
+
+    async fn run(mut self, mut producer: Box<dyn Producer>, following: Arc<tokio::sync::Mutex<HashSet<MessageId>>>) {
+        let mut told = None::<Instant>;
+        let mut last_heard = Instant::now();
+        while !self.ended {
+            let waker = futures::task::noop_waker();
+            if let Poll::Ready(Signal::Shutdown) = producer.poll_signal(&mut Context::from_waker(&waker)) {
+                producer.finish(end_of(&ApiError::Stopping));
+                break;
+            }
+            if producer.readers() == 0 {
+                let mut following = following.lock().await;
+                // Looked at again with the set held: no reader can come in meanwhile.
+                if producer.readers() == 0 {
+                    following.remove(&self.message);
+                    producer.finish(detached());
+                    return;
+                }
+            }
+            if told.is_none_or(|at| at.elapsed() >= WATCH_EVERY) {
+                told = Some(Instant::now());
+                self.tell_watching().await;
+            }
+            match self.next(&mut *producer).await {
+                Ok(true) => last_heard = Instant::now(),
+                Ok(false) => {
+                    if self.chunks == 0 && last_heard.elapsed() >= self.bus.heartbeat {
+                        producer.heartbeat();
+                        last_heard = Instant::now();
+                    }
+                }
+                Err(broken) => self.fail(&mut *producer, broken),
+            }
+        }
+        following.lock().await.remove(&self.message);
+    }
+
+    /// Reads what came next; `false` when nothing came within [`BLOCK`] (then, when the
+    /// generating replica is dead, ends the answer for it).
+    async fn next(&mut self, producer: &mut dyn Producer) -> Result<bool, Broken> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(frames_key(self.message))
+            .arg(format!("0-{}", self.chunks))
+            .query_async(&mut self.conn)
+            .await?;
+        if let Some(reply) = reply {
+            let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+            if !entries.is_empty() {
+                self.take(producer, entries)?;
+                return Ok(true);
+            }
+        }
+        let (alive, exists): (bool, bool) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(lease_key(&self.replica))
+            .cmd("EXISTS")
+            .arg(frames_key(self.message))
+            .query_async(&mut self.conn)
+            .await?;
+        if !exists && self.chunks > 0 {
+            return Err(Broken::Gap("the answer's stream is gone (was Redis restarted?)".into()));
+        }
+        if !alive {
+            self.end_for_the_dead(producer).await?;
+        }
+        Ok(false)
+    }
+
+    /// The generating replica is dead: ends the answer for it with `gateway_stopped`, on
+    /// the store (if it is still in progress there) and on the bus, with all the text the
+    /// bus has. Another replica may be doing the same: the first end on the stream counts.
+    async fn end_for_the_dead(&mut self, producer: &mut dyn Producer) -> Result<(), Broken> {
+        // Whatever came just before the death.
+        let rest: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(frames_key(self.message))
+            .arg(format!("0-{}", self.chunks + 1))
+            .arg("+")
+            .query_async(&mut self.conn)
+            .await?;
+        self.take(producer, rest.ids)?;
+        if self.ended {
+            return Ok(());
+        }
+        let end = end_of(&ApiError::ReplicaStopped);
+        let snapshot = producer.snapshot();
+        self.store_end(snapshot, &end).await;
+        let added: Result<Value, RedisError> = redis::cmd("XADD")
+            .arg(frames_key(self.message))
+            .arg(format!("0-{}", self.chunks + 1))
+            .arg("end")
+            .arg(encode_end(&end))
+            .query_async(&mut self.conn)
+            .await;
+        match added {
+            // Another replica ended it first (its end is read next).
+            Err(e) if e.to_string().contains("equal or smaller") => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(_) => {
+                let mut pipe = redis::pipe();
+                ended_keys(&mut pipe, &self.identity);
+                let _: Result<(), RedisError> = pipe.exec_async(&mut self.conn).await;
+                log::warn!(
+                    "answer {}: its replica {} stopped before it was finished; ended for it",
+                    self.message,
+                    self.replica
+                );
+                producer.finish(end);
+                self.ended = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores a dead replica's answer as ended, with `snapshot`, unless it has ended there.
+    async fn store_end(&self, snapshot: Snapshot, end: &End) {
+        let store = &self.bus.store;
+        let id = self.identity.conversation_id;
+        let in_progress = match store.conversation(id).await {
+            Ok(c) => c.is_some_and(|c| c.message(self.message).is_some_and(|m| m.status == Status::InProgress)),
+            Err(e) => {
+                log::error!("answer {}: not ended in the store: {e}", self.message);
+                return;
+            }
+        };
+        if !in_progress {
+            return;
+        }
+        let update = AnswerUpdate {
+            conversation_id: id,
+            id: self.message,
+            content: snapshot.text,
+            chunk_ends: snapshot.chunk_ends,
+            reasoning: snapshot.reasoning,
+            reasoning_ends: snapshot.reasoning_ends,
+            usage: None,
+            status: end.status,
+            finish: Some(end.finish),
+            error: end.error.as_ref().map(|e| e.object.clone()),
+        };
+        if let Err(e) = store.update_answer(update).await {
+            log::error!("answer {}: not ended in the store: {e}", self.message);
+        }
+    }
+
+    /// Tells the generating replica that readers here follow its answer.
+    async fn tell_watching(&mut self) {
+        let control = control_key(&self.replica);
+        let told: Result<(), RedisError> = redis::pipe()
+            .cmd("XADD")
+            .arg(&control)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("op")
+            .arg("watch")
+            .arg("message")
+            .arg(self.message.to_string())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&control)
+            .arg(60)
+            .ignore()
+            .exec_async(&mut self.conn)
+            .await;
+        if let Err(e) = told {
+            log::debug!(
+                "answer {}: could not tell its replica of readers here: {e}",
+                self.message
+            );
+        }
+    }
+}
+
+/// What makes an ended answer's keys expire, and takes it off its conversation's list.
+fn ended_keys(pipe: &mut redis::Pipeline, identity: &AnswerIdentity) {
+    pipe.cmd("EXPIRE")
+        .arg(frames_key(identity.message_id))
+        .arg(ENDED_KEPT_SECS)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(answer_key(identity.message_id))
+        .arg(ENDED_KEPT_SECS)
+        .ignore()
+        .cmd("ZREM")
+        .arg(live_key(identity.conversation_id))
+        .arg(identity.message_id.to_string())
+        .ignore();
+}
+
+async fn renew_lease(conn: &mut ConnectionManager, replica: &str) -> Result<(), RedisError> {
+    redis::cmd("SET")
+        .arg(lease_key(replica))
+        .arg(1)
+        .arg("PX")
+        .arg(LEASE_LASTS.as_millis() as u64)
+        .exec_async(conn)
+        .await
+}
+
+/// Renews the lease, and forgets readers elsewhere that lapsed, until the replica's
+/// registry is gone.
+async fn keep_lease(bus: std::sync::Weak<Bus>) {
+    let mut tick = tokio::time::interval(LEASE_RENEW);
+    loop {
+        tick.tick().await;
+        let Some(bus) = bus.upgrade() else { return };
+        let mut conn = bus.conn.clone();
+        if let Err(e) = renew_lease(&mut conn, &bus.replica).await {
+            log::warn!("replica {}: the bus lease was not renewed: {e}", bus.replica);
+        }
+        let now = Instant::now();
+        locked(&bus.watched).retain(|_, (_, until)| *until > now);
+    }
+}
+
+/// Reads the replica's control stream: stop requests and readers elsewhere.
+async fn control_loop(
+    bus: std::sync::Weak<Bus>,
+    own: std::sync::Weak<LocalGenerations>,
+    mut conn: MultiplexedConnection,
+) {
+    let mut last = "0-0".to_owned();
+    loop {
+        let (Some(bus), Some(own)) = (bus.upgrade(), own.upgrade()) else {
+            return;
+        };
+        let read: Result<Option<StreamReadReply>, RedisError> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(control_key(&bus.replica))
+            .arg(&last)
+            .query_async(&mut conn)
+            .await;
+        let entries: Vec<StreamId> = match read {
+            Ok(reply) => reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                .unwrap_or_default(),
+            Err(e) => {
+                log::warn!("replica {}: the control stream could not be read: {e}", bus.replica);
+                drop((bus, own));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for entry in entries {
+            last = entry.id.clone();
+            let get = |name: &str| entry.get::<String>(name);
+            let Some(message) = get("message").and_then(|m| MessageId::parse(&m).ok()) else {
+                continue;
+            };
+            match get("op").as_deref() {
+                Some("watch") => {
+                    let mut watched = locked(&bus.watched);
+                    let until = Instant::now() + WATCH_LASTS;
+                    match watched.get_mut(&message) {
+                        Some(watch) => watch.1 = until,
+                        None => {
+                            if let Some(watch) = own.watch(message) {
+                                watched.insert(message, (watch, until));
+                            }
+                        }
+                    }
+                }
+                Some("stop") => {
+                    let Some(reply) = get("reply") else { continue };
+                    let (own, mut conn) = (Arc::clone(&own), bus.conn.clone());
+                    tokio::spawn(async move {
+                        let stopped = stop_here(&own, message).await;
+                        let answered: Result<(), RedisError> = redis::pipe()
+                            .cmd("LPUSH")
+                            .arg(&reply)
+                            .arg(if stopped { "1" } else { "0" })
+                            .ignore()
+                            .cmd("EXPIRE")
+                            .arg(&reply)
+                            .arg(60)
+                            .ignore()
+                            .exec_async(&mut conn)
+                            .await;
+                        if let Err(e) = answered {
+                            log::warn!("answer {message}: a stop from another replica was not answered: {e}");
+                        }
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Stops this replica's answer `message`, whatever its conversation.
+async fn stop_here(own: &LocalGenerations, message: MessageId) -> bool {
+    match own.conversation_of(message) {
+        Some(conversation) => {
+            own.stop(Target {
+                conversation,
+                message: Some(message),
+            })
+            .await
+        }
+        None => false,
+    }
+}
+
+/// Sends the chunks and ends of this replica's answers, a pipeline at a time.
+async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Write>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for write in batch.drain(..) {
+            match write {
+                Write::Chunk {
+                    message,
+                    n,
+                    text,
+                    reasoning,
+                } => {
+                    let command = pipe
+                        .cmd("XADD")
+                        .arg(frames_key(message))
+                        .arg(format!("0-{n}"))
+                        .arg("t")
+                        .arg(text);
+                    if !reasoning.is_empty() {
+                        command.arg("r").arg(reasoning);
+                    }
+                    command.ignore();
+                }
+                Write::End { identity, n, end } => {
+                    pipe.cmd("XADD")
+                        .arg(frames_key(identity.message_id))
+                        .arg(format!("0-{n}"))
+                        .arg("end")
+                        .arg(end)
+                        .ignore();
+                    ended_keys(&mut pipe, &identity);
+                }
+            }
+        }
+        if let Err(e) = pipe.exec_async(&mut conn).await {
+            log::warn!("the bus did not take a batch of chunks: {e}");
+        }
+    }
+}
+
+/// One of this replica's answers: its own registry's, with every chunk and the end also
+/// sent to the bus.
+struct BusProducer {
+    local: Box<dyn Producer>,
+    identity: AnswerIdentity,
+    chunks: u64,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+impl Producer for BusProducer {
+    fn append(&mut self, text: &str, reasoning: &str) {
+        self.local.append(text, reasoning);
+        self.chunks += 1;
+        let _ = self.writes.send(Write::Chunk {
+            message: self.identity.message_id,
+            n: self.chunks,
+            text: text.to_owned(),
+            reasoning: reasoning.to_owned(),
+        });
+    }
+
+    fn heartbeat(&mut self) {
+        self.local.heartbeat();
+    }
+
+    fn finish(&mut self, end: End) {
+        let _ = self.writes.send(Write::End {
+            identity: Box::new(self.identity.clone()),
+            n: self.chunks + 1,
+            end: encode_end(&end),
+        });
+        self.local.finish(end);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.local.snapshot()
+    }
+
+    fn readers(&self) -> usize {
+        self.local.readers()
+    }
+
+    fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Signal> {
+        self.local.poll_signal(cx)
+    }
+}
+
+#[async_trait]
+impl Generations for BusGenerations {
+    async fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer> {
+        let (message, conversation) = (identity.message_id, identity.conversation_id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(answer_key(message))
+            .arg("conversation")
+            .arg(conversation.to_string())
+            .arg("replica")
+            .arg(&self.bus.replica)
+            .arg("parent")
+            .arg(identity.parent_id.to_string())
+            .arg("model")
+            .arg(&identity.model)
+            .arg("created")
+            .arg(identity.create_time.to_string())
+            .ignore();
+        if let Some(owner) = &owner {
+            pipe.cmd("HSET")
+                .arg(answer_key(message))
+                .arg("owner")
+                .arg(owner)
+                .ignore();
+        }
+        pipe.cmd("EXPIRE")
+            .arg(answer_key(message))
+            .arg(LIVE_KEPT_SECS)
+            .ignore()
+            .cmd("ZADD")
+            .arg(live_key(conversation))
+            .arg(identity.create_time)
+            .arg(message.to_string())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(live_key(conversation))
+            .arg(LIVE_KEPT_SECS)
+            .ignore();
+        let mut conn = self.bus.conn.clone();
+        // Before the answer's first chunk, and before a 202 names it: a reader on another
+        // replica finds it as soon as its client knows of it.
+        if let Err(e) = pipe.exec_async(&mut conn).await {
+            log::warn!("answer {message}: not announced on the bus, so only this replica can follow it: {e}");
+        }
+        let local = self.own.start(identity.clone(), owner, never_alone).await;
+        Box::new(BusProducer {
+            local,
+            identity,
+            chunks: 0,
+            writes: self.bus.writes.clone(),
+        })
+    }
+
+    async fn owner(&self, conversation: ConversationId) -> Option<Option<String>> {
+        if let Some(owner) = self.own.owner(conversation).await {
+            return Some(owner);
+        }
+        let target = Target {
+            conversation,
+            message: None,
+        };
+        match self.find(target).await {
+            Ok(found) => found.map(|(_, meta)| meta.owner),
+            Err(e) => {
+                log::warn!("conversation {conversation}: the bus could not be asked for its live answer: {e}");
+                None
+            }
+        }
+    }
+
+    async fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader> {
+        if let Some(reader) = self.own.subscribe(target, from).await {
+            return Some(reader);
+        }
+        match self.follow(target, from).await {
+            Ok(reader) => reader,
+            Err(e) => {
+                log::warn!("conversation {}: the bus could not be read: {e}", target.conversation);
+                None
+            }
+        }
+    }
+
+    async fn stop(&self, target: Target) -> bool {
+        if self.own.is_live(target) {
+            return self.own.stop(target).await;
+        }
+        match self.stop_elsewhere(target).await {
+            Ok(stopped) => stopped,
+            Err(e) => {
+                log::warn!(
+                    "conversation {}: a stop could not be sent over the bus: {e}",
+                    target.conversation
+                );
+                false
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        self.own.shutdown();
+        self.mirrors.shutdown();
+    }
+
+    fn live(&self) -> usize {
+        self.own.live()
+    }
+
+    async fn drained(&self) {
+        self.own.drained().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_url_is_shown_without_its_password() {
+        assert_eq!(describe("redis://:s3cret@cache:6379/0"), "redis://cache:6379/0");
+        assert_eq!(describe("redis://me:s3cret@cache:6379/0"), "redis://me@cache:6379/0");
+        assert_eq!(describe("redis://cache:6379"), "redis://cache:6379");
+    }
+
+    #[test]
+    fn an_end_crosses_the_bus_unchanged() {
+        let end = End {
+            status: Status::Error,
+            finish: FinishType::Interrupted,
+            error: Some((&ApiError::ReplicaStopped).into()),
+            usage: Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 9,
+            }),
+        };
+        let back = decode_end(&encode_end(&end)).unwrap();
+        assert_eq!(back.status, Status::Error);
+        assert_eq!(back.finish, FinishType::Interrupted);
+        assert_eq!(back.usage, end.usage);
+        let error = back.error.unwrap();
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.object["code"], "gateway_stopped");
+        let ok = decode_end(&encode_end(&detached())).unwrap();
+        assert!(ok.error.is_none() && ok.usage.is_none());
+    }
+}

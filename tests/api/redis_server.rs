@@ -1,0 +1,127 @@
+//! A real Redis server for the tests: one per test that asks (a test may restart its own),
+//! started with the machine's `redis-server` on a free port of the loopback, in a temporary
+//! directory, without persistence. A watchdog shell stops it and removes the directory once
+//! the test process has gone, and dropping the handle stops it at once.
+//!
+//! The binary comes from Debian's `redis-server` package (`.ci/run` installs it), or is the
+//! one in `CHATGATE_TEST_REDIS_SERVER`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CHATGATE_TEST_REDIS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from("/usr/bin/redis-server");
+    assert!(
+        path.is_file(),
+        "the bus tests need a Redis server: install Debian's `redis-server` package (.ci/run does), \
+         or set CHATGATE_TEST_REDIS_SERVER to its binary"
+    );
+    path
+}
+
+impl RedisServer {
+    /// A new server on a free port, taking commands when this returns.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = Self::start_on(port);
+        server.wait_until_up().await;
+        server
+    }
+
+    fn start_on(port: u16) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("chatgate-redis-")
+            .tempdir()
+            .expect("a temporary directory")
+            // Removed by the watchdog, after the server has stopped.
+            .keep();
+        let redis = format!(
+            "{} --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir {} --pidfile {}",
+            binary().display(),
+            dir.display(),
+            dir.join("redis.pid").display(),
+        );
+        // The watchdog: the server in the background, stopped (and its directory removed)
+        // once this test process is gone or the server was stopped.
+        let watchdog = format!(
+            "{redis} >{log} 2>&1 & r=$!; echo $r >{dir}/watched.pid; \
+             while [ -d /proc/{me} ] && kill -0 $r 2>/dev/null; do sleep 0.2; done; \
+             kill $r 2>/dev/null; wait $r; rm -rf {dir}",
+            log = dir.join("server.log").display(),
+            me = std::process::id(),
+            dir = dir.display(),
+        );
+        let mut watchdog = Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the Redis server starts");
+        std::thread::spawn(move || watchdog.wait());
+        Self { port, dir }
+    }
+
+    async fn wait_until_up(&self) {
+        let asked = Instant::now();
+        loop {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(20),
+                "the test Redis server did not start on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server (its data is gone) and starts an empty one on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let gone = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                gone.elapsed() < Duration::from_secs(10),
+                "the Redis server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = Self::start_on(self.port);
+        self.dir = started.dir.clone();
+        std::mem::forget(started);
+        self.wait_until_up().await;
+    }
+
+    fn stop(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("watched.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,325 @@
+//! Several replicas on one PostgreSQL database and one Redis bus (`--bus`), as the contract's
+//! "Several replicas" section has them: a reader on replica B follows and resumes an answer
+//! replica A generates, with A's frame ids; a stop sent to B ends it on A; readers on B keep
+//! it from counting as unread on A; when A dies, B's readers get the last frame with
+//! `gateway_stopped` within 5 s; when Redis restarts, B's readers end with `bus_failed` while
+//! the answer finishes on A. Real PostgreSQL and Redis servers, started by the tests.
+
+use crate::helpers::*;
+use crate::postgres_server::fresh_database;
+use crate::redis_server::RedisServer;
+use crate::shutdown::Gateway;
+use chatgate::config::{BusUrl, PostgresUrl, Settings, StoreKind, UpstreamKind};
+use chatgate::startup::Application;
+use mockllm::MockLlm;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// A replica in this process, on `store` and `redis`, with its own mock upstream.
+async fn replica(store: &str, redis: &RedisServer, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let mut settings = Settings::for_tests();
+    settings.upstream = UpstreamKind::OpenAi {
+        base_url: mock.base_url(),
+        key: Some(KEY.to_owned()),
+    };
+    settings.model = "mock-model".into();
+    settings.store = StoreKind::Postgres(PostgresUrl(store.to_owned()));
+    settings.bus = Some(BusUrl(redis.url()));
+    adjust(&mut settings);
+    start(settings, mock).await
+}
+
+/// Two replicas on a fresh database and a fresh Redis.
+async fn two_replicas() -> (TestApp, TestApp, RedisServer) {
+    let redis = RedisServer::start().await;
+    let store = fresh_database().await;
+    let a = replica(&store, &redis, |_| {}).await;
+    let b = replica(&store, &redis, |_| {}).await;
+    (a, b, redis)
+}
+
+/// A background answer of `words` extra words, one every `delay` ms: (conversation, message).
+async fn long_answer(app: &TestApp, words: usize, delay: u64) -> (String, String) {
+    let accepted = app
+        .background(json!({"content": format!("tell me [mock:words={words}] [mock:delay={delay}]")}))
+        .await;
+    (
+        accepted["conversation_id"].as_str().unwrap().to_owned(),
+        accepted["message_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn ids(stream: &Stream) -> Vec<u64> {
+    stream
+        .events
+        .iter()
+        .filter_map(|e| e.id.as_ref())
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+fn last_id(live: &Live) -> u64 {
+    live.seen
+        .iter()
+        .filter_map(|e| e.id.as_ref())
+        .map(|id| id.parse::<u64>().unwrap())
+        .next_back()
+        .expect("a frame id")
+}
+
+#[tokio::test]
+async fn a_second_tab_on_another_replica_follows_the_answer_with_the_same_frames() {
+    let (a, b, _redis) = two_replicas().await;
+    let (conversation, message) = long_answer(&a, 40, 20).await;
+    let on_a = a.get_stream(&conversation, "", None).await;
+    let on_b = b
+        .get_stream(&conversation, &format!("?message_id={message}"), None)
+        .await;
+    assert_eq!(on_b.status(), 200);
+    assert_eq!(on_b.headers()["content-type"], "text/event-stream");
+    let (on_a, on_b) = tokio::join!(read_stream(on_a), read_stream(on_b));
+    on_b.assert_finished();
+    assert_eq!(on_b.events[0].retry.as_deref(), Some("1000"));
+    assert_eq!(on_b.text(), echo("tell me", 40));
+    assert_eq!(on_b.text(), on_a.text());
+    assert_eq!(on_b.message_id(), message);
+    assert_eq!(on_b.conversation_id(), conversation);
+    assert_eq!(on_b.last(), on_a.last(), "the same last frame on both replicas");
+    let (ids_a, ids_b) = (ids(&on_a), ids(&on_b));
+    assert_eq!(ids_b.last(), ids_a.last(), "frame ids count the same chunks");
+    assert!(ids_b.windows(2).all(|w| w[0] < w[1]), "{ids_b:?}");
+
+    // Ended: B replays it from the store, as A does.
+    let replay = read_stream(b.get_stream(&conversation, "", Some("5")).await).await;
+    replay.assert_finished();
+    assert_eq!(replay.text(), echo("tell me", 40));
+}
+
+#[tokio::test]
+async fn the_newest_live_answer_of_a_conversation_is_found_on_another_replica() {
+    let (a, b, _redis) = two_replicas().await;
+    let (conversation, message) = long_answer(&a, 30, 20).await;
+    let on_b = read_stream(b.get_stream(&conversation, "", None).await).await;
+    on_b.assert_finished();
+    assert_eq!(on_b.message_id(), message);
+    assert_eq!(on_b.text(), echo("tell me", 30));
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_on_another_replica_with_nothing_lost_or_repeated() {
+    let (a, b, _redis) = two_replicas().await;
+    let (conversation, message) = long_answer(&a, 60, 20).await;
+    let mut first = Live::new(a.get_stream(&conversation, "", None).await);
+    let seen = first.until_id(10).await;
+    let seen_id = last_id(&first);
+    drop(first);
+
+    let resumed = b
+        .get_stream(
+            &conversation,
+            &format!("?message_id={message}&delta=true"),
+            Some(&seen_id.to_string()),
+        )
+        .await;
+    let resumed = read_stream(resumed).await;
+    resumed.assert_finished();
+    let after: String = resumed.frames().iter().map(|f| text_of(f).to_owned()).collect();
+    assert_eq!(
+        format!("{}{after}", text_of(&seen)),
+        echo("tell me", 60),
+        "before + after is the whole answer"
+    );
+    assert!(ids(&resumed)[0] > seen_id, "{:?} after {seen_id}", ids(&resumed));
+}
+
+#[tokio::test]
+async fn stop_sent_to_another_replica_ends_the_answer_where_it_runs() {
+    let (a, b, _redis) = two_replicas().await;
+    let (conversation, message) = long_answer(&a, 400, 20).await;
+    let mut on_a = Live::new(a.get_stream(&conversation, "", None).await);
+    let mut on_b = Live::new(b.get_stream(&conversation, "", None).await);
+    on_a.until_id(3).await;
+    on_b.until_id(3).await;
+
+    let (status, body) = b.stop(&conversation, Some(json!({ "message_id": message }))).await;
+    assert_eq!((status, &body), (200, &json!({"stopped": true})));
+    upstream_cancelled(
+        &a.mock,
+        Duration::from_secs(5),
+        "the upstream request on A is cancelled",
+    )
+    .await;
+    for reader in [on_a, on_b] {
+        let ended = reader.rest(Duration::from_secs(10)).await;
+        ended.assert_closed_properly();
+        let last = ended.last();
+        assert_eq!(last["message"]["status"], "finished_partial_completion", "{last}");
+        assert_eq!(last["message"]["metadata"]["finish_details"]["type"], "interrupted");
+    }
+    let stored = b.stored_message(&conversation, &message).await;
+    assert_eq!(stored["status"], "finished_partial_completion");
+    let (status, body) = b.stop(&conversation, Some(json!({ "message_id": message }))).await;
+    assert_eq!((status, body), (200, json!({"stopped": false})), "an ended answer");
+}
+
+#[tokio::test]
+async fn an_answer_read_only_on_another_replica_is_not_stopped_as_unread() {
+    let redis = RedisServer::start().await;
+    let store = fresh_database().await;
+    // A short grace: an answer A thinks unread stops a second after its last reader left.
+    let a = replica(&store, &redis, |s| s.detached_grace = Duration::from_secs(1)).await;
+    let b = replica(&store, &redis, |_| {}).await;
+    let posted = a
+        .post_conv(json!({"content": "tell me [mock:words=150] [mock:delay=20]"}))
+        .await;
+    let mut on_a = Live::new(posted);
+    let first = on_a.next_frame().await;
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+    let mut on_b = Live::new(b.get_stream(&conversation, "", None).await);
+    on_b.until_id(2).await;
+    // A's own reader goes: only B's is left.
+    drop(on_a);
+    let ended = on_b.rest(Duration::from_secs(30)).await;
+    ended.assert_finished();
+    assert_eq!(ended.text(), echo("tell me", 150));
+}
+
+#[tokio::test]
+async fn readers_elsewhere_get_gateway_stopped_within_5_s_when_the_generating_replica_dies() {
+    let redis = RedisServer::start().await;
+    let store = fresh_database().await;
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gateway::start_replica(&store, &redis.url(), &mock, dir.path(), &[]).await;
+    let b = replica(&store, &redis, |_| {}).await;
+    let (conversation, message) = a
+        .background("tell me a long story [mock:words=400] [mock:delay=20]")
+        .await;
+    let mut on_b = Live::new(b.get_stream(&conversation, "", None).await);
+    on_b.until_id(20).await;
+
+    a.sigkill();
+    let killed = Instant::now();
+    let ended = on_b.rest(Duration::from_secs(5)).await;
+    let within = killed.elapsed();
+    ended.assert_closed_properly();
+    let last = ended.last();
+    assert_eq!(last["message"]["status"], "error", "{last}");
+    assert_eq!(last["error"]["code"], "gateway_stopped", "{last}");
+    let text = text_of(&last).to_owned();
+    assert!(text.starts_with("Echo: tell me a long story w1"), "{text:?}");
+    assert!(!text.contains("w400"), "cut short: {text:?}");
+    assert!(within <= Duration::from_secs(5), "{within:?}");
+
+    // The store says what the readers were told.
+    let stored = b.stored_message(&conversation, &message).await;
+    assert_eq!(stored["status"], "error", "{stored}");
+    assert_eq!(stored["metadata"]["error"]["code"], "gateway_stopped", "{stored}");
+    assert_eq!(stored["content"]["parts"][0], text);
+    // A stream request now replays that end and ends.
+    let replay = read_stream(b.get_stream(&conversation, "", None).await).await;
+    replay.assert_closed_properly();
+    assert_eq!(text_of(&replay.last()), text);
+}
+
+#[tokio::test]
+async fn when_redis_restarts_readers_elsewhere_end_with_bus_failed_and_the_answer_finishes_where_it_runs() {
+    let (a, b, mut redis) = two_replicas().await;
+    let (conversation, message) = long_answer(&a, 150, 20).await;
+    let mut on_a = Live::new(a.get_stream(&conversation, "", None).await);
+    let mut on_b = Live::new(b.get_stream(&conversation, "", None).await);
+    on_a.until_id(5).await;
+    on_b.until_id(5).await;
+
+    redis.restart().await;
+    let ended_b = on_b.rest(Duration::from_secs(20)).await;
+    ended_b.assert_closed_properly();
+    let last = ended_b.last();
+    assert_eq!(last["message"]["status"], "error", "{last}");
+    assert_eq!(last["error"]["code"], "bus_failed", "{last}");
+    let ended_a = on_a.rest(Duration::from_secs(20)).await;
+    ended_a.assert_finished();
+    assert_eq!(ended_a.text(), echo("tell me", 150));
+    let stored = b.stored_message(&conversation, &message).await;
+    assert_eq!(stored["status"], "finished_successfully");
+    assert_eq!(stored["content"]["parts"][0], echo("tell me", 150));
+
+    // The bus is back for the next answer.
+    let (conversation, _) = long_answer(&a, 20, 20).await;
+    let on_b = read_stream(b.get_stream(&conversation, "", None).await).await;
+    on_b.assert_finished();
+    assert_eq!(on_b.text(), echo("tell me", 20));
+}
+
+#[tokio::test]
+async fn an_unreachable_bus_stops_the_start_naming_where_without_the_password() {
+    let store = fresh_database().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = Settings::for_tests();
+    settings.store = StoreKind::Postgres(PostgresUrl(store));
+    settings.bus = Some(BusUrl(format!("redis://:hunter2-secret@127.0.0.1:{port}/0")));
+    let refused = Application::build(settings).await.err().expect("the start fails");
+    let message = refused.to_string();
+    assert!(
+        message.contains(&format!("cannot join the bus at redis://127.0.0.1:{port}/0")),
+        "{message}"
+    );
+    assert!(
+        message.to_lowercase().contains("refused"),
+        "the reason is given: {message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test]
+async fn a_conversation_of_another_client_key_is_not_found_on_another_replica_while_it_is_live() {
+    let redis = RedisServer::start().await;
+    let store = fresh_database().await;
+    let keys =
+        |s: &mut Settings| s.api_keys = Some("alice:sk-alice-0123456789abcdef,bob:sk-bob-0123456789abcdef0".into());
+    let a = replica(&store, &redis, keys).await;
+    let b = replica(&store, &redis, keys).await;
+    let accepted: Value = a
+        .client
+        .post(a.url("/conv"))
+        .bearer_auth("sk-alice-0123456789abcdef")
+        .json(&json!({"content": "tell me [mock:words=200] [mock:delay=20]", "background": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = accepted["conversation_id"].as_str().unwrap();
+    let as_bob = b
+        .client
+        .get(b.url(&format!("/conv/{conversation}/stream")))
+        .bearer_auth("sk-bob-0123456789abcdef0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_bob.status(), 404);
+    let as_alice = b
+        .client
+        .get(b.url(&format!("/conv/{conversation}/stream")))
+        .bearer_auth("sk-alice-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_alice.status(), 200);
+    let (status, _) = b.stop(conversation, None).await;
+    assert_eq!(status, 401, "no key, no stop");
+    let stopped = b
+        .client
+        .post(b.url(&format!("/conv/{conversation}/stop")))
+        .bearer_auth("sk-alice-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.status(), 200);
+}
