@@ -729,7 +729,10 @@ mod tests {
         let other = parse_bus(Some("memcached://u:s3cret-pw@cache:11211"), &postgres)
             .unwrap_err()
             .to_string();
-        assert!(other.contains("memcached://u@cache:11211") && !other.contains("s3cret"), "{other}");
+        assert!(
+            other.contains("memcached://u@cache:11211") && !other.contains("s3cret"),
+            "{other}"
+        );
         for store in [StoreKind::Memory, StoreKind::Sqlite("c.db".into())] {
             let alone = parse_bus(Some("redis://cache:6379/0"), &store).unwrap_err().to_string();
             assert!(alone.contains("--store postgres://"), "{alone}");

@@ -13,7 +13,7 @@ use crate::generation::Generations;
 use crate::generation::bus::{self, BusError, BusGenerations};
 use crate::generation::lane::Unsaved;
 use crate::generation::local::LocalGenerations;
-use crate::limits::LocalLimiter;
+use crate::limits::{Limiter, LocalLimiter};
 use crate::metrics::Metrics;
 use crate::prompts::Presets;
 use crate::relays::Relays;
@@ -87,16 +87,22 @@ impl Application {
             }
         };
         let store = metrics.measure_store(store, kind)?;
-        let generations: Arc<dyn Generations> = match &settings.bus {
+        let (generations, limiter): (Arc<dyn Generations>, Arc<dyn Limiter>) = match &settings.bus {
             Some(url) => {
                 let at = bus::describe(&url.0);
-                log::info!("live answers are shared with the other replicas through Redis at {at}");
+                log::info!(
+                    "live answers, stop requests and client limits are shared with the other replicas through Redis at {at}"
+                );
                 let joined = BusGenerations::join(&url.0, Arc::clone(&store), settings.heartbeat)
                     .await
                     .map_err(|source| StartupError::Bus { at, source })?;
-                Arc::new(joined)
+                let limiter = Arc::new(joined.limiter(settings.limits));
+                (Arc::new(joined), limiter)
             }
-            None => Arc::new(LocalGenerations::default()),
+            None => (
+                Arc::new(LocalGenerations::default()),
+                Arc::new(LocalLimiter::new(settings.limits)),
+            ),
         };
         let router = Router::build(&settings.upstream, &settings.model, settings.max_answer_bytes)?
             .measured_by(Arc::clone(&metrics.upstream));
@@ -135,7 +141,6 @@ impl Application {
                 addr: settings.listen.clone(),
                 source,
             })?;
-        let settings_limits = settings.limits;
         let state = web::Data::new(AppState {
             settings,
             store,
@@ -145,7 +150,7 @@ impl Application {
             unsaved: Arc::new(Unsaved::default()),
             stopping: AtomicBool::new(false),
             keys,
-            limiter: Arc::new(LocalLimiter::new(settings_limits)),
+            limiter,
             relays: Relays::new(),
             metrics,
         });

@@ -63,10 +63,10 @@ impl AppState {
     /// sees anything, so that only a turn that goes upstream counts: its live-answer slot
     /// first (a turn the slot refuses is not counted), then its turn. The slot is held
     /// until the answer has ended.
-    pub fn admit_turn(&self, client: &Client) -> Result<Option<StreamSlot>, ApiError> {
+    pub async fn admit_turn(&self, client: &Client) -> Result<Option<StreamSlot>, ApiError> {
         let limited = client.limit_key();
-        let slot = self.limiter.stream_slot(&limited)?;
-        self.limiter.count_turn(&limited)?;
+        let slot = self.limiter.stream_slot(&limited).await?;
+        self.limiter.count_turn(&limited).await?;
         Ok(slot)
     }
 

@@ -198,6 +198,11 @@ impl BusGenerations {
         })
     }
 
+    /// Per-client limits counted on this bus, for every replica on it.
+    pub fn limiter(&self, limits: crate::config::ClientLimits) -> crate::limits::shared::SharedLimiter {
+        crate::limits::shared::SharedLimiter::new(limits, self.bus.conn.clone(), self.bus.replica.clone())
+    }
+
     /// The newest live answer of `conversation`, on any replica.
     async fn newest(&self, conversation: ConversationId) -> Result<Option<MessageId>, RedisError> {
         let mut conn = self.bus.conn.clone();

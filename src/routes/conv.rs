@@ -39,7 +39,7 @@ pub async fn post(
     let never_alone = background && !turn_request.cancel_unread;
     let turn = turn::prepare(&state, turn_request, &client).await?;
 
-    let slot = state.admit_turn(&client)?;
+    let slot = state.admit_turn(&client).await?;
 
     // Wait for the first token (at most a heartbeat interval) before answering, so that
     // the router can retry and fail over unseen, and a refusal reaches the client as a

@@ -42,7 +42,7 @@ pub async fn chat_completions(
     let asked = CompletionRequest::parse(&body, &state.settings.model)?;
 
     // The slot moves into the response's stream, so it is held until the answer is sent.
-    let slot = state.admit_turn(&client).map_err(OpenAiError)?;
+    let slot = state.admit_turn(&client).await.map_err(OpenAiError)?;
     let mut relayed = state.relays.start();
 
     let opening = Instant::now();

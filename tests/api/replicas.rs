@@ -323,3 +323,54 @@ async fn a_conversation_of_another_client_key_is_not_found_on_another_replica_wh
         .unwrap();
     assert_eq!(stopped.status(), 200);
 }
+
+#[tokio::test]
+async fn a_client_counts_once_across_replicas_for_turns_per_minute() {
+    let redis = RedisServer::start().await;
+    let store = fresh_database().await;
+    let limits = |s: &mut Settings| s.limits.turns_per_minute = Some(2);
+    let a = replica(&store, &redis, limits).await;
+    let b = replica(&store, &redis, limits).await;
+    a.ask("one").await.assert_finished();
+    b.ask("two").await.assert_finished();
+    let refused = a.post_conv(json!({"content": "three"})).await;
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_error(refused, 429, "rate_limit_exceeded").await;
+    assert_error(
+        b.post_conv(json!({"content": "three"})).await,
+        429,
+        "rate_limit_exceeded",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_counts_once_across_replicas_for_live_answers() {
+    let redis = RedisServer::start().await;
+    let store = fresh_database().await;
+    let limits = |s: &mut Settings| s.limits.streams = Some(1);
+    let a = replica(&store, &redis, limits).await;
+    let b = replica(&store, &redis, limits).await;
+    let (conversation, message) = long_answer(&a, 400, 20).await;
+    assert_error(
+        b.post_conv(json!({"content": "another"})).await,
+        429,
+        "too_many_streams",
+    )
+    .await;
+    let (status, _) = b.stop(&conversation, Some(json!({ "message_id": message }))).await;
+    assert_eq!(status, 200);
+    // The place is given back as the answer ends.
+    let asked = Instant::now();
+    loop {
+        let response = b.post_conv(json!({"content": "another"})).await;
+        if response.status() == 200 {
+            read_stream(response).await.assert_finished();
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(asked.elapsed() < Duration::from_secs(5), "the place was not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

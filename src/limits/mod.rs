@@ -1,5 +1,7 @@
 //! Per-client limits: turns per sliding minute, and live answers at once. In-process
-//! behind [`Limiter`], so that a shared one (Redis) can replace it for several gateways.
+//! behind [`Limiter`]; replicas on a bus share theirs through Redis (`shared`).
+
+pub mod shared;
 
 use crate::config::ClientLimits;
 use crate::error::ApiError;
@@ -12,11 +14,12 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// Held by a running answer; dropping it (the answer ended) frees the client's slot.
 pub type StreamSlot = Box<dyn Send + Sync>;
 
+#[async_trait::async_trait]
 pub trait Limiter: Send + Sync + 'static {
     /// Takes one of `client`'s live-answer slots, or refuses (`TooManyStreams`).
-    fn stream_slot(&self, client: &str) -> Result<Option<StreamSlot>, ApiError>;
+    async fn stream_slot(&self, client: &str) -> Result<Option<StreamSlot>, ApiError>;
     /// Counts a turn, or refuses it (`RateLimited`, not counted).
-    fn count_turn(&self, client: &str) -> Result<(), ApiError>;
+    async fn count_turn(&self, client: &str) -> Result<(), ApiError>;
 }
 
 /// The in-process [`Limiter`]. Its memory is bounded by the clients active in the last
@@ -103,8 +106,9 @@ impl Drop for Slot {
     }
 }
 
-impl Limiter for LocalLimiter {
-    fn stream_slot(&self, client: &str) -> Result<Option<StreamSlot>, ApiError> {
+impl LocalLimiter {
+    /// [`Limiter::stream_slot`], without a wait.
+    pub fn take_slot(&self, client: &str) -> Result<Option<StreamSlot>, ApiError> {
         let Some(limit) = self.limits.streams else {
             return Ok(None);
         };
@@ -119,8 +123,15 @@ impl Limiter for LocalLimiter {
             streams: Arc::clone(&self.streams),
         })))
     }
+}
 
-    fn count_turn(&self, client: &str) -> Result<(), ApiError> {
+#[async_trait::async_trait]
+impl Limiter for LocalLimiter {
+    async fn stream_slot(&self, client: &str) -> Result<Option<StreamSlot>, ApiError> {
+        self.take_slot(client)
+    }
+
+    async fn count_turn(&self, client: &str) -> Result<(), ApiError> {
         self.count_turn_at(client, Instant::now())
     }
 }
@@ -166,11 +177,11 @@ mod tests {
     #[test]
     fn a_stream_slot_is_given_back_when_dropped() {
         let l = limiter(None, Some(1));
-        let slot = l.stream_slot("a").unwrap();
-        assert!(matches!(l.stream_slot("a"), Err(ApiError::TooManyStreams(1))));
-        assert!(l.stream_slot("b").is_ok());
+        let slot = l.take_slot("a").unwrap();
+        assert!(matches!(l.take_slot("a"), Err(ApiError::TooManyStreams(1))));
+        assert!(l.take_slot("b").is_ok());
         drop(slot);
-        assert!(l.stream_slot("a").is_ok());
+        assert!(l.take_slot("a").is_ok());
         assert!(
             lock(&l.streams).is_empty(),
             "nothing kept for clients without live answers"
