@@ -14,6 +14,7 @@ mod edge_security;
 mod helpers;
 mod lifecycle;
 mod metrics;
+mod nginx_server;
 mod postgres_server;
 mod postgres_store;
 mod reasoning;

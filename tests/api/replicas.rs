@@ -6,6 +6,7 @@
 //! the answer finishes on A. Real PostgreSQL and Redis servers, started by the tests.
 
 use crate::helpers::*;
+use crate::nginx_server::Nginx;
 use crate::postgres_server::fresh_database;
 use crate::redis_server::RedisServer;
 use crate::shutdown::Gateway;
@@ -373,4 +374,134 @@ async fn a_client_counts_once_across_replicas_for_live_answers() {
         assert!(asked.elapsed() < Duration::from_secs(5), "the place was not given back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn port_of(app: &TestApp) -> u16 {
+    app.address.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// How many stream requests `app` answered with 200, by its `/metrics`.
+async fn streams_served(app: &TestApp) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("chatgate_http_requests_total{")
+                && l.contains(r#"route="/conv/{id}/stream""#)
+                && l.contains(r#"status="200""#)
+        })
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn behind_the_shipped_nginx_config_frames_stream_unbuffered_and_either_replica_resumes() {
+    let (a, b, _redis) = two_replicas().await;
+    let nginx = Nginx::start([port_of(&a), port_of(&b)]).await;
+    let client = reqwest::Client::new();
+    let posted = client
+        .post(nginx.url("/conv"))
+        .header("Accept", "text/event-stream")
+        .json(&json!({"content": "tell me [mock:words=120] [mock:delay=30]"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(posted.headers()["content-type"], "text/event-stream");
+    let mut live = Live::new(posted);
+    let first = live.next_frame().await;
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+    let message = first["message"]["id"].as_str().unwrap().to_owned();
+    // Unbuffered: the first frame came through while the answer is still being written.
+    // (The turn is stored while the answer streams: it may take a moment to be readable.)
+    let stored = loop {
+        let response = client
+            .get(nginx.url(&format!("/conv/{conversation}")))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert_eq!(response.status(), 404);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        stored["mapping"][&message]["message"]["status"], "in_progress",
+        "{stored}"
+    );
+    let seen = live.until_id(10).await;
+    let seen_id = last_id(&live);
+    drop(live);
+
+    // Round robin: the two resumes reach both replicas, one of which did not start it.
+    let before = streams_served(&a).await + streams_served(&b).await;
+    let (served_a, served_b) = (streams_served(&a).await, streams_served(&b).await);
+    for _ in 0..2 {
+        let resumed = client
+            .get(nginx.url(&format!("/conv/{conversation}/stream?message_id={message}&delta=true")))
+            .header("Last-Event-ID", seen_id.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resumed.status(), 200);
+        let resumed = read_stream(resumed).await;
+        resumed.assert_finished();
+        let after: String = resumed.frames().iter().map(|f| text_of(f).to_owned()).collect();
+        assert_eq!(format!("{}{after}", text_of(&seen)), echo("tell me", 120));
+    }
+    assert_eq!(streams_served(&a).await + streams_served(&b).await, before + 2.0);
+    assert_eq!(
+        streams_served(&a).await,
+        served_a + 1.0,
+        "each replica served one resume"
+    );
+    assert_eq!(
+        streams_served(&b).await,
+        served_b + 1.0,
+        "each replica served one resume"
+    );
+
+    // Stop through nginx, whichever replica it reaches.
+    let accepted: Value = client
+        .post(nginx.url("/conv"))
+        .json(&json!({"content": "tell me [mock:words=400] [mock:delay=20]", "background": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = accepted["conversation_id"].as_str().unwrap();
+    let mut following = Live::new(
+        client
+            .get(nginx.url(&format!("/conv/{conversation}/stream")))
+            .send()
+            .await
+            .unwrap(),
+    );
+    following.until_id(3).await;
+    for _ in 0..2 {
+        let stopped: Value = client
+            .post(nginx.url(&format!("/conv/{conversation}/stop")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stopped == json!({"stopped": true}) {
+            break;
+        }
+    }
+    let ended = following.rest(Duration::from_secs(10)).await;
+    ended.assert_closed_properly();
+    assert_eq!(ended.last()["message"]["status"], "finished_partial_completion");
 }
