@@ -39,6 +39,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -127,13 +128,52 @@ enum Write {
     },
 }
 
+/// Chunk bytes that may wait for Redis: past this (Redis is slow or hung), chunks are left
+/// out, and readers elsewhere end with `bus_failed` at the gap, rather than the queue
+/// growing without end. Ends are always queued.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// The way to the writer task.
+#[derive(Clone)]
+struct Writes {
+    sender: mpsc::UnboundedSender<Write>,
+    /// Bytes of chunk text queued and not yet sent.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Writes {
+    /// Queues a chunk; `false` when it was left out.
+    fn chunk(&self, message: MessageId, n: u64, text: &str, reasoning: &str) -> bool {
+        let bytes = text.len() + reasoning.len();
+        if self.queued.fetch_add(bytes, Ordering::Relaxed) > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        let _ = self.sender.send(Write::Chunk {
+            message,
+            n,
+            text: text.to_owned(),
+            reasoning: reasoning.to_owned(),
+        });
+        true
+    }
+
+    fn end(&self, identity: &AnswerIdentity, n: u64, end: &End) {
+        let _ = self.sender.send(Write::End {
+            identity: Box::new(identity.clone()),
+            n,
+            end: encode_end(end),
+        });
+    }
+}
+
 /// The replica's side of the bus, shared by its registry and its tasks.
 struct Bus {
     client: Client,
     conn: ConnectionManager,
     /// This replica's id: a new one at every start.
     replica: String,
-    writes: mpsc::UnboundedSender<Write>,
+    writes: Writes,
     store: Arc<dyn Store>,
     heartbeat: Duration,
     /// Readers on other replicas of this replica's answers, until their lapse.
@@ -175,7 +215,11 @@ impl BusGenerations {
         let replica = uuid::Uuid::new_v4().to_string();
         renew_lease(&mut conn, &replica).await?;
         let control = connection(&client).await?;
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (sender, queue) = mpsc::unbounded_channel();
+        let writes = Writes {
+            sender,
+            queued: Arc::default(),
+        };
         let bus = Arc::new(Bus {
             client,
             conn: conn.clone(),
@@ -186,7 +230,7 @@ impl BusGenerations {
             watched: Mutex::default(),
         });
         let own = Arc::new(LocalGenerations::default());
-        tokio::spawn(write(conn.clone(), queue));
+        tokio::spawn(write(conn.clone(), queue, Arc::clone(&bus.writes.queued)));
         tokio::spawn(keep_lease(Arc::downgrade(&bus)));
         tokio::spawn(control_loop(Arc::downgrade(&bus), Arc::downgrade(&own), control));
         log::info!("replica {} joined the bus", bus.replica);
@@ -541,15 +585,20 @@ impl Follower {
                 return Ok(true);
             }
         }
-        let (alive, exists): (bool, bool) = redis::pipe()
+        let (alive, exists, announced): (bool, bool, bool) = redis::pipe()
             .cmd("EXISTS")
             .arg(lease_key(&self.replica))
             .cmd("EXISTS")
             .arg(frames_key(self.message))
+            .cmd("EXISTS")
+            .arg(answer_key(self.message))
             .query_async(&mut self.conn)
             .await?;
-        if !exists && self.chunks > 0 {
-            return Err(Broken::Gap("the answer's stream is gone (was Redis restarted?)".into()));
+        // Kept until well after the end: gone, the bus lost them (Redis restarted empty).
+        if (!exists && self.chunks > 0) || !announced {
+            return Err(Broken::Gap(
+                "the answer is gone from the bus (was Redis restarted?)".into(),
+            ));
         }
         if !alive {
             self.end_for_the_dead(producer).await?;
@@ -798,10 +847,11 @@ async fn stop_here(own: &LocalGenerations, message: MessageId) -> bool {
 }
 
 /// Sends the chunks and ends of this replica's answers, a pipeline at a time.
-async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Write>) {
+async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Write>, queued: Arc<AtomicUsize>) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut pipe = redis::pipe();
+        let mut bytes = 0;
         for write in batch.drain(..) {
             match write {
                 Write::Chunk {
@@ -810,6 +860,7 @@ async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<W
                     text,
                     reasoning,
                 } => {
+                    bytes += text.len() + reasoning.len();
                     let command = pipe
                         .cmd("XADD")
                         .arg(frames_key(message))
@@ -832,7 +883,9 @@ async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<W
                 }
             }
         }
-        if let Err(e) = pipe.exec_async(&mut conn).await {
+        let sent = pipe.exec_async(&mut conn).await;
+        queued.fetch_sub(bytes, Ordering::Relaxed);
+        if let Err(e) = sent {
             log::warn!("the bus did not take a batch of chunks: {e}");
         }
     }
@@ -844,19 +897,27 @@ struct BusProducer {
     local: Box<dyn Producer>,
     identity: AnswerIdentity,
     chunks: u64,
-    writes: mpsc::UnboundedSender<Write>,
+    writes: Writes,
+    /// Chunks were left off the bus (logged once).
+    left_off: bool,
 }
 
 impl Producer for BusProducer {
     fn append(&mut self, text: &str, reasoning: &str) {
         self.local.append(text, reasoning);
         self.chunks += 1;
-        let _ = self.writes.send(Write::Chunk {
-            message: self.identity.message_id,
-            n: self.chunks,
-            text: text.to_owned(),
-            reasoning: reasoning.to_owned(),
-        });
+        if !self
+            .writes
+            .chunk(self.identity.message_id, self.chunks, text, reasoning)
+            && !self.left_off
+        {
+            self.left_off = true;
+            log::warn!(
+                "answer {}: chunks left off the bus from chunk {}, as it is not keeping up: readers on other replicas end with bus_failed",
+                self.identity.message_id,
+                self.chunks
+            );
+        }
     }
 
     fn heartbeat(&mut self) {
@@ -864,11 +925,7 @@ impl Producer for BusProducer {
     }
 
     fn finish(&mut self, end: End) {
-        let _ = self.writes.send(Write::End {
-            identity: Box::new(self.identity.clone()),
-            n: self.chunks + 1,
-            end: encode_end(&end),
-        });
+        self.writes.end(&self.identity, self.chunks + 1, &end);
         self.local.finish(end);
     }
 
@@ -935,6 +992,7 @@ impl Generations for BusGenerations {
             identity,
             chunks: 0,
             writes: self.bus.writes.clone(),
+            left_off: false,
         })
     }
 

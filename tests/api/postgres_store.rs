@@ -8,6 +8,7 @@ use chatgate::config::{PostgresUrl, Settings, StoreKind, UpstreamKind};
 use chatgate::startup::Application;
 use mockllm::MockLlm;
 use serde_json::json;
+use std::time::Duration;
 
 async fn gateway_on(url: &str) -> TestApp {
     let mock = MockLlm::start("127.0.0.1:0").unwrap();
@@ -87,4 +88,112 @@ async fn an_unreachable_postgres_stops_the_start_naming_where_without_the_passwo
     assert!(message.contains("cannot open the conversation store"), "{message}");
     assert!(message.contains("Connection refused"), "the reason is given: {message}");
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+/// A TCP relay to PostgreSQL that a test can cut (every connection closed, new ones
+/// refused) and restore: the database becoming unreachable while the gateway runs.
+struct Cuttable {
+    port: u16,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Cuttable {
+    async fn to(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(tokio::sync::watch::channel(true).0);
+        let relay_open = std::sync::Arc::clone(&open);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*relay_open.borrow() {
+                    // Refused: closed at once.
+                    continue;
+                }
+                let mut cut = relay_open.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|open| !open) => {}
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+fn port_in(url: &str) -> u16 {
+    let after_host = url.rsplit_once(':').unwrap().1;
+    after_host.split('/').next().unwrap().parse().unwrap()
+}
+
+/// (status, content) of message `id`, read from the database itself.
+async fn row(url: &str, id: &str) -> (String, String) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let id = uuid::Uuid::parse_str(id).unwrap();
+    let row = client
+        .query_one("SELECT status, content FROM messages WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let content: Vec<u8> = row.get(1);
+    (row.get(0), String::from_utf8(content).unwrap())
+}
+
+#[tokio::test]
+async fn postgres_unreachable_mid_answer_ends_it_with_store_failed_and_a_retry_stores_it_when_back() {
+    let url = fresh_database().await;
+    let relay = Cuttable::to(port_in(&url)).await;
+    let relayed = url.replace(&format!(":{}/", port_in(&url)), &format!(":{}/", relay.port));
+    let app = gateway_on(&relayed).await;
+    let accepted = app
+        .background(json!({"content": "cut off [mock:words=60] [mock:delay=20]"}))
+        .await;
+    let conversation = accepted["conversation_id"].as_str().unwrap().to_owned();
+    let message = accepted["message_id"].as_str().unwrap().to_owned();
+    let mut reader = Live::new(app.get_stream(&conversation, "", None).await);
+    reader.until_id(5).await;
+    // The turn is stored while the answer streams: wait for it before the cut.
+    while app.get_json(&format!("/conv/{conversation}")).await.0 != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    relay.cut();
+    let ended = reader.rest(Duration::from_secs(60)).await;
+    ended.assert_closed_properly();
+    let last = ended.last();
+    assert_eq!(last["message"]["status"], "error", "{last}");
+    assert_eq!(last["error"]["code"], "store_failed", "{last}");
+    assert_eq!(text_of(&last), echo("cut off", 60), "the text is all there");
+    assert_eq!(
+        row(&url, &message).await.0,
+        "in_progress",
+        "the database has not taken the end"
+    );
+    app.registry_empties().await;
+
+    relay.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while row(&url, &message).await.0 == "in_progress" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        row(&url, &message).await,
+        ("finished_successfully".into(), echo("cut off", 60)),
+        "a retry stored the answer once the database was back"
+    );
 }

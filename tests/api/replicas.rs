@@ -505,3 +505,47 @@ async fn behind_the_shipped_nginx_config_frames_stream_unbuffered_and_either_rep
     ended.assert_closed_properly();
     assert_eq!(ended.last()["message"]["status"], "finished_partial_completion");
 }
+
+#[tokio::test]
+async fn sigterm_on_a_replica_ends_its_answers_with_gateway_stopping_for_readers_everywhere_and_stores_them() {
+    let redis = RedisServer::start().await;
+    let store = fresh_database().await;
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let long = "tell me a long story [mock:words=400] [mock:delay=20]";
+    let mut a = Gateway::start_replica(&store, &redis.url(), &mock, dir.path(), &["--shutdown-grace", "1"]).await;
+    let b = replica(&store, &redis, |_| {}).await;
+    let mut on_a = a.stream(long).await;
+    let first = on_a.next_frame().await;
+    let streamed = (
+        first["conversation_id"].as_str().unwrap().to_owned(),
+        first["message"]["id"].as_str().unwrap().to_owned(),
+    );
+    let background = a.background(long).await;
+    let mut on_b = Live::new(b.get_stream(&background.0, "", None).await);
+    on_b.until_id(3).await;
+
+    a.signal("TERM");
+    let ended_a = on_a.rest(Duration::from_secs(15)).await;
+    let ended_b = on_b.rest(Duration::from_secs(15)).await;
+    for ended in [&ended_a, &ended_b] {
+        ended.assert_closed_properly();
+        let last = ended.last();
+        assert_eq!(last["message"]["status"], "error", "{last}");
+        assert_eq!(last["error"]["code"], "gateway_stopping", "{last}");
+        assert!(text_of(&last).starts_with("Echo: tell me a long story w1"), "{last}");
+    }
+    let status = a.exits_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    for ((conversation, message), ended) in [(&streamed, &ended_a), (&background, &ended_b)] {
+        let stored = b.stored_message(conversation, message).await;
+        assert_eq!(stored["status"], "error", "{stored}");
+        assert_eq!(stored["metadata"]["error"]["code"], "gateway_stopping", "{stored}");
+        assert_eq!(
+            stored["content"]["parts"][0],
+            text_of(&ended.last()),
+            "the stored text is the last frame's"
+        );
+    }
+}
