@@ -9,11 +9,19 @@ use crate::conversation::Store;
 use crate::conversation::group_commit;
 use crate::conversation::metered::MeteredStore;
 use crate::upstream::metered::UpstreamMetrics;
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 
 /// The Content-Type of the text exposition format.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Counted by the bus's writer once per pipeline, never per chunk on the answer's path.
+#[derive(Clone)]
+pub struct BusCounters {
+    pub round_trips: IntCounter,
+    pub chunks: IntCounter,
+    pub failed: IntCounter,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +67,26 @@ impl Metrics {
     /// `store`, its writes timed (`kind` labels them: `sqlite`, `memory`).
     pub fn measure_store(&self, store: Arc<dyn Store>, kind: &str) -> Result<Arc<dyn Store>, prometheus::Error> {
         Ok(Arc::new(MeteredStore::new(store, kind, &self.registry)?))
+    }
+
+    /// What the bus's writer counts (only a replica on a bus has them).
+    pub fn bus_counters(&self) -> Result<BusCounters, prometheus::Error> {
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let counter = IntCounter::new(name, help)?;
+            self.registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        Ok(BusCounters {
+            round_trips: counter(
+                "chatgate_bus_round_trips_total",
+                "Pipelines of chunks and ends this replica sent to Redis (one round trip each).",
+            )?,
+            chunks: counter("chatgate_bus_chunks_total", "Chunks this replica sent to Redis.")?,
+            failed: counter(
+                "chatgate_bus_write_errors_total",
+                "Pipelines Redis did not take (their chunks are missing on the bus).",
+            )?,
+        })
     }
 
     /// Everything in the text exposition format, with `live` answers running now.

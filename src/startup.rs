@@ -93,7 +93,8 @@ impl Application {
                 log::info!(
                     "live answers, stop requests and client limits are shared with the other replicas through Redis at {at}"
                 );
-                let joined = BusGenerations::join(&url.0, Arc::clone(&store), settings.heartbeat)
+                let counters = metrics.bus_counters()?;
+                let joined = BusGenerations::join(&url.0, Arc::clone(&store), settings.heartbeat, counters)
                     .await
                     .map_err(|source| StartupError::Bus { at, source })?;
                 let limiter = Arc::new(joined.limiter(settings.limits));

@@ -31,6 +31,7 @@ use super::{End, Generations, Producer, ReadFrom, Reader, Signal, Snapshot, Targ
 use crate::conversation::store::AnswerUpdate;
 use crate::conversation::{ConversationId, FinishType, MessageId, Status, Store, Usage};
 use crate::error::{ApiError, ErrorBody};
+use crate::metrics::BusCounters;
 use crate::wire::chatgpt::AnswerIdentity;
 use actix_web::http::StatusCode;
 use async_trait::async_trait;
@@ -204,7 +205,12 @@ async fn connection(client: &Client) -> Result<MultiplexedConnection, RedisError
 
 impl BusGenerations {
     /// Joins the bus at `url`: connects, takes a lease and starts the replica's tasks.
-    pub async fn join(url: &str, store: Arc<dyn Store>, heartbeat: Duration) -> Result<Self, BusError> {
+    pub async fn join(
+        url: &str,
+        store: Arc<dyn Store>,
+        heartbeat: Duration,
+        counters: BusCounters,
+    ) -> Result<Self, BusError> {
         let client = Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
@@ -230,7 +236,7 @@ impl BusGenerations {
             watched: Mutex::default(),
         });
         let own = Arc::new(LocalGenerations::default());
-        tokio::spawn(write(conn.clone(), queue, Arc::clone(&bus.writes.queued)));
+        tokio::spawn(write(conn.clone(), queue, Arc::clone(&bus.writes.queued), counters));
         tokio::spawn(keep_lease(Arc::downgrade(&bus)));
         tokio::spawn(control_loop(Arc::downgrade(&bus), Arc::downgrade(&own), control));
         log::info!("replica {} joined the bus", bus.replica);
@@ -847,11 +853,16 @@ async fn stop_here(own: &LocalGenerations, message: MessageId) -> bool {
 }
 
 /// Sends the chunks and ends of this replica's answers, a pipeline at a time.
-async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Write>, queued: Arc<AtomicUsize>) {
+async fn write(
+    mut conn: ConnectionManager,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    queued: Arc<AtomicUsize>,
+    counters: BusCounters,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut pipe = redis::pipe();
-        let mut bytes = 0;
+        let (mut bytes, mut chunks) = (0, 0);
         for write in batch.drain(..) {
             match write {
                 Write::Chunk {
@@ -861,6 +872,7 @@ async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<W
                     reasoning,
                 } => {
                     bytes += text.len() + reasoning.len();
+                    chunks += 1;
                     let command = pipe
                         .cmd("XADD")
                         .arg(frames_key(message))
@@ -885,7 +897,10 @@ async fn write(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<W
         }
         let sent = pipe.exec_async(&mut conn).await;
         queued.fetch_sub(bytes, Ordering::Relaxed);
+        counters.round_trips.inc();
+        counters.chunks.inc_by(chunks);
         if let Err(e) = sent {
+            counters.failed.inc();
             log::warn!("the bus did not take a batch of chunks: {e}");
         }
     }

@@ -90,6 +90,12 @@ async fn a_second_tab_on_another_replica_follows_the_answer_with_the_same_frames
     let (ids_a, ids_b) = (ids(&on_a), ids(&on_b));
     assert_eq!(ids_b.last(), ids_a.last(), "frame ids count the same chunks");
     assert!(ids_b.windows(2).all(|w| w[0] < w[1]), "{ids_b:?}");
+    // A sent every chunk to the bus, and says in how many round trips.
+    let chunks = ids_a.last().unwrap() - 1;
+    assert_eq!(metric(&a, "chatgate_bus_chunks_total").await, chunks as f64);
+    let round_trips = metric(&a, "chatgate_bus_round_trips_total").await;
+    assert!((1.0..=(chunks + 1) as f64).contains(&round_trips), "{round_trips}");
+    assert_eq!(metric(&a, "chatgate_bus_write_errors_total").await, 0.0);
 
     // Ended: B replays it from the store, as A does.
     let replay = read_stream(b.get_stream(&conversation, "", Some("5")).await).await;
@@ -374,6 +380,24 @@ async fn a_client_counts_once_across_replicas_for_live_answers() {
         assert!(asked.elapsed() < Duration::from_secs(5), "the place was not given back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of the unlabelled metric `name` on `app`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
 }
 
 fn port_of(app: &TestApp) -> u16 {
