@@ -17,7 +17,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the chatgate binary `bin` on a free port against the mock on `mock_port`;
     /// with `keys`, every request needs the client key the load client sends.
-    pub async fn start(bin: &Path, mock_port: u16, store: &str, keys: bool) -> io::Result<Self> {
+    pub async fn start(bin: &Path, mock_port: u16, store: &str, bus: Option<&str>, keys: bool) -> io::Result<Self> {
         let mut command = Command::new(bin);
         command
             .args(["--listen", "127.0.0.1:0"])
@@ -26,6 +26,9 @@ impl Gateway {
             .args(["--store", store])
             .args(["--upstream-idle-timeout", "600"])
             .env("RUST_LOG", "warn");
+        if let Some(bus) = bus {
+            command.args(["--bus", bus]);
+        }
         if keys {
             command.args(["--api-keys", "bench:bench-client-key"]);
         }
@@ -171,4 +174,16 @@ pub fn rss_kib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// The text of `GET /metrics` at `addr`.
+pub async fn metrics(addr: SocketAddr) -> io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
 }

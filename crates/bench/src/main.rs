@@ -55,9 +55,10 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Another chatgate to measure in the same run, interleaved with the first, as
-    /// `NAME=BIN[,store=STORE][,delta][,keys][,v1]`: an older build, or the same build with
-    /// `store=memory` or with client keys on (`keys`: `--api-keys`, which every request
-    /// then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
+    /// `NAME=BIN[,store=STORE][,bus=URL][,delta][,keys][,v1]`: an older build, or the same
+    /// build with `store=memory`, on a bus (`bus=redis://…` with `store=postgres://…`: the
+    /// bus's own figures are printed after the table) or with client keys on (`keys`:
+    /// `--api-keys`, which every request then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
     /// `delta` adds a column for its delta frames, `v1` one for its `/v1/chat/completions`
     /// (the first chatgate has both). Every column runs on a chatgate process of its own.
     /// May be given several times.
@@ -104,6 +105,7 @@ struct Chatgate {
     name: String,
     bin: PathBuf,
     store_kind: Option<String>,
+    bus: Option<String>,
     process: gateway::Gateway,
     /// Measured in delta mode too, in a column of its own, on a process of its own.
     delta: Option<gateway::Gateway>,
@@ -119,22 +121,24 @@ struct Spec {
     name: String,
     bin: PathBuf,
     store: Option<String>,
+    bus: Option<String>,
     delta: bool,
     keys: bool,
     v1: bool,
 }
 
-/// `NAME=BIN[,store=STORE][,delta][,keys][,v1]`.
+/// `NAME=BIN[,store=STORE][,bus=URL][,delta][,keys][,v1]`.
 fn parse_also(spec: &str) -> Result<Spec, String> {
     let (name, rest) = spec
         .split_once('=')
-        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,delta][,keys][,v1]"))?;
+        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,bus=URL][,delta][,keys][,v1]"))?;
     let mut parts = rest.split(',');
     let bin = PathBuf::from(parts.next().unwrap_or_default());
-    let (mut store, mut delta, mut keys, mut v1) = (None, false, false, false);
+    let (mut store, mut bus, mut delta, mut keys, mut v1) = (None, None, false, false, false);
     for part in parts {
         match part.split_once('=') {
             Some(("store", value)) => store = Some(value.to_owned()),
+            Some(("bus", value)) => bus = Some(value.to_owned()),
             None if part == "delta" => delta = true,
             None if part == "keys" => keys = true,
             None if part == "v1" => v1 = true,
@@ -145,6 +149,7 @@ fn parse_also(spec: &str) -> Result<Spec, String> {
         name: name.to_owned(),
         bin,
         store,
+        bus,
         delta,
         keys,
         v1,
@@ -174,6 +179,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         name: "chatgate".to_owned(),
         bin: args.gateway_bin.clone(),
         store: args.store.clone(),
+        bus: None,
         delta: true,
         keys: false,
         v1: true,
@@ -186,6 +192,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         name,
         bin,
         store: store_kind,
+        bus,
         delta,
         keys,
         v1,
@@ -195,10 +202,10 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // would hold their connections and their answers' memory at once, and its columns
         // would read differently from the same build's in a column of its own.
         let start = |column: String| {
-            let (bin, fresh) = (&bin, &fresh);
+            let (bin, fresh, bus) = (&bin, &fresh, bus.as_deref());
             let store = store_kind.clone().unwrap_or_else(|| fresh(&column.replace(' ', "-")));
             async move {
-                let process = gateway::Gateway::start(bin, mock.port, &store, keys).await?;
+                let process = gateway::Gateway::start(bin, mock.port, &store, bus, keys).await?;
                 eprintln!(
                     "{column}: {} on http://{} (pid {}, store {store})",
                     bin.display(),
@@ -221,6 +228,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             name,
             bin,
             store_kind,
+            bus,
             process,
             delta,
             keys,
@@ -564,7 +572,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         for (i, gw) in chatgates.iter().enumerate() {
             eprintln!("memory per reader of one generation, {}…", gw.name);
             let store = gw.store_kind.clone().unwrap_or_else(|| fresh(&format!("readers-{i}")));
-            let process = gateway::Gateway::start(&gw.bin, mock.port, &store, gw.keys).await?;
+            let process = gateway::Gateway::start(&gw.bin, mock.port, &store, gw.bus.as_deref(), gw.keys).await?;
             let mut columns_of = targets
                 .iter()
                 .enumerate()
@@ -705,6 +713,9 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     table.print();
+    for gw in chatgates.iter().filter(|gw| gw.bus.is_some()) {
+        println!("\n{}", bus_figures(gw).await);
+    }
     println!("\nOther processes on the machine: {}", quiet.summary());
     drop(chatgates);
     let _ = std::fs::remove_dir_all(&dir);
@@ -925,4 +936,36 @@ impl Table {
             println!("{line}");
         }
     }
+}
+
+/// What a chatgate on a bus says of its round trips to Redis, from its `/metrics`.
+async fn bus_figures(gw: &Chatgate) -> String {
+    let mut said = Vec::new();
+    for process in [Some(&gw.process), gw.delta.as_ref(), gw.v1.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let text = gateway::metrics(process.addr).await.unwrap_or_default();
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .and_then(|l| l.rsplit_once(' '))
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let (trips, chunks) = (
+            value("chatgate_bus_round_trips_total"),
+            value("chatgate_bus_chunks_total"),
+        );
+        said.push(format!(
+            "{chunks} chunks in {trips} round trips ({:.3} per chunk), {} failed",
+            trips / chunks,
+            value("chatgate_bus_write_errors_total")
+        ));
+    }
+    format!(
+        "{} on the bus (per process: /conv, delta, /v1): {}",
+        gw.name,
+        said.join("; ")
+    )
 }
