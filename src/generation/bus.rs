@@ -787,8 +787,13 @@ async fn control_loop(
                 .unwrap_or_default(),
             Err(e) => {
                 log::warn!("replica {}: the control stream could not be read: {e}", bus.replica);
+                let client = bus.client.clone();
                 drop((bus, own));
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                // A connection of its own does not come back by itself (Redis restarted).
+                if let Ok(again) = connection(&client).await {
+                    conn = again;
+                }
                 continue;
             }
         };

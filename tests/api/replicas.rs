@@ -252,11 +252,15 @@ async fn when_redis_restarts_readers_elsewhere_end_with_bus_failed_and_the_answe
     assert_eq!(stored["status"], "finished_successfully");
     assert_eq!(stored["content"]["parts"][0], echo("tell me", 150));
 
-    // The bus is back for the next answer.
-    let (conversation, _) = long_answer(&a, 20, 20).await;
-    let on_b = read_stream(b.get_stream(&conversation, "", None).await).await;
-    on_b.assert_finished();
-    assert_eq!(on_b.text(), echo("tell me", 20));
+    // The bus is back for the next answer: followed, and stopped, from B.
+    let (conversation, message) = long_answer(&a, 400, 20).await;
+    let mut on_b = Live::new(b.get_stream(&conversation, "", None).await);
+    on_b.until_id(3).await;
+    let (status, body) = b.stop(&conversation, Some(json!({ "message_id": message }))).await;
+    assert_eq!((status, body), (200, json!({"stopped": true})));
+    let ended = on_b.rest(Duration::from_secs(10)).await;
+    ended.assert_closed_properly();
+    assert_eq!(ended.last()["message"]["status"], "finished_partial_completion");
 }
 
 #[tokio::test]

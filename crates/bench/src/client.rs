@@ -29,6 +29,9 @@ pub struct Target {
     pub path: String,
     pub protocol: Protocol,
     pub model: String,
+    /// Where readers follow and resume its answers (`GET /conv/{id}/stream`), when not at
+    /// `addr`: another replica on the same bus.
+    pub follow_at: Option<SocketAddr>,
 }
 
 /// What one streamed answer looked like from the client.

@@ -67,7 +67,7 @@ fn attach(
     expect: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<Seen> {
     let delta = delta_of(target) == Some(true);
-    let (addr, path) = (target.addr, path.to_owned());
+    let (addr, path) = (target.follow_at.unwrap_or(target.addr), path.to_owned());
     let (opened, all_open) = (Arc::clone(opened), Arc::clone(all_open));
     tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -159,12 +159,13 @@ pub struct Fanout {
 
 /// Starts one paced answer with `"background": true`, attaches `readers` followers with
 /// `GET /conv/{id}/stream` while it waits after its first chunk, then lets it run and
-/// measures the gateway's CPU. For an OpenAI-compatible target (the pump) there is no
+/// measures the CPU of the gateway's processes (`pids`: with readers on another replica,
+/// both). For an OpenAI-compatible target (the pump) there is no
 /// fan-out: `readers` answers of the same shape run side by side, one per reader.
 pub async fn fanout(
     mock: &Mock,
     target: &Target,
-    pid: u32,
+    pids: &[u32],
     readers: usize,
     chunks: usize,
     pace: Duration,
@@ -230,13 +231,14 @@ pub async fn fanout(
         while mock.written() < written + margin {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let (cpu0, n0) = (gateway::cpu_ns(pid), mock.written());
+        let cpu = || pids.iter().map(|&pid| gateway::cpu_ns(pid)).sum::<f64>();
+        let (cpu0, n0) = (cpu(), mock.written());
         while mock.written() < last {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // the chunks written by now have reached the gateway, not yet every reader
         tokio::time::sleep(pace / 2).await;
-        (gateway::cpu_ns(pid) - cpu0, mock.written() - n0)
+        (cpu() - cpu0, mock.written() - n0)
     };
     let (cpu_ns, window_chunks) = tokio::time::timeout(Duration::from_secs(60), window)
         .await
@@ -380,7 +382,8 @@ async fn resume_once(target: &Target, delta: bool, chunks: usize, pause: Duratio
         if delta { "&delta=true" } else { "" }
     );
     let start = crate::clock::now_ns();
-    let mut resumed: Response = follow::request(target.addr, "GET", &path, &[format!("last-event-id: {id}")], "")
+    let at = target.follow_at.unwrap_or(target.addr);
+    let mut resumed: Response = follow::request(at, "GET", &path, &[format!("last-event-id: {id}")], "")
         .await
         .ok()?;
     if resumed.status != 200 {

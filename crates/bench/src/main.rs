@@ -55,10 +55,12 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Another chatgate to measure in the same run, interleaved with the first, as
-    /// `NAME=BIN[,store=STORE][,bus=URL][,delta][,keys][,v1]`: an older build, or the same
-    /// build with `store=memory`, on a bus (`bus=redis://…` with `store=postgres://…`: the
-    /// bus's own figures are printed after the table) or with client keys on (`keys`:
-    /// `--api-keys`, which every request then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
+    /// `NAME=BIN[,store=STORE][,bus=URL][,across][,delta][,keys][,v1]`: an older build, or
+    /// the same build with `store=memory`, on a bus (`bus=redis://…` with
+    /// `store=postgres://…`: the bus's own figures are printed after the table; `across`: a
+    /// second replica on the same store and bus, where readers follow and resume the
+    /// answers the first generates, both processes' CPU counted) or with client keys on
+    /// (`keys`: `--api-keys`, which every request then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
     /// `delta` adds a column for its delta frames, `v1` one for its `/v1/chat/completions`
     /// (the first chatgate has both). Every column runs on a chatgate process of its own.
     /// May be given several times.
@@ -107,6 +109,8 @@ struct Chatgate {
     store_kind: Option<String>,
     bus: Option<String>,
     process: gateway::Gateway,
+    /// The second replica, where readers follow (`across`).
+    across: Option<gateway::Gateway>,
     /// Measured in delta mode too, in a column of its own, on a process of its own.
     delta: Option<gateway::Gateway>,
     /// Started with a client key, which every request then carries.
@@ -122,23 +126,25 @@ struct Spec {
     bin: PathBuf,
     store: Option<String>,
     bus: Option<String>,
+    across: bool,
     delta: bool,
     keys: bool,
     v1: bool,
 }
 
-/// `NAME=BIN[,store=STORE][,bus=URL][,delta][,keys][,v1]`.
+/// `NAME=BIN[,store=STORE][,bus=URL][,across][,delta][,keys][,v1]`.
 fn parse_also(spec: &str) -> Result<Spec, String> {
-    let (name, rest) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,bus=URL][,delta][,keys][,v1]"))?;
+    let (name, rest) = spec.split_once('=').ok_or_else(|| {
+        format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,bus=URL][,across][,delta][,keys][,v1]")
+    })?;
     let mut parts = rest.split(',');
     let bin = PathBuf::from(parts.next().unwrap_or_default());
-    let (mut store, mut bus, mut delta, mut keys, mut v1) = (None, None, false, false, false);
+    let (mut store, mut bus, mut across, mut delta, mut keys, mut v1) = (None, None, false, false, false, false);
     for part in parts {
         match part.split_once('=') {
             Some(("store", value)) => store = Some(value.to_owned()),
             Some(("bus", value)) => bus = Some(value.to_owned()),
+            None if part == "across" => across = true,
             None if part == "delta" => delta = true,
             None if part == "keys" => keys = true,
             None if part == "v1" => v1 = true,
@@ -150,6 +156,7 @@ fn parse_also(spec: &str) -> Result<Spec, String> {
         bin,
         store,
         bus,
+        across,
         delta,
         keys,
         v1,
@@ -180,6 +187,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         bin: args.gateway_bin.clone(),
         store: args.store.clone(),
         bus: None,
+        across: false,
         delta: true,
         keys: false,
         v1: true,
@@ -193,6 +201,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         bin,
         store: store_kind,
         bus,
+        across,
         delta,
         keys,
         v1,
@@ -216,6 +225,10 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         let process = start(name.clone()).await?;
+        let across = match across {
+            true => Some(start(format!("{name} replica B")).await?),
+            false => None,
+        };
         let delta = match delta {
             true => Some(start(format!("{name} delta")).await?),
             false => None,
@@ -230,6 +243,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             store_kind,
             bus,
             process,
+            across,
             delta,
             keys,
             v1,
@@ -242,9 +256,12 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         path: "/v1/chat/completions".into(),
         protocol: Protocol::OpenAi,
         model: "bench".into(),
+        follow_at: None,
     };
     let mut targets = vec![direct.clone()];
     let mut pids = vec![None];
+    // The second replica of a column whose readers follow there.
+    let mut follow_pids = vec![None];
     for gw in &chatgates {
         let full = Target {
             name: gw.name.clone(),
@@ -252,9 +269,15 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             path: "/conv".into(),
             protocol: Protocol::Conv { delta: false },
             model: "bench".into(),
+            follow_at: gw.across.as_ref().map(|b| b.addr),
         };
         targets.push(full.clone());
         pids.push(Some(gw.process.pid));
+        follow_pids.push(gw.across.as_ref().map(|b| b.pid));
+        let full = Target {
+            follow_at: None,
+            ..full
+        };
         // The same build asked for delta frames: the gateway's own cost, without the
         // whole-text frames that grow with the answer.
         if let Some(process) = &gw.delta {
@@ -265,6 +288,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..full.clone()
             });
             pids.push(Some(process.pid));
+            follow_pids.push(None);
         }
         // The same build's OpenAI-compatible endpoint, as an SDK would use it.
         if let Some(process) = &gw.v1 {
@@ -276,6 +300,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..full
             });
             pids.push(Some(process.pid));
+            follow_pids.push(None);
         }
     }
     if let Some(peer) = &args.peer {
@@ -286,8 +311,10 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             path: format!("{path}/chat/completions"),
             protocol: Protocol::OpenAi,
             model: args.peer_model.clone(),
+            follow_at: None,
         });
         pids.push(args.peer_pid);
+        follow_pids.push(None);
     }
     // The floor: what one read and one write per chunk cost, with no HTTP in between.
     let pump = match args.no_pump {
@@ -302,6 +329,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..direct.clone()
         });
         pids.push(Some(pump.pid));
+        follow_pids.push(None);
         pump_column = Some(targets.len() - 2);
     }
     let gateways = &targets[1..];
@@ -581,6 +609,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let Some((t, target)) = columns_of.next() else { continue };
             let fresh_target = Target {
                 addr: process.addr,
+                follow_at: None,
                 ..target.clone()
             };
             scenarios::ttft(&mock, std::slice::from_ref(&fresh_target), &mut Vec::new(), 1, 20, 0).await;
@@ -604,7 +633,8 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let mut tries = 0;
                 measured.push(loop {
                     let before = quiet.begin().await;
-                    let out = generations::fanout(&mock, target, pid, n, chunks, pace).await;
+                    let processes: Vec<u32> = [Some(pid), follow_pids[g + 1]].into_iter().flatten().collect();
+                    let out = generations::fanout(&mock, target, &processes, n, chunks, pace).await;
                     if quiet.keep(before, &mut tries) {
                         break out;
                     }
