@@ -321,7 +321,15 @@ impl BusGenerations {
             conn: reading,
             bus: Arc::clone(&self.bus),
         };
-        if let Err(e) = follower.take(&mut *producer, entries.ids) {
+        // An answer that has ended is read from the bus too (for as long as its stream is
+        // kept): the reader comes in before the end, so that its resume point is placed in
+        // the text rather than after the end.
+        let mut entries = entries.ids;
+        let end = match entries.last().is_some_and(|e| e.map.contains_key("end")) {
+            true => entries.pop(),
+            false => None,
+        };
+        if let Err(e) = follower.take(&mut *producer, entries) {
             follower.fail(&mut *producer, e);
         }
         following.insert(message);
@@ -329,6 +337,11 @@ impl BusGenerations {
         // mirror before this reader is in.
         let reader = self.mirrors.reader(mirror_target, from);
         drop(following);
+        if let Some(end) = end
+            && let Err(e) = follower.take(&mut *producer, vec![end])
+        {
+            follower.fail(&mut *producer, e);
+        }
         tokio::spawn(follower.run(producer, Arc::clone(&self.following)));
         Ok(reader)
     }

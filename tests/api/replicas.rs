@@ -71,7 +71,7 @@ fn last_id(live: &Live) -> u64 {
 
 #[tokio::test]
 async fn a_second_tab_on_another_replica_follows_the_answer_with_the_same_frames() {
-    let (a, b, _redis) = two_replicas().await;
+    let (a, b, redis) = two_replicas().await;
     let (conversation, message) = long_answer(&a, 40, 20).await;
     let on_a = a.get_stream(&conversation, "", None).await;
     let on_b = b
@@ -97,10 +97,46 @@ async fn a_second_tab_on_another_replica_follows_the_answer_with_the_same_frames
     assert!((1.0..=(chunks + 1) as f64).contains(&round_trips), "{round_trips}");
     assert_eq!(metric(&a, "chatgate_bus_write_errors_total").await, 0.0);
 
-    // Ended: B replays it from the store, as A does.
+    // Ended: kept on the bus for at least 5 minutes, and resumed from there on either
+    // replica, with the frames after the resume point.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for key in ["frames", "answer"] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(format!("chatgate:{key}:{message}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((300..=600).contains(&ttl), "{key}: {ttl} s");
+    }
+    let up_to_5 = on_a
+        .events
+        .iter()
+        .find(|e| e.id.as_deref() == Some("5"))
+        .map(|e| text_of(&serde_json::from_str(&e.data).unwrap()).to_owned())
+        .expect("frame 5");
+    for app in [&b, &a] {
+        let query = format!("?message_id={message}&delta=true");
+        let replay = read_stream(app.get_stream(&conversation, &query, Some("5")).await).await;
+        replay.assert_finished();
+        let rest: String = replay.frames().iter().map(|f| text_of(f).to_owned()).collect();
+        assert_eq!(format!("{up_to_5}{rest}"), echo("tell me", 40));
+        assert!(ids(&replay)[0] > 5, "{:?}", ids(&replay));
+    }
+    // Once the bus has forgotten it, it is replayed from the store.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("chatgate:frames:{message}"))
+        .arg(format!("chatgate:answer:{message}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let replay = read_stream(b.get_stream(&conversation, "", Some("5")).await).await;
     replay.assert_finished();
     assert_eq!(replay.text(), echo("tell me", 40));
+    assert_eq!(replay.frames().len(), 1, "only the last frame: {:?}", replay.events);
 }
 
 #[tokio::test]
