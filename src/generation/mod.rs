@@ -2,10 +2,10 @@
 //! asked for it. One task (`runner`) drives the upstream into the generation; any number
 //! of readers follow it, each from its own cursor, and may leave and come back.
 //!
-//! The registry of live generations and their fan-out sit behind [`Generations`], so that
-//! another implementation (Redis Streams, for several replicas) can replace the in-process
-//! one (`local`) without touching the runner or the routes. Readers never hold the store
-//! or the upstream: only the runner does.
+//! The registry of live generations and their fan-out sit behind [`Generations`]: the
+//! in-process one (`local`), and for several replicas the bus (`bus`), which wraps it
+//! with Redis Streams, without touching the runner or the routes. Readers never hold the
+//! store or the upstream: only the runner does.
 
 pub mod bus;
 pub mod lane;
@@ -119,7 +119,8 @@ pub trait Generations: Send + Sync + 'static {
     /// when none is live. A new conversation's first answer is live before its row is
     /// stored: this is where its owner is known meanwhile.
     async fn owner(&self, conversation: ConversationId) -> Option<Option<String>>;
-    /// Follows a live generation from `from`; `None` when it is not live.
+    /// Follows a generation from `from` while it is live (on a bus: also while the bus
+    /// keeps an ended one); `None` otherwise (the store replays it).
     async fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader>;
     /// Asks a live generation to stop; resolves to whether it was stopped by this request.
     async fn stop(&self, target: Target) -> bool;
