@@ -201,8 +201,9 @@ pub struct Step {
 const OPEN_PER_SECOND: usize = 1000;
 const PACE: Duration = Duration::from_millis(250);
 
-/// Opens `streams` paced answers (a chunk every 250 ms) through `target`; a stream stalls
-/// when one of its chunks arrives more than `stall` after the mock wrote it.
+/// Opens `streams` paced answers (a chunk every 250 ms) through `target` (half of them
+/// through its second replica, if it has one); a stream stalls when one of its chunks
+/// arrives more than `stall` after the mock wrote it.
 pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams: usize, stall: Duration) -> Step {
     let opening = Duration::from_secs_f64(streams as f64 / OPEN_PER_SECOND as f64);
     let shape = Shape {
@@ -212,7 +213,15 @@ pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams:
     };
     mock.set(shape);
     while conns.len() < streams {
-        conns.push(Conn::new(target));
+        // A target with a second replica has every other stream there: a balancer's share.
+        let at = match (target.follow_at, conns.len() % 2) {
+            (Some(other), 1) => Target {
+                addr: other,
+                ..target.clone()
+            },
+            _ => target.clone(),
+        };
+        conns.push(Conn::new(&at));
     }
     let batch: Vec<Conn> = conns.drain(..streams).collect();
     let started = Instant::now();
