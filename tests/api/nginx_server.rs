@@ -46,7 +46,7 @@ impl Nginx {
             .replace("server replica-b:8000", &format!("server 127.0.0.1:{}", replicas[1]))
             .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
             .replace("worker_processes auto;", "worker_processes 1;")
-            .replace("worker_connections 4096;", "worker_connections 512;")
+            .replace("worker_connections 16384;", "worker_connections 512;")
             // Its own files, not the system's.
             .replace(
                 "http {",

@@ -70,8 +70,57 @@ impl Gateway {
     }
 }
 
-/// User + system CPU time of process `pid` so far, in milliseconds.
+/// Processes that count with another in every figure (CPU time, memory): a column of two
+/// replicas, or of replicas behind nginx, is measured as one deployment under its first
+/// replica's pid.
+static COMPANIONS: std::sync::Mutex<Vec<(u32, Vec<u32>)>> = std::sync::Mutex::new(Vec::new());
+
+/// From now on, the CPU time and memory of `pid` include those of `others`.
+pub fn count_with(pid: u32, others: &[u32]) {
+    let mut companions = COMPANIONS.lock().unwrap_or_else(|e| e.into_inner());
+    match companions.iter_mut().find(|(p, _)| *p == pid) {
+        Some((_, known)) => known.extend_from_slice(others),
+        None => companions.push((pid, others.to_vec())),
+    }
+}
+
+/// `pid` and the processes that count with it.
+fn group(pid: u32) -> Vec<u32> {
+    let companions = COMPANIONS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = vec![pid];
+    if let Some((_, others)) = companions.iter().find(|(p, _)| *p == pid) {
+        all.extend_from_slice(others);
+    }
+    all
+}
+
+/// The processes whose parent is `pid` (nginx's workers).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after = stat.rsplit_once(')')?.1.to_owned();
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// User + system CPU time of process `pid` (and the processes that count with it) so far,
+/// in milliseconds.
 pub fn cpu_ms(pid: u32) -> f64 {
+    group(pid).into_iter().map(own_cpu_ms).sum()
+}
+
+fn own_cpu_ms(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return f64::NAN;
     };
@@ -87,8 +136,13 @@ pub fn cpu_ms(pid: u32) -> f64 {
 
 /// CPU time of every thread of process `pid` so far, in nanoseconds (the scheduler's own
 /// count, `/proc/PID/task/*/schedstat`): exact where [`cpu_ms`] counts in clock ticks, for
-/// windows too short for ticks. Threads that ended meanwhile are not counted.
+/// windows too short for ticks. Threads that ended meanwhile are not counted. With the
+/// processes that count with `pid`.
 pub fn cpu_ns(pid: u32) -> f64 {
+    group(pid).into_iter().map(own_cpu_ns).sum()
+}
+
+fn own_cpu_ns(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return f64::NAN;
     };
@@ -165,7 +219,12 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// Resident memory of `pid` and the processes that count with it, in KiB.
 pub fn rss_kib(pid: u32) -> f64 {
+    group(pid).into_iter().map(own_rss_kib).sum()
+}
+
+fn own_rss_kib(pid: u32) -> f64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return f64::NAN;
     };

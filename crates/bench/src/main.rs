@@ -7,6 +7,7 @@ mod follow;
 mod gateway;
 mod generations;
 mod mock;
+mod nginx;
 mod pump;
 mod quiet;
 mod scenarios;
@@ -55,11 +56,14 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Another chatgate to measure in the same run, interleaved with the first, as
-    /// `NAME=BIN[,store=STORE][,bus=URL][,across][,delta][,keys][,v1]`: an older build, or
-    /// the same build with `store=memory`, on a bus (`bus=redis://…` with
+    /// `NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,v1]`: an older
+    /// build, or the same build with `store=memory`, on a bus (`bus=redis://…` with
     /// `store=postgres://…`: the bus's own figures are printed after the table; `across`: a
     /// second replica on the same store and bus, where readers follow and resume the
-    /// answers the first generates, both processes' CPU counted) or with client keys on
+    /// answers the first generates, both processes' CPU and memory counted; `nginx`: every
+    /// request of the column through nginx with `deploy/nginx.conf`, in front of its
+    /// replica or its two, which then share the turns, readers and resumes as nginx
+    /// balances them, nginx's CPU and memory counted too) or with client keys on
     /// (`keys`: `--api-keys`, which every request then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
     /// `delta` adds a column for its delta frames, `v1` one for its `/v1/chat/completions`
     /// (the first chatgate has both). Every column runs on a chatgate process of its own.
@@ -111,6 +115,8 @@ struct Chatgate {
     process: gateway::Gateway,
     /// The second replica, where readers follow (`across`).
     across: Option<gateway::Gateway>,
+    /// In front of the replicas, taking every request of the column (`nginx`).
+    nginx: Option<nginx::Nginx>,
     /// Measured in delta mode too, in a column of its own, on a process of its own.
     delta: Option<gateway::Gateway>,
     /// Started with a client key, which every request then carries.
@@ -127,24 +133,27 @@ struct Spec {
     store: Option<String>,
     bus: Option<String>,
     across: bool,
+    nginx: bool,
     delta: bool,
     keys: bool,
     v1: bool,
 }
 
-/// `NAME=BIN[,store=STORE][,bus=URL][,across][,delta][,keys][,v1]`.
+/// `NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,v1]`.
 fn parse_also(spec: &str) -> Result<Spec, String> {
     let (name, rest) = spec.split_once('=').ok_or_else(|| {
-        format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,bus=URL][,across][,delta][,keys][,v1]")
+        format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,v1]")
     })?;
     let mut parts = rest.split(',');
     let bin = PathBuf::from(parts.next().unwrap_or_default());
-    let (mut store, mut bus, mut across, mut delta, mut keys, mut v1) = (None, None, false, false, false, false);
+    let (mut store, mut bus, mut across, mut nginx) = (None, None, false, false);
+    let (mut delta, mut keys, mut v1) = (false, false, false);
     for part in parts {
         match part.split_once('=') {
             Some(("store", value)) => store = Some(value.to_owned()),
             Some(("bus", value)) => bus = Some(value.to_owned()),
             None if part == "across" => across = true,
+            None if part == "nginx" => nginx = true,
             None if part == "delta" => delta = true,
             None if part == "keys" => keys = true,
             None if part == "v1" => v1 = true,
@@ -157,6 +166,7 @@ fn parse_also(spec: &str) -> Result<Spec, String> {
         store,
         bus,
         across,
+        nginx,
         delta,
         keys,
         v1,
@@ -188,6 +198,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         store: args.store.clone(),
         bus: None,
         across: false,
+        nginx: false,
         delta: true,
         keys: false,
         v1: true,
@@ -202,6 +213,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         store: store_kind,
         bus,
         across,
+        nginx,
         delta,
         keys,
         v1,
@@ -229,6 +241,27 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             true => Some(start(format!("{name} replica B")).await?),
             false => None,
         };
+        let nginx = match nginx {
+            true => {
+                let replicas: Vec<SocketAddr> = [Some(&process), across.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.addr)
+                    .collect();
+                let nginx =
+                    nginx::Nginx::start(&replicas, &dir.join(format!("nginx-{}", name.replace(' ', "-")))).await?;
+                eprintln!("{name}: nginx on http://{} (pids {:?})", nginx.addr, nginx.pids);
+                Some(nginx)
+            }
+            false => None,
+        };
+        // the column's figures are those of its replicas and its nginx together
+        let companions: Vec<u32> = across
+            .iter()
+            .map(|b| b.pid)
+            .chain(nginx.iter().flat_map(|n| n.pids.iter().copied()))
+            .collect();
+        gateway::count_with(process.pid, &companions);
         let delta = match delta {
             true => Some(start(format!("{name} delta")).await?),
             false => None,
@@ -244,6 +277,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             bus,
             process,
             across,
+            nginx,
             delta,
             keys,
             v1,
@@ -260,21 +294,23 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut targets = vec![direct.clone()];
     let mut pids = vec![None];
-    // The second replica of a column whose readers follow there.
-    let mut follow_pids = vec![None];
+    // How many replicas each target's figures count.
+    let mut replicas = vec![0];
     for gw in &chatgates {
         let full = Target {
             name: gw.name.clone(),
-            addr: gw.process.addr,
+            addr: gw.nginx.as_ref().map_or(gw.process.addr, |n| n.addr),
             path: "/conv".into(),
             protocol: Protocol::Conv { delta: false },
             model: "bench".into(),
-            follow_at: gw.across.as_ref().map(|b| b.addr),
+            // behind nginx, nginx chooses
+            follow_at: gw.across.as_ref().filter(|_| gw.nginx.is_none()).map(|b| b.addr),
         };
         targets.push(full.clone());
         pids.push(Some(gw.process.pid));
-        follow_pids.push(gw.across.as_ref().map(|b| b.pid));
+        replicas.push(1 + gw.across.iter().count());
         let full = Target {
+            addr: gw.process.addr,
             follow_at: None,
             ..full
         };
@@ -288,7 +324,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..full.clone()
             });
             pids.push(Some(process.pid));
-            follow_pids.push(None);
+            replicas.push(1);
         }
         // The same build's OpenAI-compatible endpoint, as an SDK would use it.
         if let Some(process) = &gw.v1 {
@@ -300,7 +336,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..full
             });
             pids.push(Some(process.pid));
-            follow_pids.push(None);
+            replicas.push(1);
         }
     }
     if let Some(peer) = &args.peer {
@@ -314,7 +350,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             follow_at: None,
         });
         pids.push(args.peer_pid);
-        follow_pids.push(None);
+        replicas.push(1);
     }
     // The floor: what one read and one write per chunk cost, with no HTTP in between.
     let pump = match args.no_pump {
@@ -329,7 +365,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..direct.clone()
         });
         pids.push(Some(pump.pid));
-        follow_pids.push(None);
+        replicas.push(1);
         pump_column = Some(targets.len() - 2);
     }
     let gateways = &targets[1..];
@@ -633,8 +669,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let mut tries = 0;
                 measured.push(loop {
                     let before = quiet.begin().await;
-                    let processes: Vec<u32> = [Some(pid), follow_pids[g + 1]].into_iter().flatten().collect();
-                    let out = generations::fanout(&mock, target, &processes, n, chunks, pace).await;
+                    let out = generations::fanout(&mock, target, &[pid], n, chunks, pace).await;
                     if quiet.keep(before, &mut tries) {
                         break out;
                     }
@@ -739,12 +774,23 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if run(Part::Ramp) {
-        ramp(&mock, &targets, &pids, &args, &mut quiet, &mut table).await;
+        ramp(&mock, &targets, &pids, &replicas, &args, &mut quiet, &mut table).await;
     }
 
     table.print();
     for gw in chatgates.iter().filter(|gw| gw.bus.is_some()) {
         println!("\n{}", bus_figures(gw).await);
+    }
+    for gw in &chatgates {
+        if let Some(nginx) = &gw.nginx {
+            let own: f64 = nginx.pids.iter().map(|&p| gateway::cpu_ms(p)).sum();
+            println!(
+                "\n{}: nginx used {:.1} s of CPU over the run, {:.0}% of the column's (its replicas' and nginx's)",
+                gw.name,
+                own / 1000.0,
+                own * 100.0 / gateway::cpu_ms(gw.process.pid)
+            );
+        }
     }
     println!("\nOther processes on the machine: {}", quiet.summary());
     drop(chatgates);
@@ -783,6 +829,7 @@ async fn ramp(
     mock: &Mock,
     targets: &[Target],
     pids: &[Option<u32>],
+    replicas: &[usize],
     args: &Args,
     quiet: &mut quiet::Quiet,
     table: &mut Table,
@@ -797,8 +844,12 @@ async fn ramp(
             let Some(pid) = pids[t] else { continue };
             eprintln!("concurrency ramp, {}…", targets[t].name);
             let held = ramp_once(mock, &targets[t], pid, args, quiet).await;
+            let per_replica = match replicas[t] {
+                1 => String::new(),
+                n => format!(", {} per replica", held.0 / n),
+            };
             cells[t - 1].push(format!(
-                "{} ({:.0} frames/s, worst chunk {:.0} ms)",
+                "{} ({:.0} frames/s, worst chunk {:.0} ms{per_replica})",
                 held.0, held.1, held.2
             ));
         }
@@ -968,33 +1019,36 @@ impl Table {
     }
 }
 
-/// What a chatgate on a bus says of its round trips to Redis, from its `/metrics`.
+/// What a chatgate on a bus says of its round trips to Redis, from its `/metrics` (a
+/// column's two replicas together).
 async fn bus_figures(gw: &Chatgate) -> String {
     let mut said = Vec::new();
-    for process in [Some(&gw.process), gw.delta.as_ref(), gw.v1.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        let text = gateway::metrics(process.addr).await.unwrap_or_default();
-        let value = |name: &str| {
-            text.lines()
-                .find(|l| l.split_whitespace().next() == Some(name))
-                .and_then(|l| l.rsplit_once(' '))
-                .and_then(|(_, v)| v.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
-        let (trips, chunks) = (
-            value("chatgate_bus_round_trips_total"),
-            value("chatgate_bus_chunks_total"),
-        );
+    let conv: Vec<&gateway::Gateway> = [Some(&gw.process), gw.across.as_ref()].into_iter().flatten().collect();
+    for processes in [conv, gw.delta.iter().collect(), gw.v1.iter().collect()] {
+        if processes.is_empty() {
+            continue;
+        }
+        let (mut trips, mut chunks, mut failed) = (0.0, 0.0, 0.0);
+        for process in processes {
+            let text = gateway::metrics(process.addr).await.unwrap_or_default();
+            let value = |name: &str| {
+                text.lines()
+                    .find(|l| l.split_whitespace().next() == Some(name))
+                    .and_then(|l| l.rsplit_once(' '))
+                    .and_then(|(_, v)| v.parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            trips += value("chatgate_bus_round_trips_total");
+            chunks += value("chatgate_bus_chunks_total");
+            failed += value("chatgate_bus_write_errors_total");
+        }
         said.push(format!(
-            "{chunks} chunks in {trips} round trips ({:.3} per chunk), {} failed",
+            "{chunks} chunks in {trips} round trips ({:.3} per chunk), {failed} failed",
             trips / chunks,
-            value("chatgate_bus_write_errors_total")
         ));
     }
     format!(
-        "{} on the bus (per process: /conv, delta, /v1): {}",
+        "{} on the bus (per column: /conv on its replicas, delta, /v1): {}",
         gw.name,
         said.join("; ")
     )
