@@ -15,10 +15,11 @@
 //!   follows this answer" from the others.
 //!
 //! A reader on another replica reads through a *mirror*: a generation of that replica's
-//! own, fed from the stream by one task however many of its readers follow it, so its
-//! readers get the same frames (coalescing, delta mode, resume) as readers of a local
-//! answer. While a mirror has readers, its task tells the generating replica every second,
-//! which counts them as one reader: an answer read only elsewhere is not "unread".
+//! own, one per answer however many of its readers follow it, so its readers get the same
+//! frames (coalescing, delta mode, resume) as readers of a local answer. One task feeds
+//! every mirror of a replica from one connection, with one `XREAD` for all their streams.
+//! While a mirror has readers, the task tells the generating replica every second, which
+//! counts them as one reader: an answer read only elsewhere is not "unread".
 //!
 //! The chunks of every answer of a replica go out through one writer task, which sends
 //! whatever has piled up as one pipeline: one round trip for many chunks when they come
@@ -49,11 +50,15 @@ use tokio::time::Instant;
 
 /// How often a replica renews its lease.
 pub const LEASE_RENEW: Duration = Duration::from_millis(750);
-/// How long a lease lasts: a replica silent this long is dead. With a follower looking at
-/// least every [`BLOCK`], readers elsewhere hear of a death within 4 s.
+/// How long a lease lasts: a replica silent this long is dead. With the lease of a silent
+/// answer's replica looked at every [`LOOK_EVERY`] and reads that block for at most
+/// [`BLOCK`], readers elsewhere hear of a death within about 4 s.
 pub const LEASE_LASTS: Duration = Duration::from_secs(3);
-/// The longest a follower waits on Redis for new entries before it looks at the lease.
+/// The longest the followers' read waits on Redis for new entries.
 const BLOCK: Duration = Duration::from_millis(1000);
+/// An answer that sent nothing for this long has its replica's lease looked at, at the
+/// next pause between reads.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// How often a follower with readers tells the generating replica so.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// A reader elsewhere counts for this long after its replica last said so.
@@ -187,7 +192,10 @@ pub struct BusGenerations {
     own: Arc<LocalGenerations>,
     /// Answers of other replicas that readers here follow.
     mirrors: Arc<LocalGenerations>,
+    /// The answers followed here (one mirror each), and the way to the task that feeds
+    /// their mirrors on each thread that serves requests (see [`follow_loop`]).
     following: Arc<tokio::sync::Mutex<HashSet<MessageId>>>,
+    follow: Mutex<HashMap<std::thread::ThreadId, mpsc::UnboundedSender<Follower>>>,
     bus: Arc<Bus>,
 }
 
@@ -244,6 +252,7 @@ impl BusGenerations {
             own,
             mirrors: Arc::new(LocalGenerations::default()),
             following: Arc::default(),
+            follow: Mutex::default(),
             bus,
         })
     }
@@ -301,25 +310,27 @@ impl BusGenerations {
         }
         // The mirror holds every chunk so far before its first reader comes: a resume
         // point is placed within what the answer already has.
-        let mut reading = connection(&self.bus.client).await?;
         let entries: StreamRangeReply = redis::cmd("XRANGE")
             .arg(frames_key(message))
             .arg("-")
             .arg("+")
-            .query_async(&mut reading)
+            .query_async(&mut self.bus.conn.clone())
             .await?;
-        let mut producer = self
+        let producer = self
             .mirrors
             .start(meta.identity.clone(), meta.owner.clone(), false)
             .await;
+        let now = Instant::now();
         let mut follower = Follower {
             message,
             identity: meta.identity,
             replica: meta.replica,
             chunks: 0,
             ended: false,
-            conn: reading,
-            bus: Arc::clone(&self.bus),
+            producer,
+            heard: now,
+            beat: now,
+            told: None,
         };
         // An answer that has ended is read from the bus too (for as long as its stream is
         // kept): the reader comes in before the end, so that its resume point is placed in
@@ -329,21 +340,43 @@ impl BusGenerations {
             true => entries.pop(),
             false => None,
         };
-        if let Err(e) = follower.take(&mut *producer, entries) {
-            follower.fail(&mut *producer, e);
-        }
+        follower.take_or_fail(entries);
         following.insert(message);
         // Subscribed while the set is held: the follower cannot see no reader and end the
         // mirror before this reader is in.
         let reader = self.mirrors.reader(mirror_target, from);
         drop(following);
-        if let Some(end) = end
-            && let Err(e) = follower.take(&mut *producer, vec![end])
-        {
-            follower.fail(&mut *producer, e);
+        if let Some(end) = end {
+            follower.take_or_fail(vec![end]);
         }
-        tokio::spawn(follower.run(producer, Arc::clone(&self.following)));
+        // An ended one too: the task takes it off the set.
+        self.feed(follower);
         Ok(reader)
+    }
+
+    /// Hands `follower` to this thread's [`follow_loop`], started with the thread's first.
+    fn feed(&self, follower: Follower) {
+        let mut loops = locked(&self.follow);
+        let sender = loops.entry(std::thread::current().id()).or_insert_with(|| {
+            let (sender, followers) = mpsc::unbounded_channel();
+            tokio::spawn(follow_loop(
+                Arc::clone(&self.bus),
+                Arc::clone(&self.following),
+                followers,
+            ));
+            sender
+        });
+        if let Err(mpsc::error::SendError(follower)) = sender.send(follower) {
+            // its task is gone (its runtime stopped): a new one
+            let (sender, followers) = mpsc::unbounded_channel();
+            tokio::spawn(follow_loop(
+                Arc::clone(&self.bus),
+                Arc::clone(&self.following),
+                followers,
+            ));
+            let _ = sender.send(follower);
+            loops.insert(std::thread::current().id(), sender);
+        }
     }
 
     /// Asks the replica generating `target` to stop it.
@@ -492,7 +525,8 @@ impl From<RedisError> for Broken {
     }
 }
 
-/// Feeds a mirror from its answer's stream.
+/// An answer of another replica that readers here follow: what has been fed into its
+/// mirror so far.
 struct Follower {
     message: MessageId,
     identity: AnswerIdentity,
@@ -500,14 +534,18 @@ struct Follower {
     /// Chunks taken so far.
     chunks: u64,
     ended: bool,
-    /// Its own connection: it blocks on it.
-    conn: MultiplexedConnection,
-    bus: Arc<Bus>,
+    producer: Box<dyn Producer>,
+    /// When it last took an entry, or its replica's lease was last looked at.
+    heard: Instant,
+    /// When its readers last got a keep-alive (or a chunk).
+    beat: Instant,
+    /// When it last told the generating replica that readers here follow the answer.
+    told: Option<Instant>,
 }
 
 impl Follower {
     /// Takes entries into the mirror, in order.
-    fn take(&mut self, producer: &mut dyn Producer, entries: Vec<StreamId>) -> Result<(), Broken> {
+    fn take(&mut self, entries: Vec<StreamId>) -> Result<(), Broken> {
         for entry in entries {
             if self.ended {
                 break;
@@ -526,129 +564,61 @@ impl Follower {
             };
             if let Some(end) = field("end") {
                 let end = decode_end(&end).ok_or_else(|| Broken::Gap(format!("an unreadable end: {end}")))?;
-                producer.finish(end);
+                self.producer.finish(end);
                 self.ended = true;
                 break;
             }
             let (text, reasoning) = (field("t").unwrap_or_default(), field("r").unwrap_or_default());
-            producer.append(&text, &reasoning);
+            self.producer.append(&text, &reasoning);
             self.chunks += 1;
+            self.beat = Instant::now();
         }
         Ok(())
     }
 
+    /// Takes entries, or ends the mirror's readers with `bus_failed` when they do not follow.
+    fn take_or_fail(&mut self, entries: Vec<StreamId>) {
+        if let Err(broken) = self.take(entries) {
+            self.fail(broken);
+        }
+    }
+
     /// Ends the mirror's readers with `bus_failed`.
-    fn fail(&mut self, producer: &mut dyn Producer, broken: Broken) {
+    fn fail(&mut self, broken: Broken) {
         let why = match broken {
             Broken::Redis(e) => e.to_string(),
             Broken::Gap(why) => why,
         };
         log::warn!("answer {}: the bus failed: {why}", self.message);
-        producer.finish(end_of(&ApiError::Bus(why)));
+        self.producer.finish(end_of(&ApiError::Bus(why)));
         self.ended = true;
-    }
-
-    async fn run(mut self, mut producer: Box<dyn Producer>, following: Arc<tokio::sync::Mutex<HashSet<MessageId>>>) {
-        let mut told = None::<Instant>;
-        let mut last_heard = Instant::now();
-        while !self.ended {
-            let waker = futures::task::noop_waker();
-            if let Poll::Ready(Signal::Shutdown) = producer.poll_signal(&mut Context::from_waker(&waker)) {
-                producer.finish(end_of(&ApiError::Stopping));
-                break;
-            }
-            if producer.readers() == 0 {
-                let mut following = following.lock().await;
-                // Looked at again with the set held: no reader can come in meanwhile.
-                if producer.readers() == 0 {
-                    following.remove(&self.message);
-                    producer.finish(detached());
-                    return;
-                }
-            }
-            if told.is_none_or(|at| at.elapsed() >= WATCH_EVERY) {
-                told = Some(Instant::now());
-                self.tell_watching().await;
-            }
-            match self.next(&mut *producer).await {
-                Ok(true) => last_heard = Instant::now(),
-                Ok(false) => {
-                    if self.chunks == 0 && last_heard.elapsed() >= self.bus.heartbeat {
-                        producer.heartbeat();
-                        last_heard = Instant::now();
-                    }
-                }
-                Err(broken) => self.fail(&mut *producer, broken),
-            }
-        }
-        following.lock().await.remove(&self.message);
-    }
-
-    /// Reads what came next; `false` when nothing came within [`BLOCK`] (then, when the
-    /// generating replica is dead, ends the answer for it).
-    async fn next(&mut self, producer: &mut dyn Producer) -> Result<bool, Broken> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(frames_key(self.message))
-            .arg(format!("0-{}", self.chunks))
-            .query_async(&mut self.conn)
-            .await?;
-        if let Some(reply) = reply {
-            let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-            if !entries.is_empty() {
-                self.take(producer, entries)?;
-                return Ok(true);
-            }
-        }
-        let (alive, exists, announced): (bool, bool, bool) = redis::pipe()
-            .cmd("EXISTS")
-            .arg(lease_key(&self.replica))
-            .cmd("EXISTS")
-            .arg(frames_key(self.message))
-            .cmd("EXISTS")
-            .arg(answer_key(self.message))
-            .query_async(&mut self.conn)
-            .await?;
-        // Kept until well after the end: gone, the bus lost them (Redis restarted empty).
-        if (!exists && self.chunks > 0) || !announced {
-            return Err(Broken::Gap(
-                "the answer is gone from the bus (was Redis restarted?)".into(),
-            ));
-        }
-        if !alive {
-            self.end_for_the_dead(producer).await?;
-        }
-        Ok(false)
     }
 
     /// The generating replica is dead: ends the answer for it with `gateway_stopped`, on
     /// the store (if it is still in progress there) and on the bus, with all the text the
     /// bus has. Another replica may be doing the same: the first end on the stream counts.
-    async fn end_for_the_dead(&mut self, producer: &mut dyn Producer) -> Result<(), Broken> {
+    async fn end_for_the_dead(&mut self, bus: &Bus) -> Result<(), Broken> {
+        let mut conn = bus.conn.clone();
         // Whatever came just before the death.
         let rest: StreamRangeReply = redis::cmd("XRANGE")
             .arg(frames_key(self.message))
             .arg(format!("0-{}", self.chunks + 1))
             .arg("+")
-            .query_async(&mut self.conn)
+            .query_async(&mut conn)
             .await?;
-        self.take(producer, rest.ids)?;
+        self.take(rest.ids)?;
         if self.ended {
             return Ok(());
         }
         let end = end_of(&ApiError::ReplicaStopped);
-        let snapshot = producer.snapshot();
-        self.store_end(snapshot, &end).await;
+        let snapshot = self.producer.snapshot();
+        self.store_end(&*bus.store, snapshot, &end).await;
         let added: Result<Value, RedisError> = redis::cmd("XADD")
             .arg(frames_key(self.message))
             .arg(format!("0-{}", self.chunks + 1))
             .arg("end")
             .arg(encode_end(&end))
-            .query_async(&mut self.conn)
+            .query_async(&mut conn)
             .await;
         match added {
             // Another replica ended it first (its end is read next).
@@ -657,13 +627,13 @@ impl Follower {
             Ok(_) => {
                 let mut pipe = redis::pipe();
                 ended_keys(&mut pipe, &self.identity);
-                let _: Result<(), RedisError> = pipe.exec_async(&mut self.conn).await;
+                let _: Result<(), RedisError> = pipe.exec_async(&mut conn).await;
                 log::warn!(
                     "answer {}: its replica {} stopped before it was finished; ended for it",
                     self.message,
                     self.replica
                 );
-                producer.finish(end);
+                self.producer.finish(end);
                 self.ended = true;
                 Ok(())
             }
@@ -671,8 +641,8 @@ impl Follower {
     }
 
     /// Stores a dead replica's answer as ended, with `snapshot`, unless it has ended there.
-    async fn store_end(&self, snapshot: Snapshot, end: &End) {
-        let store = &self.bus.store;
+    /// (`&mut`: the follower is not shared, so it need not be `Sync` across the wait.)
+    async fn store_end(&mut self, store: &dyn Store, snapshot: Snapshot, end: &End) {
         let id = self.identity.conversation_id;
         let in_progress = match store.conversation(id).await {
             Ok(c) => c.is_some_and(|c| c.message(self.message).is_some_and(|m| m.status == Status::InProgress)),
@@ -700,12 +670,208 @@ impl Follower {
             log::error!("answer {}: not ended in the store: {e}", self.message);
         }
     }
+}
 
-    /// Tells the generating replica that readers here follow its answer.
-    async fn tell_watching(&mut self) {
-        let control = control_key(&self.replica);
-        let told: Result<(), RedisError> = redis::pipe()
-            .cmd("XADD")
+/// Feeds the mirrors of the answers first followed on one thread, from one connection: one
+/// `XREAD` for all of their streams, blocking up to [`BLOCK`] when none has anything new.
+/// One per thread that serves requests (actix-web's workers, one per core), so that a
+/// chunk reaches the mirror, and the reader that made it, without leaving the thread (a
+/// single task on a thread apart cost a lone reader's chunks a third more CPU); the
+/// connections to Redis are as many as those threads, however many answers are followed.
+/// A new follower wakes a read in progress (`CLIENT UNBLOCK` from another connection), so
+/// that its chunks are not held back by the others' wait. Between reads it looks after
+/// each follower: a mirror without readers ends, readers waiting for a first token get
+/// keep-alives, the generating replicas hear that readers here follow their answers, and
+/// an answer silent for [`LOOK_EVERY`] has its replica's lease looked at. A read that
+/// fails is tried once more on a new connection (the old one may have gone stale while
+/// idle, Redis restarted) before the followers end with `bus_failed`.
+async fn follow_loop(
+    bus: Arc<Bus>,
+    following: Arc<tokio::sync::Mutex<HashSet<MessageId>>>,
+    mut new: mpsc::UnboundedReceiver<Follower>,
+) {
+    // by stream key
+    let mut followed: HashMap<String, Follower> = HashMap::new();
+    // the connection that blocks, and its client id for `CLIENT UNBLOCK`
+    let mut reading: Option<(MultiplexedConnection, i64)> = None;
+    let mut open = true;
+    let mut failed_once = false;
+    loop {
+        if followed.is_empty() {
+            match new.recv().await {
+                Some(follower) => followed.insert(frames_key(follower.message), follower),
+                None => return,
+            };
+        }
+        while let Ok(follower) = new.try_recv() {
+            followed.insert(frames_key(follower.message), follower);
+        }
+        tend(&bus, &following, &mut followed).await;
+        if followed.is_empty() {
+            if !open {
+                return;
+            }
+            continue;
+        }
+        if reading.is_none() {
+            match reading_connection(&bus.client).await {
+                Ok(r) => reading = Some(r),
+                Err(e) => {
+                    failed_once = false;
+                    let why = e.to_string();
+                    for follower in followed.values_mut() {
+                        follower.fail(Broken::Gap(why.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some((conn, id)) = reading.as_ref().map(|(c, id)| (c.clone(), *id)) else {
+            continue;
+        };
+        let mut woken = Vec::new();
+        let reply = {
+            let read = read_all(&followed);
+            let mut conn = conn;
+            let mut read = std::pin::pin!(read.query_async::<Option<StreamReadReply>>(&mut conn));
+            loop {
+                tokio::select! {
+                    reply = &mut read => break reply,
+                    follower = new.recv(), if open => match follower {
+                        Some(follower) => {
+                            woken.push(follower);
+                            unblock(&bus, id).await;
+                        }
+                        None => open = false,
+                    },
+                    // the read may not have reached Redis when it was woken
+                    () = tokio::time::sleep(Duration::from_millis(20)), if !woken.is_empty() => unblock(&bus, id).await,
+                }
+            }
+        };
+        match reply {
+            Ok(Some(reply)) => {
+                failed_once = false;
+                let now = Instant::now();
+                for key in reply.keys {
+                    if let Some(follower) = followed.get_mut(&key.key) {
+                        follower.heard = now;
+                        follower.take_or_fail(key.ids);
+                    }
+                }
+            }
+            Ok(None) => failed_once = false,
+            Err(e) => {
+                // the connection is not used again
+                reading = None;
+                if failed_once {
+                    let why = e.to_string();
+                    for follower in followed.values_mut() {
+                        follower.fail(Broken::Gap(why.clone()));
+                    }
+                } else {
+                    log::debug!("the bus's reading connection failed ({e}): a new one");
+                }
+                failed_once = !failed_once;
+            }
+        }
+        for follower in woken {
+            followed.insert(frames_key(follower.message), follower);
+        }
+    }
+}
+
+async fn reading_connection(client: &Client) -> Result<(MultiplexedConnection, i64), RedisError> {
+    let mut conn = connection(client).await?;
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+    Ok((conn, id))
+}
+
+/// The `XREAD` of the entries after each follower's last chunk.
+fn read_all(followed: &HashMap<String, Follower>) -> redis::Cmd {
+    let mut read = redis::cmd("XREAD");
+    read.arg("COUNT")
+        .arg(BATCH)
+        .arg("BLOCK")
+        .arg(BLOCK.as_millis() as u64)
+        .arg("STREAMS");
+    for key in followed.keys() {
+        read.arg(key);
+    }
+    for follower in followed.values() {
+        read.arg(format!("0-{}", follower.chunks));
+    }
+    read
+}
+
+/// Ends the blocking read of the client `id` at once, as if it had timed out.
+async fn unblock(bus: &Bus, id: i64) {
+    let mut conn = bus.conn.clone();
+    let unblocked: Result<i64, RedisError> = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut conn).await;
+    if let Err(e) = unblocked {
+        log::debug!("the bus's reading connection could not be woken: {e}");
+    }
+}
+
+/// Looks after each follower between reads (see [`follow_loop`]); those that ended leave.
+async fn tend(bus: &Bus, following: &tokio::sync::Mutex<HashSet<MessageId>>, followed: &mut HashMap<String, Follower>) {
+    let now = Instant::now();
+    let waker = futures::task::noop_waker();
+    let mut unread = Vec::new();
+    for (key, follower) in followed.iter_mut().filter(|(_, f)| !f.ended) {
+        if let Poll::Ready(Signal::Shutdown) = follower.producer.poll_signal(&mut Context::from_waker(&waker)) {
+            follower.producer.finish(end_of(&ApiError::Stopping));
+            follower.ended = true;
+        } else if follower.producer.readers() == 0 {
+            unread.push(key.clone());
+        } else if follower.chunks == 0 && now.duration_since(follower.beat) >= bus.heartbeat {
+            follower.producer.heartbeat();
+            follower.beat = now;
+        }
+    }
+    if !unread.is_empty() {
+        let mut following = following.lock().await;
+        // Looked at again with the set held: no reader can come in meanwhile.
+        for key in unread {
+            if let Some(follower) = followed.get_mut(&key)
+                && follower.producer.readers() == 0
+            {
+                following.remove(&follower.message);
+                follower.producer.finish(detached());
+                follower.ended = true;
+            }
+        }
+    }
+    tell_watching(bus, followed, now).await;
+    look_at_leases(bus, followed, now).await;
+    let ended: Vec<String> = followed
+        .iter()
+        .filter(|(_, f)| f.ended)
+        .map(|(key, _)| key.clone())
+        .collect();
+    if !ended.is_empty() {
+        let mut following = following.lock().await;
+        for key in ended {
+            if let Some(follower) = followed.remove(&key) {
+                following.remove(&follower.message);
+            }
+        }
+    }
+}
+
+/// Tells the generating replicas, every [`WATCH_EVERY`], that readers here follow their
+/// answers: one pipeline for all.
+async fn tell_watching(bus: &Bus, followed: &mut HashMap<String, Follower>, now: Instant) {
+    let mut pipe = redis::pipe();
+    let mut telling = 0;
+    for follower in followed.values_mut().filter(|f| !f.ended) {
+        if follower.told.is_some_and(|at| now.duration_since(at) < WATCH_EVERY) {
+            continue;
+        }
+        follower.told = Some(now);
+        telling += 1;
+        let control = control_key(&follower.replica);
+        pipe.cmd("XADD")
             .arg(&control)
             .arg("MAXLEN")
             .arg("~")
@@ -714,19 +880,70 @@ impl Follower {
             .arg("op")
             .arg("watch")
             .arg("message")
-            .arg(self.message.to_string())
+            .arg(follower.message.to_string())
             .ignore()
             .cmd("EXPIRE")
             .arg(&control)
             .arg(60)
-            .ignore()
-            .exec_async(&mut self.conn)
-            .await;
-        if let Err(e) = told {
-            log::debug!(
-                "answer {}: could not tell its replica of readers here: {e}",
-                self.message
-            );
+            .ignore();
+    }
+    if telling == 0 {
+        return;
+    }
+    if let Err(e) = pipe.exec_async(&mut bus.conn.clone()).await {
+        log::debug!("the replicas generating {telling} answer(s) could not be told of readers here: {e}");
+    }
+}
+
+/// For each answer silent for [`LOOK_EVERY`]: is it still on the bus, and is its replica
+/// alive? One pipeline for all; an answer whose replica is dead is ended for it.
+async fn look_at_leases(bus: &Bus, followed: &mut HashMap<String, Follower>, now: Instant) {
+    let silent: Vec<&String> = followed
+        .iter()
+        .filter(|(_, f)| !f.ended && now.duration_since(f.heard) >= LOOK_EVERY)
+        .map(|(key, _)| key)
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for key in &silent {
+        let follower = &followed[*key];
+        pipe.cmd("EXISTS")
+            .arg(lease_key(&follower.replica))
+            .cmd("EXISTS")
+            .arg(frames_key(follower.message))
+            .cmd("EXISTS")
+            .arg(answer_key(follower.message));
+    }
+    let silent: Vec<String> = silent.into_iter().cloned().collect();
+    let found: Result<Vec<bool>, RedisError> = pipe.query_async(&mut bus.conn.clone()).await;
+    let found = match found {
+        Ok(found) if found.len() == 3 * silent.len() => found,
+        Ok(_) => return,
+        Err(e) => {
+            let why = e.to_string();
+            for key in &silent {
+                if let Some(follower) = followed.get_mut(key) {
+                    follower.fail(Broken::Gap(why.clone()));
+                }
+            }
+            return;
+        }
+    };
+    for (key, found) in silent.iter().zip(found.chunks(3)) {
+        let Some(follower) = followed.get_mut(key) else {
+            continue;
+        };
+        follower.heard = now;
+        let (alive, exists, announced) = (found[0], found[1], found[2]);
+        // Kept until well after the end: gone, the bus lost them (Redis restarted empty).
+        if (!exists && follower.chunks > 0) || !announced {
+            follower.fail(Broken::Gap(
+                "the answer is gone from the bus (was Redis restarted?)".into(),
+            ));
+        } else if !alive && let Err(broken) = follower.end_for_the_dead(bus).await {
+            follower.fail(broken);
         }
     }
 }

@@ -139,6 +139,65 @@ async fn a_second_tab_on_another_replica_follows_the_answer_with_the_same_frames
     assert_eq!(replay.frames().len(), 1, "only the last frame: {:?}", replay.events);
 }
 
+/// Clients connected to `redis` now.
+async fn redis_clients(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let info: String = redis::cmd("INFO").arg("clients").query_async(conn).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("connected_clients in INFO")
+}
+
+#[tokio::test]
+async fn many_answers_followed_on_another_replica_are_each_whole_on_a_connection_to_redis_per_worker() {
+    let (a, b, redis) = two_replicas().await;
+    // actix-web's worker threads (one per core): each reads the answers first followed on
+    // it through a connection of its own
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let count = workers + 4;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = redis_clients(&mut conn).await;
+    let mut answers = Vec::new();
+    for i in 0..count {
+        let accepted = a
+            .background(json!({"content": format!("answer {i} [mock:words=30] [mock:delay=30]")}))
+            .await;
+        answers.push((
+            i,
+            accepted["conversation_id"].as_str().unwrap().to_owned(),
+            accepted["message_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    // Readers on B come one after another, while B already reads the answers before theirs.
+    let mut readers = Vec::new();
+    for (i, conversation, message) in &answers {
+        let response = b
+            .get_stream(conversation, &format!("?message_id={message}"), None)
+            .await;
+        assert_eq!(response.status(), 200);
+        readers.push((*i, message.clone(), tokio::spawn(read_stream(response))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let following = redis_clients(&mut conn).await;
+    assert!(
+        following <= before + workers,
+        "B follows {count} answers on a connection to Redis per worker ({workers}), not one per answer: \
+         {before} clients before, {following} while following"
+    );
+    for (i, message, reader) in readers {
+        let seen = reader.await.unwrap();
+        seen.assert_finished();
+        assert_eq!(seen.message_id(), message);
+        assert_eq!(seen.text(), echo(&format!("answer {i}"), 30), "answer {i}");
+        let ids = ids(&seen);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "answer {i}: {ids:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_newest_live_answer_of_a_conversation_is_found_on_another_replica() {
     let (a, b, _redis) = two_replicas().await;
@@ -297,6 +356,24 @@ async fn when_redis_restarts_readers_elsewhere_end_with_bus_failed_and_the_answe
     let ended = on_b.rest(Duration::from_secs(10)).await;
     ended.assert_closed_properly();
     assert_eq!(ended.last()["message"]["status"], "finished_partial_completion");
+}
+
+#[tokio::test]
+async fn after_redis_restarts_a_replica_that_followed_before_follows_the_next_answer_whole() {
+    let (a, b, mut redis) = two_replicas().await;
+    // B reads an answer of A's through the bus, and keeps its connection for the next.
+    let (conversation, _) = long_answer(&a, 30, 20).await;
+    let first = read_stream(b.get_stream(&conversation, "", None).await).await;
+    first.assert_finished();
+    assert_eq!(first.text(), echo("tell me", 30));
+
+    redis.restart().await;
+    // the replicas' leases are renewed every 750 ms
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (conversation, _) = long_answer(&a, 30, 20).await;
+    let next = read_stream(b.get_stream(&conversation, "", None).await).await;
+    next.assert_finished();
+    assert_eq!(next.text(), echo("tell me", 30));
 }
 
 #[tokio::test]
