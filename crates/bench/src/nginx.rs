@@ -72,9 +72,16 @@ impl Nginx {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // the workers are up once it accepts
+        // its port takes connections before the workers are forked: wait for one per core
+        // (`worker_processes auto`)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut workers = crate::gateway::children(master);
+        while workers.len() < cores && asked.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            workers = crate::gateway::children(master);
+        }
         let mut pids = vec![master];
-        pids.extend(crate::gateway::children(master));
+        pids.extend(workers);
         Ok(Self { addr, pids, child })
     }
 }
