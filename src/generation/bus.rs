@@ -115,6 +115,22 @@ fn lease_key(replica: &str) -> String {
     format!("chatgate:replica:{replica}")
 }
 
+/// Adds to `pipe` an entry of `fields` on `replica`'s control stream, which keeps its last
+/// 10,000 or so entries and goes a minute after the last.
+fn to_control(pipe: &mut redis::Pipeline, replica: &str, fields: &[(&str, &str)]) {
+    let control = control_key(replica);
+    pipe.cmd("XADD")
+        .arg(&control)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(10_000)
+        .arg("*");
+    for (name, value) in fields {
+        pipe.arg(*name).arg(*value);
+    }
+    pipe.ignore().cmd("EXPIRE").arg(&control).arg(60).ignore();
+}
+
 fn control_key(replica: &str) -> String {
     format!("chatgate:ctl:{replica}")
 }
@@ -398,27 +414,14 @@ impl BusGenerations {
             return Ok(false);
         }
         let reply = format!("chatgate:reply:{}", uuid::Uuid::new_v4());
-        let control = control_key(&meta.replica);
-        redis::pipe()
-            .cmd("XADD")
-            .arg(&control)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(10_000)
-            .arg("*")
-            .arg("op")
-            .arg("stop")
-            .arg("message")
-            .arg(message.to_string())
-            .arg("reply")
-            .arg(&reply)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&control)
-            .arg(60)
-            .ignore()
-            .exec_async(&mut conn)
-            .await?;
+        let mut pipe = redis::pipe();
+        let message = message.to_string();
+        to_control(
+            &mut pipe,
+            &meta.replica,
+            &[("op", "stop"), ("message", &message), ("reply", &reply)],
+        );
+        pipe.exec_async(&mut conn).await?;
         // A blocking pop of its own: the shared connection must not wait behind it.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
@@ -870,22 +873,8 @@ async fn tell_watching(bus: &Bus, followed: &mut HashMap<String, Follower>, now:
         }
         follower.told = Some(now);
         telling += 1;
-        let control = control_key(&follower.replica);
-        pipe.cmd("XADD")
-            .arg(&control)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(10_000)
-            .arg("*")
-            .arg("op")
-            .arg("watch")
-            .arg("message")
-            .arg(follower.message.to_string())
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&control)
-            .arg(60)
-            .ignore();
+        let message = follower.message.to_string();
+        to_control(&mut pipe, &follower.replica, &[("op", "watch"), ("message", &message)]);
     }
     if telling == 0 {
         return;
