@@ -172,6 +172,17 @@ pub struct Stream {
     pub events: Vec<Event>,
 }
 
+/// A background answer of `words` extra words, one every `delay` ms: (conversation, message).
+pub async fn long_answer(app: &TestApp, words: usize, delay: u64) -> (String, String) {
+    let accepted = app
+        .background(json!({"content": format!("tell me [mock:words={words}] [mock:delay={delay}]")}))
+        .await;
+    (
+        accepted["conversation_id"].as_str().unwrap().to_owned(),
+        accepted["message_id"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// The mock's echo of `prompt` (directives removed) with `words` extra words.
 pub fn echo(prompt: &str, words: usize) -> String {
     std::iter::once(format!("Echo: {prompt}"))

@@ -35,3 +35,4 @@ mod v1;
 mod v1_errors;
 mod v1_sdk;
 mod v1_shutdown;
+mod watched;

@@ -110,7 +110,7 @@ pub struct Scraped {
 
 impl Scraped {
     /// The sum of the samples named `name` that carry every label of `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|s| s.name == name)

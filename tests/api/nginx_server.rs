@@ -6,8 +6,8 @@
 //! The binary comes from Debian's `nginx` package (`.ci/run` installs it), or is the one in
 //! `CHATGATE_TEST_NGINX`.
 
+use crate::watched;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Nginx {
@@ -16,15 +16,11 @@ pub struct Nginx {
 }
 
 fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHATGATE_TEST_NGINX") {
-        return PathBuf::from(path);
-    }
-    let path = PathBuf::from("/usr/sbin/nginx");
-    assert!(
-        path.is_file(),
-        "the nginx tests need nginx: install Debian's `nginx` package (.ci/run does), or set CHATGATE_TEST_NGINX to its binary"
-    );
-    path
+    watched::binary(
+        "CHATGATE_TEST_NGINX",
+        "/usr/sbin/nginx",
+        "the nginx tests need nginx: install Debian's `nginx` package (.ci/run does)",
+    )
 }
 
 impl Nginx {
@@ -32,15 +28,8 @@ impl Nginx {
     pub async fn start(replicas: [u16; 2]) -> Self {
         let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
             .expect("deploy/nginx.conf");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::Builder::new()
-            .prefix("chatgate-nginx-")
-            .tempdir()
-            .expect("a temporary directory")
-            .keep();
+        let port = watched::free_port();
+        let dir = watched::directory("chatgate-nginx-");
         let config = shipped
             .replace("server replica-a:8000", &format!("server 127.0.0.1:{}", replicas[0]))
             .replace("server replica-b:8000", &format!("server 127.0.0.1:{}", replicas[1]))
@@ -67,21 +56,7 @@ impl Nginx {
             d = dir.display(),
             file = file.display(),
         );
-        let watchdog = format!(
-            "{nginx} >{d}/out.log 2>&1 & n=$!; echo $n >{d}/watched.pid; \
-             while [ -d /proc/{me} ] && kill -0 $n 2>/dev/null; do sleep 0.2; done; \
-             kill -QUIT $n 2>/dev/null; wait $n; rm -rf {d}",
-            d = dir.display(),
-            me = std::process::id(),
-        );
-        let mut watchdog = Command::new("sh")
-            .args(["-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        std::thread::spawn(move || watchdog.wait());
+        watched::run(&nginx, &dir, "QUIT");
         let nginx = Self { port, dir };
         let asked = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -102,8 +77,6 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("watched.pid")) {
-            let _ = Command::new("kill").args(["-QUIT", pid.trim()]).status();
-        }
+        watched::stop(&self.dir, "QUIT");
     }
 }

@@ -7,6 +7,7 @@
 //! the directory in `CHATGATE_TEST_PG_BIN`. PostgreSQL refuses to run as root: as root, the
 //! server runs as the `postgres` user that package creates.
 
+use crate::watched;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -75,12 +76,7 @@ fn is_root() -> bool {
 
 fn start() -> Server {
     let bin = bin_dir();
-    let dir = tempfile::Builder::new()
-        .prefix("chatgate-pg-")
-        .tempdir()
-        .expect("a temporary directory")
-        // Removed by the watchdog, after the server has stopped.
-        .keep();
+    let dir = watched::directory("chatgate-pg-");
     // As root, the server's files and process belong to `postgres`.
     let as_server_user: Vec<String> = match is_root() {
         true => {
@@ -115,10 +111,7 @@ fn start() -> Server {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = watched::free_port();
     let postgres = format!(
         "{} {} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=200",
@@ -127,26 +120,7 @@ fn start() -> Server {
         data.display(),
         dir.display(),
     );
-    let log = dir.join("server.log");
-    // The watchdog: the server in the background, stopped (and its directory removed) once
-    // this test process is gone.
-    let watchdog = format!(
-        "{postgres} >{log} 2>&1 & pg=$!; \
-         while [ -d /proc/{me} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; \
-         kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
-        log = log.display(),
-        me = std::process::id(),
-        dir = dir.display(),
-    );
-    let mut watchdog = Command::new("sh")
-        .args(["-c", &watchdog])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the PostgreSQL server starts");
-    // Reaped if it ends early (the server died); it outlives this process otherwise.
-    std::thread::spawn(move || watchdog.wait());
+    watched::run(&postgres, &dir, "INT");
 
     let ready = Instant::now();
     let server = Server { port };
@@ -154,7 +128,7 @@ fn start() -> Server {
         if ready.elapsed() > Duration::from_secs(30) {
             panic!(
                 "the test PostgreSQL server did not open port {port} within 30 s; its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                watched::log(&dir)
             );
         }
         std::thread::sleep(Duration::from_millis(50));

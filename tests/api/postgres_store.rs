@@ -70,11 +70,7 @@ async fn two_gateways_on_one_postgres_database_read_and_continue_each_others_con
 #[tokio::test]
 async fn an_unreachable_postgres_stops_the_start_naming_where_without_the_password() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::watched::free_port();
     let mut settings = Settings::for_tests();
     settings.store = StoreKind::Postgres(PostgresUrl(format!(
         "postgres://chatgate:hunter2-secret@127.0.0.1:{port}/chat"

@@ -6,8 +6,8 @@
 //! The binary comes from Debian's `redis-server` package (`.ci/run` installs it), or is the
 //! one in `CHATGATE_TEST_REDIS_SERVER`.
 
+use crate::watched;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
@@ -16,61 +16,30 @@ pub struct RedisServer {
 }
 
 fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHATGATE_TEST_REDIS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let path = PathBuf::from("/usr/bin/redis-server");
-    assert!(
-        path.is_file(),
-        "the bus tests need a Redis server: install Debian's `redis-server` package (.ci/run does), \
-         or set CHATGATE_TEST_REDIS_SERVER to its binary"
-    );
-    path
+    watched::binary(
+        "CHATGATE_TEST_REDIS_SERVER",
+        "/usr/bin/redis-server",
+        "the bus tests need a Redis server: install Debian's `redis-server` package (.ci/run does)",
+    )
 }
 
 impl RedisServer {
     /// A new server on a free port, taking commands when this returns.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let server = Self::start_on(port);
+        let server = Self::start_on(watched::free_port());
         server.wait_until_up().await;
         server
     }
 
     fn start_on(port: u16) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("chatgate-redis-")
-            .tempdir()
-            .expect("a temporary directory")
-            // Removed by the watchdog, after the server has stopped.
-            .keep();
+        let dir = watched::directory("chatgate-redis-");
         let redis = format!(
             "{} --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir {} --pidfile {}",
             binary().display(),
             dir.display(),
             dir.join("redis.pid").display(),
         );
-        // The watchdog: the server in the background, stopped (and its directory removed)
-        // once this test process is gone or the server was stopped.
-        let watchdog = format!(
-            "{redis} >{log} 2>&1 & r=$!; echo $r >{dir}/watched.pid; \
-             while [ -d /proc/{me} ] && kill -0 $r 2>/dev/null; do sleep 0.2; done; \
-             kill $r 2>/dev/null; wait $r; rm -rf {dir}",
-            log = dir.join("server.log").display(),
-            me = std::process::id(),
-            dir = dir.display(),
-        );
-        let mut watchdog = Command::new("sh")
-            .args(["-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the Redis server starts");
-        std::thread::spawn(move || watchdog.wait());
+        watched::run(&redis, &dir, "TERM");
         Self { port, dir }
     }
 
@@ -85,8 +54,9 @@ impl RedisServer {
             }
             assert!(
                 asked.elapsed() < Duration::from_secs(20),
-                "the test Redis server did not start on port {}",
-                self.port
+                "the test Redis server did not start on port {}: {}",
+                self.port,
+                watched::log(&self.dir)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -114,9 +84,7 @@ impl RedisServer {
     }
 
     fn stop(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("watched.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
+        watched::stop(&self.dir, "TERM");
     }
 }
 

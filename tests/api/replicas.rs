@@ -40,17 +40,6 @@ async fn two_replicas() -> (TestApp, TestApp, RedisServer) {
     (a, b, redis)
 }
 
-/// A background answer of `words` extra words, one every `delay` ms: (conversation, message).
-async fn long_answer(app: &TestApp, words: usize, delay: u64) -> (String, String) {
-    let accepted = app
-        .background(json!({"content": format!("tell me [mock:words={words}] [mock:delay={delay}]")}))
-        .await;
-    (
-        accepted["conversation_id"].as_str().unwrap().to_owned(),
-        accepted["message_id"].as_str().unwrap().to_owned(),
-    )
-}
-
 fn ids(stream: &Stream) -> Vec<u64> {
     stream
         .events
@@ -379,11 +368,7 @@ async fn after_redis_restarts_a_replica_that_followed_before_follows_the_next_an
 #[tokio::test]
 async fn an_unreachable_bus_stops_the_start_naming_where_without_the_password() {
     let store = fresh_database().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::watched::free_port();
     let mut settings = Settings::for_tests();
     settings.store = StoreKind::Postgres(PostgresUrl(store));
     settings.bus = Some(BusUrl(format!("redis://:hunter2-secret@127.0.0.1:{port}/0")));
@@ -420,22 +405,14 @@ async fn a_conversation_of_another_client_key_is_not_found_on_another_replica_wh
         .await
         .unwrap();
     let conversation = accepted["conversation_id"].as_str().unwrap();
-    let as_bob = b
-        .client
-        .get(b.url(&format!("/conv/{conversation}/stream")))
-        .bearer_auth("sk-bob-0123456789abcdef0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(as_bob.status(), 404);
-    let as_alice = b
-        .client
-        .get(b.url(&format!("/conv/{conversation}/stream")))
-        .bearer_auth("sk-alice-0123456789abcdef")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(as_alice.status(), 200);
+    let stream_on_b = |key: &'static str| {
+        b.client
+            .get(b.url(&format!("/conv/{conversation}/stream")))
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(stream_on_b("sk-bob-0123456789abcdef0").await.unwrap().status(), 404);
+    assert_eq!(stream_on_b("sk-alice-0123456789abcdef").await.unwrap().status(), 200);
     let (status, _) = b.stop(conversation, None).await;
     assert_eq!(status, 401, "no key, no stop");
     let stopped = b
@@ -501,20 +478,7 @@ async fn a_client_counts_once_across_replicas_for_live_answers() {
 
 /// The value of the unlabelled metric `name` on `app`.
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("no {name} in {text}"));
-    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    app.metrics().await.exactly(name, &[])
 }
 
 fn port_of(app: &TestApp) -> u16 {
@@ -523,23 +487,10 @@ fn port_of(app: &TestApp) -> u16 {
 
 /// How many stream requests `app` answered with 200, by its `/metrics`.
 async fn streams_served(app: &TestApp) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("chatgate_http_requests_total{")
-                && l.contains(r#"route="/conv/{id}/stream""#)
-                && l.contains(r#"status="200""#)
-        })
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
-        .sum()
+    app.metrics().await.sum(
+        "chatgate_http_requests_total",
+        &[("route", "/conv/{id}/stream"), ("status", "200")],
+    )
 }
 
 #[tokio::test]

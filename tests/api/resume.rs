@@ -5,17 +5,6 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// A background answer of `words` extra words, one every `delay` ms: (conversation, message).
-async fn long_answer(app: &TestApp, words: usize, delay: u64) -> (String, String) {
-    let accepted = app
-        .background(json!({"content": format!("tell me [mock:words={words}] [mock:delay={delay}]")}))
-        .await;
-    (
-        accepted["conversation_id"].as_str().unwrap().to_owned(),
-        accepted["message_id"].as_str().unwrap().to_owned(),
-    )
-}
-
 fn id_of(event: &Event) -> u64 {
     event.id.as_ref().expect("a frame id").parse().unwrap()
 }
