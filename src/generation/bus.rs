@@ -370,29 +370,26 @@ impl BusGenerations {
         Ok(reader)
     }
 
-    /// Hands `follower` to this thread's [`follow_loop`], started with the thread's first.
+    /// Hands `follower` to this thread's [`follow_loop`], started with the thread's first
+    /// follower (or again, if its runtime stopped and took the task with it).
     fn feed(&self, follower: Follower) {
         let mut loops = locked(&self.follow);
-        let sender = loops.entry(std::thread::current().id()).or_insert_with(|| {
-            let (sender, followers) = mpsc::unbounded_channel();
-            tokio::spawn(follow_loop(
-                Arc::clone(&self.bus),
-                Arc::clone(&self.following),
-                followers,
-            ));
-            sender
-        });
-        if let Err(mpsc::error::SendError(follower)) = sender.send(follower) {
-            // its task is gone (its runtime stopped): a new one
-            let (sender, followers) = mpsc::unbounded_channel();
-            tokio::spawn(follow_loop(
-                Arc::clone(&self.bus),
-                Arc::clone(&self.following),
-                followers,
-            ));
-            let _ = sender.send(follower);
-            loops.insert(std::thread::current().id(), sender);
-        }
+        let thread = std::thread::current().id();
+        let follower = match loops.get(&thread) {
+            Some(running) => match running.send(follower) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(follower)) => follower,
+            },
+            None => follower,
+        };
+        let (sender, followers) = mpsc::unbounded_channel();
+        tokio::spawn(follow_loop(
+            Arc::clone(&self.bus),
+            Arc::clone(&self.following),
+            followers,
+        ));
+        let _ = sender.send(follower);
+        loops.insert(thread, sender);
     }
 
     /// Asks the replica generating `target` to stop it.
