@@ -1,7 +1,7 @@
 //! What every handler shares. Routes import this; it imports no route.
 
 use crate::config::Settings;
-use crate::conversation::{Conversation, ConversationId, Store, StoreError};
+use crate::conversation::{Conversation, ConversationId, MessageId, Store, StoreError};
 use crate::edge::auth::{Client, Keyring};
 use crate::error::{ApiError, RequestError};
 use crate::generation::Generations;
@@ -14,11 +14,15 @@ use crate::relays::Relays;
 use crate::upstream::router::Router;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A running answer's new text waits at most this long before it is checkpointed; with
 /// the commit itself, it is on disk within a second of arriving.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(750);
+
+/// How long a read waits for a live answer's turn to be stored (one commit, normally)
+/// before it takes the store as it is.
+const TURN_WAIT: Duration = Duration::from_secs(5);
 
 pub struct AppState {
     pub settings: Settings,
@@ -40,10 +44,37 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A conversation as it is now: the store's copy, with answers that ended but are not
-    /// stored yet (the store is failing) laid over it.
+    /// A conversation as it is now: the store's copy, with its newest live answer in it,
+    /// and answers that ended but are not stored yet (the store is failing) laid over it.
     pub async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        self.conversation_having(id, None).await
+    }
+
+    /// As [`Self::conversation`], but when `needed` is given and stored, the live answers
+    /// are not looked at.
+    ///
+    /// An answer's turn is written while the answer streams, so that the first token does
+    /// not wait for the disk; but its client knows of it from the first frame (or the 202),
+    /// and may read the conversation, continue it or delete it at once, on any replica. A
+    /// read that does not find the newest live answer waits for its turn to be stored.
+    async fn conversation_having(
+        &self,
+        id: ConversationId,
+        needed: Option<MessageId>,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let has = |c: &Option<Conversation>, m: MessageId| c.as_ref().is_some_and(|c| c.message(m).is_some());
         let mut conversation = self.store.conversation(id).await?;
+        if needed.is_none_or(|m| !has(&conversation, m))
+            && let Some(live) = self.generations.newest(id).await
+        {
+            let until = Instant::now() + TURN_WAIT;
+            let mut pause = Duration::from_millis(1);
+            while !has(&conversation, live.message) && Instant::now() < until {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+                conversation = self.store.conversation(id).await?;
+            }
+        }
         if let Some(c) = &mut conversation {
             self.unsaved.apply(c);
         }
@@ -53,7 +84,17 @@ impl AppState {
     /// Conversation `id` as `client` may see it: a conversation of another key is
     /// `UnknownConversation` (404), exactly as one that does not exist.
     pub async fn owned_conversation(&self, id: ConversationId, client: &Client) -> Result<Conversation, ApiError> {
-        match self.conversation(id).await? {
+        self.owned_conversation_having(id, None, client).await
+    }
+
+    /// As [`Self::owned_conversation`], for a caller that needs only message `needed`.
+    pub async fn owned_conversation_having(
+        &self,
+        id: ConversationId,
+        needed: Option<MessageId>,
+        client: &Client,
+    ) -> Result<Conversation, ApiError> {
+        match self.conversation_having(id, needed).await? {
             Some(c) if client.may_see(c.owner.as_deref()) => Ok(c),
             _ => Err(RequestError::UnknownConversation(id).into()),
         }
@@ -77,8 +118,8 @@ impl AppState {
         if let Client::Address(_) = client {
             return Ok(());
         }
-        let visible = match self.generations.owner(id).await {
-            Some(owner) => client.may_see(owner.as_deref()),
+        let visible = match self.generations.newest(id).await {
+            Some(live) => client.may_see(live.owner.as_deref()),
             None => self
                 .store
                 .conversation(id)

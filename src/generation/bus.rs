@@ -28,7 +28,7 @@
 //! and is stored on its own replica, where its own readers see nothing of it.
 
 use super::local::{LocalGenerations, Watch};
-use super::{End, Generations, Producer, ReadFrom, Reader, Signal, Snapshot, Target};
+use super::{End, Generations, LiveAnswer, Producer, ReadFrom, Reader, Signal, Snapshot, Target};
 use crate::conversation::store::AnswerUpdate;
 use crate::conversation::{ConversationId, FinishType, MessageId, Status, Store, Usage};
 use crate::error::{ApiError, ErrorBody};
@@ -1232,16 +1232,19 @@ impl Generations for BusGenerations {
         })
     }
 
-    async fn owner(&self, conversation: ConversationId) -> Option<Option<String>> {
-        if let Some(owner) = self.own.owner(conversation).await {
-            return Some(owner);
+    async fn newest(&self, conversation: ConversationId) -> Option<LiveAnswer> {
+        if let Some(live) = self.own.newest(conversation).await {
+            return Some(live);
         }
         let target = Target {
             conversation,
             message: None,
         };
         match self.find(target).await {
-            Ok(found) => found.map(|(_, meta)| meta.owner),
+            Ok(found) => found.map(|(message, meta)| LiveAnswer {
+                message,
+                owner: meta.owner,
+            }),
             Err(e) => {
                 log::warn!("conversation {conversation}: the bus could not be asked for its live answer: {e}");
                 None

@@ -16,7 +16,7 @@
 //! only reasoning is a chunk like any other (a frame, an id). An answer without reasoning
 //! keeps nothing for it: its chunks cost what they cost before reasoning existed.
 
-use super::{End, Generations, Producer, ReadFrom, Reader, ReaderItem, Signal, Snapshot, Target};
+use super::{End, Generations, LiveAnswer, Producer, ReadFrom, Reader, ReaderItem, Signal, Snapshot, Target};
 use crate::conversation::{ConversationId, FinishType, MessageId, Status};
 use crate::wire::chatgpt::{AnswerIdentity, FrameState, FrameTemplate, FrameText, escape_into, unescape};
 use crate::wire::sse;
@@ -285,10 +285,13 @@ impl Generations for LocalGenerations {
         })
     }
 
-    async fn owner(&self, conversation: ConversationId) -> Option<Option<String>> {
+    async fn newest(&self, conversation: ConversationId) -> Option<LiveAnswer> {
         let registry = self.lock();
-        let message = registry.by_conversation.get(&conversation)?.first()?;
-        registry.by_message.get(message).map(|g| g.owner.clone())
+        let message = *registry.by_conversation.get(&conversation)?.last()?;
+        registry.by_message.get(&message).map(|g| LiveAnswer {
+            message,
+            owner: g.owner.clone(),
+        })
     }
 
     async fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader> {

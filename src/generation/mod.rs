@@ -101,6 +101,14 @@ pub trait Producer: Send {
     fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Signal>;
 }
 
+/// A conversation's newest live answer, as the registry knows it.
+#[derive(Debug, Clone)]
+pub struct LiveAnswer {
+    pub message: MessageId,
+    /// The client key name its conversation belongs to (`None`: no owner).
+    pub owner: Option<String>,
+}
+
 /// Which generation a reader or a stop means.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
@@ -115,10 +123,10 @@ pub trait Generations: Send + Sync + 'static {
     /// Registers a new generation. A `never_alone` one (a background turn) is never ended
     /// for having no reader. `owner`: the client key name its conversation belongs to.
     async fn start(&self, identity: AnswerIdentity, owner: Option<String>, never_alone: bool) -> Box<dyn Producer>;
-    /// The owner of a conversation with a live generation (`Some(None)`: no owner); `None`
-    /// when none is live. A new conversation's first answer is live before its row is
-    /// stored: this is where its owner is known meanwhile.
-    async fn owner(&self, conversation: ConversationId) -> Option<Option<String>>;
+    /// The conversation's newest live generation; `None` when none is live. An answer is
+    /// live before its turn is stored (the turn is written while it streams): this is
+    /// where it, and a new conversation's owner, are known meanwhile.
+    async fn newest(&self, conversation: ConversationId) -> Option<LiveAnswer>;
     /// Follows a generation from `from` while it is live (on a bus: also while the bus
     /// keeps an ended one); `None` otherwise (the store replays it).
     async fn subscribe(&self, target: Target, from: ReadFrom) -> Option<Reader>;

@@ -130,7 +130,7 @@ pub async fn prepare(state: &AppState, request: TurnRequest, client: &Client) ->
 
     let (conversation_id, new_conversation, parent, branch) = match conversation {
         Some(id) => {
-            let conversation = state.owned_conversation(id, client).await?;
+            let conversation = state.owned_conversation_having(id, parent, client).await?;
             let parent = parent.unwrap_or(conversation.current_node);
             if conversation.message(parent).is_none() {
                 return Err(RequestError::UnknownMessage(parent).into());

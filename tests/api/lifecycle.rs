@@ -310,3 +310,83 @@ async fn a_background_turn_with_cancel_unread_is_cancelled_once_its_readers_are_
         .await;
     assert_eq!(stored["status"], "finished_partial_completion");
 }
+
+/// An answer's turn is written while it streams, and its client knows of it from the 202
+/// or the first frame: on `read_on` (`on` itself, or another replica), the conversation is
+/// read, continued and deleted at once, as if it had been stored before. Each step a few
+/// times: the store's write and the client's request race.
+pub async fn announced_answers_are_read_continued_and_deleted_at_once(on: &TestApp, read_on: &TestApp) {
+    for round in 0..5 {
+        let accepted = on
+            .background(json!({"content": format!("announced {round} [mock:words=20] [mock:delay=10]")}))
+            .await;
+        let conversation = str_of(&accepted, "conversation_id");
+        let (status, tree) = read_on.get_json(&format!("/conv/{conversation}")).await;
+        assert_eq!(status, 200, "round {round}, read after the 202: {tree}");
+        let user = &tree["mapping"][str_of(&accepted, "parent_message_id")]["message"];
+        assert_eq!(user["author"]["role"], "user", "round {round}: {tree}");
+        let answer = &tree["mapping"][str_of(&accepted, "message_id")]["message"];
+        assert_eq!(answer["author"]["role"], "assistant", "round {round}: {tree}");
+        assert_eq!(tree["current_node"], accepted["message_id"]);
+
+        let mut live = Live::new(
+            on.post_conv(json!({"content": format!("streamed {round} [mock:words=20] [mock:delay=10]")}))
+                .await,
+        );
+        let first = live.next_frame().await;
+        let conversation = first["conversation_id"].as_str().unwrap();
+        let (status, tree) = read_on.get_json(&format!("/conv/{conversation}")).await;
+        assert_eq!(status, 200, "round {round}, read after the first frame: {tree}");
+        let message = first["message"]["id"].as_str().unwrap();
+        assert_eq!(tree["mapping"][message]["message"]["author"]["role"], "assistant");
+        live.rest(Duration::from_secs(10)).await.assert_finished();
+
+        let accepted = on
+            .background(json!({"content": format!("branched {round} [mock:words=20] [mock:delay=10]")}))
+            .await;
+        let branch = read_on
+            .turn(json!({
+                "content": "another answer to it",
+                "conversation_id": accepted["conversation_id"],
+                "parent_message_id": accepted["parent_message_id"],
+            }))
+            .await;
+        branch.assert_finished();
+        assert_eq!(branch.text(), echo("another answer to it", 0));
+
+        let cancelled = on.mock.stats().cancelled;
+        let accepted = on
+            .background(json!({"content": format!("deleted {round} [mock:words=200] [mock:delay=10]")}))
+            .await;
+        let conversation = str_of(&accepted, "conversation_id");
+        let deleted = read_on
+            .client
+            .delete(read_on.url(&format!("/conv/{conversation}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 204, "round {round}: {:?}", deleted.text().await);
+        // Its answer is stopped, not left to run for two seconds, and does not bring the
+        // conversation back when it ends.
+        for _ in 0..100 {
+            if on.mock.stats().cancelled > cancelled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            on.mock.stats().cancelled,
+            cancelled + 1,
+            "round {round}: the upstream request is cancelled"
+        );
+        on.registry_empties().await;
+        let (status, body) = read_on.get_json(&format!("/conv/{conversation}")).await;
+        assert_eq!(status, 404, "round {round}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_announced_is_read_continued_and_deleted_at_once_on_sqlite() {
+    let app = spawn_app().await;
+    announced_answers_are_read_continued_and_deleted_at_once(&app, &app).await;
+}

@@ -198,6 +198,12 @@ async fn the_newest_live_answer_of_a_conversation_is_found_on_another_replica() 
 }
 
 #[tokio::test]
+async fn an_answer_announced_on_one_replica_is_read_continued_and_deleted_at_once_on_another() {
+    let (a, b, _redis) = two_replicas().await;
+    crate::lifecycle::announced_answers_are_read_continued_and_deleted_at_once(&a, &b).await;
+}
+
+#[tokio::test]
 async fn last_event_id_resumes_on_another_replica_with_nothing_lost_or_repeated() {
     let (a, b, _redis) = two_replicas().await;
     let (conversation, message) = long_answer(&a, 60, 20).await;
