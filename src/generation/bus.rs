@@ -9,8 +9,8 @@
 //!   (`Last-Event-ID`) is a stream position on every replica; the end is the entry after
 //!   the last chunk, with the last frame's status, error and usage;
 //! - `live:{conversation}`: the conversation's live answers, by start time;
-//! - `replica:{id}`: a replica's lease, renewed every [`LEASE_RENEW`] and lasting
-//!   [`LEASE_LASTS`]: a replica without one is dead;
+//! - `replica:{id}`: a replica's lease, renewed every [`LEASE_RENEW`] and with each answer
+//!   it announces, and lasting [`LEASE_LASTS`]: a replica without one is dead;
 //! - `ctl:{id}`: a replica's control stream: stop requests, and "a reader here still
 //!   follows this answer" from the others.
 //!
@@ -950,14 +950,20 @@ fn ended_keys(pipe: &mut redis::Pipeline, identity: &AnswerIdentity) {
         .ignore();
 }
 
-async fn renew_lease(conn: &mut ConnectionManager, replica: &str) -> Result<(), RedisError> {
-    redis::cmd("SET")
+/// Takes or renews the replica's lease.
+fn lease(pipe: &mut redis::Pipeline, replica: &str) {
+    pipe.cmd("SET")
         .arg(lease_key(replica))
         .arg(1)
         .arg("PX")
         .arg(LEASE_LASTS.as_millis() as u64)
-        .exec_async(conn)
-        .await
+        .ignore();
+}
+
+async fn renew_lease(conn: &mut ConnectionManager, replica: &str) -> Result<(), RedisError> {
+    let mut pipe = redis::pipe();
+    lease(&mut pipe, replica);
+    pipe.exec_async(conn).await
 }
 
 /// Renews the lease, and forgets readers elsewhere that lapsed, until the replica's
@@ -1216,6 +1222,9 @@ impl Generations for BusGenerations {
             .arg(live_key(conversation))
             .arg(LIVE_KEPT_SECS)
             .ignore();
+        // The lease too: after a Redis restart, which loses it, a new answer must not look
+        // like a dead replica's to readers elsewhere until the next renewal.
+        lease(&mut pipe, &self.bus.replica);
         let mut conn = self.bus.conn.clone();
         // Before the answer's first chunk, and before a 202 names it: a reader on another
         // replica finds it as soon as its client knows of it.

@@ -354,6 +354,47 @@ async fn when_redis_restarts_readers_elsewhere_end_with_bus_failed_and_the_answe
 }
 
 #[tokio::test]
+async fn an_answer_announced_while_its_replicas_lease_is_lost_renews_it_and_is_followed_whole() {
+    let (a, b, redis) = two_replicas().await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // As a Redis restart loses them: the replicas renew their leases only every 750 ms, and
+    // until then a silent answer of A's would look like a dead replica's to B.
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg("chatgate:replica:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let _: () = redis::cmd("DEL").arg(&leases).query_async(&mut conn).await.unwrap();
+    let accepted = a
+        .background(json!({"content": "silent at first [mock:first-delay=1200] [mock:words=5] [mock:delay=10]"}))
+        .await;
+    let (conversation, message) = (
+        accepted["conversation_id"].as_str().unwrap(),
+        accepted["message_id"].as_str().unwrap(),
+    );
+    let replica: String = redis::cmd("HGET")
+        .arg(format!("chatgate:answer:{message}"))
+        .arg("replica")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let alive: bool = redis::cmd("EXISTS")
+        .arg(format!("chatgate:replica:{replica}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(alive, "announcing an answer renews its replica's lease");
+    let on_b = read_stream(b.get_stream(conversation, "", None).await).await;
+    on_b.assert_finished();
+    assert_eq!(on_b.text(), echo("silent at first", 5));
+}
+
+#[tokio::test]
 async fn after_redis_restarts_a_replica_that_followed_before_follows_the_next_answer_whole() {
     let (a, b, mut redis) = two_replicas().await;
     // B reads an answer of A's through the bus, and keeps its connection for the next.
