@@ -12,6 +12,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub pid: u32,
     _child: Child,
+    /// Dropped after the child, which is killed as it drops.
+    _cpu: Option<crate::cpu_limit::CpuLimit>,
 }
 
 impl Gateway {
@@ -32,7 +34,9 @@ impl Gateway {
         if keys {
             command.args(["--api-keys", "bench:bench-client-key"]);
         }
-        Self::spawn(command, "chatgate listening on http://").await
+        let mut gateway = Self::spawn(command, "chatgate listening on http://").await?;
+        gateway._cpu = crate::cpu_limit::CpuLimit::apply(gateway.pid)?;
+        Ok(gateway)
     }
 
     /// Starts this benchmark's own TCP pump (see `pump`) in front of the mock.
@@ -63,6 +67,7 @@ impl Gateway {
                     addr,
                     pid,
                     _child: child,
+                    _cpu: None,
                 });
             }
         }

@@ -3,6 +3,7 @@
 
 mod client;
 mod clock;
+mod cpu_limit;
 mod follow;
 mod gateway;
 mod generations;
@@ -78,6 +79,19 @@ struct Args {
     /// Runs of the ramp for each chatgate, each run taking the gateways in another order.
     #[arg(long, default_value_t = 1)]
     ramp_runs: usize,
+    /// The ramp's steps, in streams open together (`--max-streams` is added as the last).
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,4000,8000")]
+    ramp_steps: Vec<usize>,
+    /// Streams the ramp opens per second, as clients arriving.
+    #[arg(long, default_value_t = 1000)]
+    ramp_open_per_second: usize,
+    /// Runs every chatgate process (each replica; not nginx, the pump or the mock) in a
+    /// cgroup of its own limited to this fraction of one core, as if each replica had a
+    /// small host to itself: then the ramp shows what a second replica adds when what runs
+    /// out is each replica's own CPU, not the machine's. Needs root and the cgroup `cpu`
+    /// controller. Meant for `--only ramp`: every other figure is of a throttled process.
+    #[arg(long)]
+    replica_cpu: Option<f64>,
     /// Rounds of each per-chunk scenario (1, 100 and 1,000 streams), each round taking
     /// the targets in another order; their samples are pooled. More rounds interleave the
     /// targets more finely, so that a slow phase of the machine hurts each alike.
@@ -184,6 +198,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.chunk_streams.iter().find(|n| ![1, 100, 1000].contains(*n)) {
         return Err(format!("--chunk-streams: no per-chunk scenario has {n} streams (1, 100 or 1000)").into());
+    }
+    if let Some(fraction) = args.replica_cpu {
+        if !(fraction > 0.0 && fraction <= 64.0) {
+            return Err(format!("--replica-cpu: a fraction of one core above 0, got {fraction}").into());
+        }
+        cpu_limit::limit_each(fraction);
     }
     clock::now_ns();
     let mock = Mock::start(args.mock_port).await?;
@@ -870,9 +890,10 @@ async fn ramp_once(
 ) -> (usize, f64, f64) {
     let mut conns = Vec::new();
     let mut held = (0, 0.0, 0.0);
-    let mut steps = vec![1000, 2000, 4000, 8000];
+    let mut steps = args.ramp_steps.clone();
     steps.push(args.max_streams);
     steps.retain(|&n| n <= args.max_streams);
+    steps.sort_unstable();
     steps.dedup();
     if args.quick {
         steps = vec![500, 1000];
@@ -884,7 +905,15 @@ async fn ramp_once(
             let before = quiet.begin().await;
             let (cpu_before, own_before) = (gateway::cpu_ms(pid), gateway::cpu_ms(me));
             let started = std::time::Instant::now();
-            let step = scenarios::paced(mock, chatgate, &mut conns, n, Duration::from_millis(500)).await;
+            let step = scenarios::paced(
+                mock,
+                chatgate,
+                &mut conns,
+                n,
+                args.ramp_open_per_second,
+                Duration::from_millis(500),
+            )
+            .await;
             // percent of one core over the step
             let percent = |ms: f64| ms / started.elapsed().as_secs_f64() / 10.0;
             let (busy, own) = (

@@ -196,16 +196,22 @@ pub struct Step {
     pub stalled: bool,
 }
 
-/// Streams opened per second in the ramp, as clients arriving; a stream lasts until the
-/// last one has opened and five seconds more, so that all are open together.
-const OPEN_PER_SECOND: usize = 1000;
 const PACE: Duration = Duration::from_millis(250);
 
 /// Opens `streams` paced answers (a chunk every 250 ms) through `target` (half of them
-/// through its second replica, if it has one); a stream stalls when one of its chunks
-/// arrives more than `stall` after the mock wrote it.
-pub async fn paced(mock: &Mock, target: &Target, conns: &mut Vec<Conn>, streams: usize, stall: Duration) -> Step {
-    let opening = Duration::from_secs_f64(streams as f64 / OPEN_PER_SECOND as f64);
+/// through its second replica, if it has one), `open_per_second` of them a second, as
+/// clients arriving; a stream lasts until the last one has opened and five seconds more,
+/// so that all are open together. A stream stalls when one of its chunks arrives more
+/// than `stall` after the mock wrote it.
+pub async fn paced(
+    mock: &Mock,
+    target: &Target,
+    conns: &mut Vec<Conn>,
+    streams: usize,
+    open_per_second: usize,
+    stall: Duration,
+) -> Step {
+    let opening = Duration::from_secs_f64(streams as f64 / open_per_second.max(1) as f64);
     let shape = Shape {
         chunks: ((opening + Duration::from_secs(5)).as_millis() / PACE.as_millis()) as usize,
         delay: PACE,
