@@ -10,6 +10,7 @@ mod checkpoints;
 mod concurrency;
 mod conversations;
 mod cors;
+mod deploy;
 mod edge_security;
 mod helpers;
 mod lifecycle;

@@ -24,6 +24,24 @@ fn without_own_settings(command: &mut Command) {
     }
 }
 
+/// The `chatgate` binary, to run in `dir` logging at `level`, with none of this process's
+/// own settings in its environment and its output piped.
+fn command_in(dir: &Path, level: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+    command
+        .env("RUST_LOG", level)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    without_own_settings(&mut command);
+    command
+}
+
+fn directory_of(db: &Path) -> &Path {
+    db.parent().expect("the database is in a directory")
+}
+
 /// The `chatgate` binary running as a child process. Dropping it kills the process (a
 /// failing test leaves nothing behind) and, when the test is failing, prints its log.
 pub struct Gateway {
@@ -45,7 +63,7 @@ impl Gateway {
     /// Like [`Gateway::start`], logging at `level` (`RUST_LOG`).
     pub async fn start_logging(db: &Path, mock: &MockLlm, extra: &[&str], level: &str) -> Self {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        let mut command = command_in(directory_of(db), level);
         command
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream-url", &mock.base_url()])
@@ -54,13 +72,7 @@ impl Gateway {
             .arg(format!("sqlite://{}", db.display()))
             .arg("--prompts-dir")
             .arg(manifest.join("prompts"))
-            .args(extra)
-            .env("RUST_LOG", level)
-            .current_dir(db.parent().expect("the database is in a directory"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        without_own_settings(&mut command);
+            .args(extra);
         // The key as operators should give it: not on the command line, where `ps` shows it.
         if !extra.iter().any(|a| a.starts_with("--upstream-key")) {
             command.env("OPENAI_API_KEY", KEY);
@@ -71,39 +83,33 @@ impl Gateway {
     /// Starts `chatgate` on the SQLite file `db` with only `args` and `env` as its
     /// settings (no upstream unless they name one).
     pub async fn start_with_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        let mut command = command_in(directory_of(db), "info");
         command
             .args(["--listen", "127.0.0.1:0"])
             .arg("--store")
             .arg(format!("sqlite://{}", db.display()))
             .args(args)
-            .env("RUST_LOG", "info")
-            .current_dir(db.parent().expect("the database is in a directory"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        without_own_settings(&mut command);
-        command.envs(env.iter().copied());
+            .envs(env.iter().copied());
+        Self::spawn(command).await
+    }
+
+    /// Starts `chatgate` in `dir` with `env` as its only settings: no flag at all.
+    pub async fn start_on_env(dir: &Path, env: &[(String, String)]) -> Self {
+        let mut command = command_in(dir, "info");
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         Self::spawn(command).await
     }
 
     /// Starts `chatgate` as one of several replicas: on `store` and `bus`, against `mock`,
     /// in the directory `dir`, with `extra` flags.
     pub async fn start_replica(store: &str, bus: &str, mock: &MockLlm, dir: &Path, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        let mut command = command_in(dir, "info");
         command
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream-url", &mock.base_url()])
             .args(["--model", "mock-model"])
             .args(extra)
-            .env("RUST_LOG", "info")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        without_own_settings(&mut command);
-        // As operators should give them: not on the command line, where `ps` shows them.
-        command
+            // As operators should give them: not on the command line, where `ps` shows them.
             .env("CHATGATE_STORE", store)
             .env("CHATGATE_BUS", bus)
             .env("OPENAI_API_KEY", KEY);
