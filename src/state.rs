@@ -1,7 +1,7 @@
 //! What every handler shares. Routes import this; it imports no route.
 
 use crate::config::Settings;
-use crate::conversation::{Conversation, ConversationId, MessageId, Store, StoreError};
+use crate::conversation::{Conversation, ConversationId, MessageId, Store, StoreError, Summary};
 use crate::edge::auth::{Client, Keyring};
 use crate::error::{ApiError, RequestError};
 use crate::generation::Generations;
@@ -23,6 +23,32 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(750);
 /// How long a read waits for a live answer's turn to be stored (one commit, normally)
 /// before it takes the store as it is.
 const TURN_WAIT: Duration = Duration::from_secs(5);
+
+/// Pauses between reads that wait for a turn to be stored: 1 ms, then twice as long each
+/// time up to 50 ms, for at most [`TURN_WAIT`] in all.
+struct Patience {
+    until: Instant,
+    pause: Duration,
+}
+
+impl Patience {
+    fn new() -> Self {
+        Self {
+            until: Instant::now() + TURN_WAIT,
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// Waits the next pause; false, at once, when the time is up.
+    async fn wait(&mut self) -> bool {
+        if Instant::now() >= self.until {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(50));
+        true
+    }
+}
 
 pub struct AppState {
     pub settings: Settings,
@@ -63,15 +89,25 @@ impl AppState {
         needed: Option<MessageId>,
     ) -> Result<Option<Conversation>, StoreError> {
         let has = |c: &Option<Conversation>, m: MessageId| c.as_ref().is_some_and(|c| c.message(m).is_some());
+        // An answer leaves the registry only once its turn and its end are stored: looked
+        // at before the read, one that is gone then is in what the read finds.
+        let mut live = match needed {
+            None => self.generations.newest(id).await,
+            Some(_) => None,
+        };
         let mut conversation = self.store.conversation(id).await?;
-        if needed.is_none_or(|m| !has(&conversation, m))
-            && let Some(live) = self.generations.newest(id).await
+        if let Some(m) = needed
+            && !has(&conversation, m)
         {
-            let until = Instant::now() + TURN_WAIT;
-            let mut pause = Duration::from_millis(1);
-            while !has(&conversation, live.message) && Instant::now() < until {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+            live = self.generations.newest(id).await;
+            if live.is_none() {
+                // It may have ended since the read.
+                conversation = self.store.conversation(id).await?;
+            }
+        }
+        if let Some(live) = live {
+            let mut patience = Patience::new();
+            while !has(&conversation, live.message) && patience.wait().await {
                 conversation = self.store.conversation(id).await?;
             }
         }
@@ -79,6 +115,26 @@ impl AppState {
             self.unsaved.apply(c);
         }
         Ok(conversation)
+    }
+
+    /// The conversations of `owner` (every one when `None`), newest first, with those
+    /// whose first turn this replica is still writing (their clients know of them).
+    pub async fn conversations(&self, owner: Option<&str>) -> Result<Vec<Summary>, StoreError> {
+        let starting = self.unsaved.starting(owner);
+        let mut patience = Patience::new();
+        loop {
+            // Looked at before the read: a turn stored by then is in what it reads.
+            let writing: Vec<ConversationId> = starting
+                .iter()
+                .copied()
+                .filter(|id| self.unsaved.is_starting(*id))
+                .collect();
+            let list = self.store.list(owner).await?;
+            let listed = writing.iter().all(|id| list.iter().any(|c| c.id == *id));
+            if listed || !patience.wait().await {
+                return Ok(list);
+            }
+        }
     }
 
     /// Conversation `id` as `client` may see it: a conversation of another key is

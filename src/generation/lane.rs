@@ -7,10 +7,11 @@
 //! A write that fails for a passing reason (the database busy, the disk full) is retried
 //! until it succeeds. Meanwhile the end it carries is kept in [`Unsaved`], which reads of
 //! the conversation lay over what the store returns: while the process runs, nobody sees
-//! an ended answer as still in progress.
+//! an ended answer as still in progress. [`Unsaved`] also names the conversations whose
+//! first turn is being written, so that a list read meanwhile can wait for them.
 
 use crate::conversation::store::{AnswerUpdate, NewTurn};
-use crate::conversation::{Conversation, MessageId, Store, StoreError};
+use crate::conversation::{Conversation, ConversationId, MessageId, Store, StoreError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,14 +19,36 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Ends that the store has not taken yet, by message id.
+/// What the store has not taken yet: ends, by message id, and the conversations whose
+/// first turn is being written, with their owners.
 #[derive(Default)]
-pub struct Unsaved(Mutex<HashMap<MessageId, AnswerUpdate>>);
+pub struct Unsaved {
+    ends: Mutex<HashMap<MessageId, AnswerUpdate>>,
+    starting: Mutex<HashMap<ConversationId, Option<String>>>,
+}
+
+/// Inserts and removes only: a map behind a poisoned lock is whole.
+fn locked<T>(map: &Mutex<T>) -> MutexGuard<'_, T> {
+    map.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Unsaved {
     fn lock(&self) -> MutexGuard<'_, HashMap<MessageId, AnswerUpdate>> {
-        // Inserts and removes only: the map behind a poisoned lock is whole.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.ends)
+    }
+
+    /// The conversations of `owner` (every one when `None`) whose first turn is being
+    /// written: a list read now may not have them yet.
+    pub fn starting(&self, owner: Option<&str>) -> Vec<ConversationId> {
+        locked(&self.starting)
+            .iter()
+            .filter(|(_, o)| owner.is_none() || o.as_deref() == owner)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn is_starting(&self, id: ConversationId) -> bool {
+        locked(&self.starting).contains_key(&id)
     }
 
     /// Lays the ends not yet stored over a conversation read from the store.
@@ -70,12 +93,34 @@ pub struct Lane {
     writing: Option<Writing>,
     /// The newest checkpoint not yet under way.
     waiting: Option<AnswerUpdate>,
+    /// While the turn that starts a conversation is being written.
+    starting: Option<Starting>,
+}
+
+/// A conversation listed in [`Unsaved`] as starting, until this is dropped.
+struct Starting {
+    unsaved: Arc<Unsaved>,
+    conversation: ConversationId,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        locked(&self.unsaved.starting).remove(&self.conversation);
+    }
 }
 
 /// Starts writing `turn`; checkpoints and the end follow through the returned lane.
 pub fn open(store: Arc<dyn Store>, unsaved: Arc<Unsaved>, turn: NewTurn) -> Lane {
     let writing = begin(Arc::clone(&store), turn.clone());
+    let starting = turn.new_conversation.is_some().then(|| {
+        locked(&unsaved.starting).insert(turn.conversation_id, turn.owner.clone());
+        Starting {
+            unsaved: Arc::clone(&unsaved),
+            conversation: turn.conversation_id,
+        }
+    });
     Lane {
+        starting,
         id: turn.assistant.id,
         store,
         unsaved,
@@ -126,6 +171,7 @@ impl Lane {
                     self.turn = None;
                 }
                 self.begun = Some(begun);
+                self.starting = None;
             }
             // The next checkpoint, or the end, carries the same text and more.
             Written::Checkpoint(Err(e)) => log::warn!("answer {}: checkpoint not stored: {e}", self.id),

@@ -15,8 +15,7 @@ const MAX_STOPPED: usize = 16;
 /// `GET /conversations`: newest first; with keys, only the client's own.
 pub async fn list(state: web::Data<AppState>, client: Client) -> Result<HttpResponse, ApiError> {
     let items: Vec<_> = state
-        .store
-        .list(client.owner())
+        .conversations(client.owner())
         .await?
         .into_iter()
         .map(|c| json!({"conversation_id": c.id.to_string(), "title": c.title, "update_time": c.update_time}))

@@ -385,8 +385,50 @@ pub async fn announced_answers_are_read_continued_and_deleted_at_once(on: &TestA
     }
 }
 
+/// A new conversation is listed as soon as its client knows of it (the 202, the first
+/// frame), on the replica that writes its first turn.
+pub async fn new_conversations_are_listed_at_once(app: &TestApp) {
+    let listed = |list: &Value, conversation: &Value| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["conversation_id"] == *conversation)
+    };
+    for round in 0..5 {
+        let accepted = app
+            .background(json!({"content": format!("listed {round} [mock:words=20] [mock:delay=10]")}))
+            .await;
+        let (status, list) = app.get_json("/conversations").await;
+        assert_eq!(status, 200);
+        assert!(
+            listed(&list, &accepted["conversation_id"]),
+            "round {round}, after the 202: {list}"
+        );
+        // Answers of the rounds before end meanwhile and move their conversations up: the
+        // new one need not be first.
+        let item = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["conversation_id"] == accepted["conversation_id"])
+            .unwrap();
+        assert_eq!(item["title"], format!("listed {round} [mock:words=20] [mock:delay=10]"));
+
+        let mut live = Live::new(app.post_conv(json!({"content": format!("listed too {round}")})).await);
+        let first = live.next_frame().await;
+        let (_, list) = app.get_json("/conversations").await;
+        assert!(
+            listed(&list, &first["conversation_id"]),
+            "round {round}, after the first frame: {list}"
+        );
+        live.rest(Duration::from_secs(10)).await.assert_finished();
+    }
+}
+
 #[tokio::test]
 async fn an_answer_announced_is_read_continued_and_deleted_at_once_on_sqlite() {
     let app = spawn_app().await;
     announced_answers_are_read_continued_and_deleted_at_once(&app, &app).await;
+    new_conversations_are_listed_at_once(&app).await;
 }

@@ -199,4 +199,5 @@ async fn an_answer_announced_is_read_continued_and_deleted_at_once_on_postgresql
     let url = fresh_database().await;
     let app = gateway_on(&url).await;
     crate::lifecycle::announced_answers_are_read_continued_and_deleted_at_once(&app, &app).await;
+    crate::lifecycle::new_conversations_are_listed_at_once(&app).await;
 }
