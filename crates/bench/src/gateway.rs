@@ -189,12 +189,44 @@ pub struct Others {
     ours: f64,
 }
 
+/// The processes the run counts as its own: `pids` (with their companions), and every
+/// process named one of `servers` (the PostgreSQL and Redis its columns run on, which
+/// work for its load; their processes come and go, so they are looked up each time).
+pub struct Ours {
+    pub pids: Vec<u32>,
+    pub servers: Vec<&'static str>,
+}
+
+impl Ours {
+    fn cpu_ms(&self) -> f64 {
+        let servers: f64 = pids_named(&self.servers).into_iter().map(own_cpu_ms).sum();
+        self.pids.iter().map(|&p| cpu_ms(p)).sum::<f64>() + servers
+    }
+}
+
+/// The processes whose command name is one of `names`.
+fn pids_named(names: &[&str]) -> Vec<u32> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| names.contains(&comm.trim()))
+        })
+        .collect()
+}
+
 impl Others {
-    pub fn now(ours: &[u32]) -> Self {
+    pub fn now(ours: &Ours) -> Self {
         Self {
             at: std::time::Instant::now(),
             busy: machine_busy_ms(),
-            ours: ours.iter().map(|&p| cpu_ms(p)).sum(),
+            ours: ours.cpu_ms(),
         }
     }
 
@@ -203,7 +235,7 @@ impl Others {
     }
 
     /// Percent of one core that other processes used since `self`.
-    pub fn percent_since(&self, ours: &[u32]) -> f64 {
+    pub fn percent_since(&self, ours: &Ours) -> f64 {
         let now = Self::now(ours);
         let others = (now.busy - self.busy) - (now.ours - self.ours);
         others.max(0.0) / self.at.elapsed().as_secs_f64() / 10.0

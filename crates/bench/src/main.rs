@@ -401,6 +401,18 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut ours: Vec<u32> = pids.iter().flatten().copied().collect();
     ours.push(std::process::id());
     ours.dedup();
+    // PostgreSQL and Redis work for the columns that run on them: not a disturbance.
+    let mut servers = Vec::new();
+    if chatgates.iter().any(|c| c.bus.is_some()) {
+        servers.push("redis-server");
+    }
+    if chatgates
+        .iter()
+        .any(|c| c.store_kind.as_deref().is_some_and(|s| s.starts_with("postgres")))
+    {
+        servers.push("postgres");
+    }
+    let ours = gateway::Ours { pids: ours, servers };
     let mut quiet = quiet::Quiet::new(ours, args.quiet_below);
     let mut table = Table::new(gateways);
 

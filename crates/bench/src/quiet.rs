@@ -4,12 +4,12 @@
 //! until the rest of the machine has been quiet for two seconds, and a block during which
 //! it was not is measured again (up to twice). `--quiet-below 0` turns this off.
 
-use crate::gateway::Others;
+use crate::gateway::{Others, Ours};
 use std::time::{Duration, Instant};
 
 pub struct Quiet {
-    /// The benchmark and the processes it measures.
-    ours: Vec<u32>,
+    /// The benchmark, the processes it measures and the servers they use.
+    ours: Ours,
     /// Other processes may use this much of one core, in percent; 0: do not wait.
     limit: f64,
     /// The longest wait for quiet, then the block runs anyway.
@@ -23,7 +23,7 @@ pub struct Quiet {
 }
 
 impl Quiet {
-    pub fn new(ours: Vec<u32>, limit: f64) -> Self {
+    pub fn new(ours: Ours, limit: f64) -> Self {
         Self {
             ours,
             limit,
