@@ -366,16 +366,14 @@ pub async fn announced_answers_are_read_continued_and_deleted_at_once(on: &TestA
             .await
             .unwrap();
         assert_eq!(deleted.status(), 204, "round {round}: {:?}", deleted.text().await);
-        // Its answer is stopped, not left to run for two seconds, and does not bring the
-        // conversation back when it ends.
-        for _ in 0..100 {
-            if on.mock.stats().cancelled > cancelled {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // Its answer is stopped (one run to its end is not counted as cancelled), and does
+        // not bring the conversation back when it ends.
+        let stats = on
+            .mock
+            .wait_for_stats(Duration::from_secs(5), |s| s.cancelled > cancelled)
+            .await;
         assert_eq!(
-            on.mock.stats().cancelled,
+            stats.cancelled,
             cancelled + 1,
             "round {round}: the upstream request is cancelled"
         );
@@ -388,38 +386,33 @@ pub async fn announced_answers_are_read_continued_and_deleted_at_once(on: &TestA
 /// A new conversation is listed as soon as its client knows of it (the 202, the first
 /// frame), on the replica that writes its first turn.
 pub async fn new_conversations_are_listed_at_once(app: &TestApp) {
-    let listed = |list: &Value, conversation: &Value| {
+    fn item<'a>(list: &'a Value, conversation: &Value) -> Option<&'a Value> {
         list["items"]
             .as_array()
-            .unwrap()
+            .expect("items")
             .iter()
-            .any(|c| c["conversation_id"] == *conversation)
-    };
+            .find(|c| c["conversation_id"] == *conversation)
+    }
     for round in 0..5 {
         let accepted = app
             .background(json!({"content": format!("listed {round} [mock:words=20] [mock:delay=10]")}))
             .await;
         let (status, list) = app.get_json("/conversations").await;
         assert_eq!(status, 200);
-        assert!(
-            listed(&list, &accepted["conversation_id"]),
-            "round {round}, after the 202: {list}"
+        // (Answers of the rounds before end meanwhile and move their conversations up: the
+        // new one need not be first.)
+        let listed = item(&list, &accepted["conversation_id"]);
+        let listed = listed.unwrap_or_else(|| panic!("round {round}, after the 202: {list}"));
+        assert_eq!(
+            listed["title"],
+            format!("listed {round} [mock:words=20] [mock:delay=10]")
         );
-        // Answers of the rounds before end meanwhile and move their conversations up: the
-        // new one need not be first.
-        let item = list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["conversation_id"] == accepted["conversation_id"])
-            .unwrap();
-        assert_eq!(item["title"], format!("listed {round} [mock:words=20] [mock:delay=10]"));
 
         let mut live = Live::new(app.post_conv(json!({"content": format!("listed too {round}")})).await);
         let first = live.next_frame().await;
         let (_, list) = app.get_json("/conversations").await;
         assert!(
-            listed(&list, &first["conversation_id"]),
+            item(&list, &first["conversation_id"]).is_some(),
             "round {round}, after the first frame: {list}"
         );
         live.rest(Duration::from_secs(10)).await.assert_finished();
@@ -427,7 +420,7 @@ pub async fn new_conversations_are_listed_at_once(app: &TestApp) {
 }
 
 #[tokio::test]
-async fn an_answer_announced_is_read_continued_and_deleted_at_once_on_sqlite() {
+async fn an_answer_announced_is_read_listed_continued_and_deleted_at_once_on_sqlite() {
     let app = spawn_app().await;
     announced_answers_are_read_continued_and_deleted_at_once(&app, &app).await;
     new_conversations_are_listed_at_once(&app).await;

@@ -195,7 +195,7 @@ async fn postgres_unreachable_mid_answer_ends_it_with_store_failed_and_a_retry_s
 }
 
 #[tokio::test]
-async fn an_answer_announced_is_read_continued_and_deleted_at_once_on_postgresql() {
+async fn an_answer_announced_is_read_listed_continued_and_deleted_at_once_on_postgresql() {
     let url = fresh_database().await;
     let app = gateway_on(&url).await;
     crate::lifecycle::announced_answers_are_read_continued_and_deleted_at_once(&app, &app).await;
