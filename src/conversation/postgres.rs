@@ -68,6 +68,10 @@ const MIGRATIONS: &[&str] = &[
 
 /// Taken by the replica that migrates: any two chatgates on one database agree on it.
 const MIGRATION_LOCK: i64 = 0x6368_6174_6761_7465;
+/// The longest the migration waits for a lock (the migration lock, held by a replica
+/// migrating, or a table's): the start fails then, saying so, rather than hanging. A
+/// `lock_timeout` the URL sets (`?options=-c%20lock_timeout%3D…`) is kept.
+const MIGRATION_LOCK_WAIT: &str = "60s";
 
 /// The database's clock, in seconds since the Unix epoch: every replica's lease is read
 /// and written by the same clock.
@@ -207,8 +211,25 @@ async fn limited<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result
 
 async fn migrate(client: &mut Object) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    let lock_timeout: String = tx.query_one("SHOW lock_timeout", &[]).await?.get(0);
+    if lock_timeout == "0" {
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{MIGRATION_LOCK_WAIT}'"))
+            .await?;
+    }
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+        .await
+        .map_err(|e| match e.code() {
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => StoreError::Unreachable(format!(
+                "the schema could not be migrated: another process has held the migration lock for \
+                 longer than lock_timeout ({lock_timeout_shown}); is a replica stuck migrating?",
+                lock_timeout_shown = if lock_timeout == "0" {
+                    MIGRATION_LOCK_WAIT
+                } else {
+                    &lock_timeout
+                },
+            )),
+            _ => e.into(),
+        })?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS chatgate_schema (
             version integer PRIMARY KEY,

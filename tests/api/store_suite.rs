@@ -318,3 +318,26 @@ async fn postgres_refuses_a_database_whose_schema_is_newer_than_it_knows() {
         .expect("a newer schema is refused");
     assert!(refused.to_string().contains("schema version 99"), "{refused}");
 }
+
+#[tokio::test]
+async fn postgres_stops_the_start_when_another_process_holds_the_migration_lock_too_long() {
+    let url = fresh_database().await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // A process stuck while migrating holds the lock every chatgate takes to migrate.
+    let lock: i64 = 0x6368_6174_6761_7465;
+    client.execute("SELECT pg_advisory_lock($1)", &[&lock]).await.unwrap();
+    // The URL's own lock_timeout is kept (the default, 60 s, is too long for a test).
+    let impatient = format!("{url}?options=-c%20lock_timeout%3D1s");
+    let refused = tokio::time::timeout(Duration::from_secs(30), PostgresStore::open(&impatient))
+        .await
+        .expect("the start does not hang")
+        .err()
+        .expect("the start fails");
+    let message = refused.to_string();
+    assert!(message.contains("migration lock"), "{message}");
+    assert!(message.contains("1s"), "{message}");
+    // Once it is released, the start goes on.
+    client.execute("SELECT pg_advisory_unlock($1)", &[&lock]).await.unwrap();
+    PostgresStore::open(&impatient).await.expect("the start goes on");
+}
