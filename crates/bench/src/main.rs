@@ -192,7 +192,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(upstream) = args.pump_to {
         return Ok(pump::run(upstream)?);
     }
-    tokio::runtime::Runtime::new()?.block_on(bench(args))
+    tokio::runtime::Runtime::new()?.block_on(async {
+        // Stopped (Ctrl-C, `timeout`, `kill`), the run is dropped: the processes it started
+        // are killed and its cgroups removed, rather than left running.
+        tokio::select! {
+            done = bench(args) => done,
+            signal = stopped() => Err(format!("stopped by {signal}").into()),
+        }
+    })
+}
+
+/// Resolves with the signal's name when SIGINT or SIGTERM arrives.
+async fn stopped() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
 }
 
 async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -209,8 +229,9 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mock = Mock::start(args.mock_port).await?;
     eprintln!("mock upstream on http://127.0.0.1:{}/v1", mock.port);
 
-    let dir = std::env::temp_dir().join(format!("chatgate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let scratch = Scratch(std::env::temp_dir().join(format!("chatgate-bench-{}", std::process::id())));
+    let dir = &scratch.0;
+    std::fs::create_dir_all(dir)?;
     let fresh = |name: &str| format!("sqlite://{}", dir.join(format!("{name}.db")).display());
     let mut specs = vec![Spec {
         name: "chatgate".to_owned(),
@@ -825,9 +846,20 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("\nOther processes on the machine: {}", quiet.summary());
+    // The gateways go before their files.
     drop(chatgates);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     Ok(())
+}
+
+/// The run's own directory (the gateways' SQLite files, nginx's), removed when the run
+/// ends, however it ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Bytes of one long answer through each chatgate column, whole-text frames and deltas.
