@@ -63,15 +63,14 @@ async fn the_tree_links_parents_and_children() {
 async fn a_deleted_conversation_is_gone() {
     let app = spawn_app().await;
     let stream = app.ask("forget me").await;
-    let url = app.url(&format!("/conv/{}", stream.conversation_id()));
-    let response = app.client.delete(&url).send().await.unwrap();
+    let response = app.delete_conversation(&stream.conversation_id()).await;
     assert_eq!(response.status(), 204);
     let (status, _) = app.get_json(&format!("/conv/{}", stream.conversation_id())).await;
     assert_eq!(status, 404);
     let (_, list) = app.get_json("/conversations").await;
     assert_eq!(list["items"], json!([]));
     assert_error(
-        app.client.delete(&url).send().await.unwrap(),
+        app.delete_conversation(&stream.conversation_id()).await,
         404,
         "conversation_not_found",
     )

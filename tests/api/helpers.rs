@@ -102,6 +102,15 @@ impl TestApp {
         (status, response.json().await.expect("a JSON body"))
     }
 
+    /// `DELETE /conv/{conversation}`.
+    pub async fn delete_conversation(&self, conversation: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/conv/{conversation}")))
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
     /// `POST /conv` with `"background": true`: the 202 body.
     pub async fn background(&self, mut body: Value) -> Value {
         body["background"] = json!(true);

@@ -359,12 +359,7 @@ pub async fn announced_answers_are_read_continued_and_deleted_at_once(on: &TestA
             .background(json!({"content": format!("deleted {round} [mock:words=200] [mock:delay=10]")}))
             .await;
         let conversation = str_of(&accepted, "conversation_id");
-        let deleted = read_on
-            .client
-            .delete(read_on.url(&format!("/conv/{conversation}")))
-            .send()
-            .await
-            .unwrap();
+        let deleted = read_on.delete_conversation(conversation).await;
         assert_eq!(deleted.status(), 204, "round {round}: {:?}", deleted.text().await);
         // Its answer is stopped (one run to its end is not counted as cancelled), and does
         // not bring the conversation back when it ends.

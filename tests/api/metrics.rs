@@ -412,12 +412,7 @@ async fn every_kind_of_store_write_is_timed_on_the_memory_store() {
     let stream = app.ask("time my writes [mock:words=40] [mock:delay=40]").await;
     stream.assert_finished();
     let conversation = stream.conversation_id();
-    let deleted = app
-        .client
-        .delete(app.url(&format!("/conv/{conversation}")))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete_conversation(&conversation).await;
     assert_eq!(deleted.status(), 204);
 
     let m = app

@@ -56,12 +56,7 @@ async fn two_gateways_on_one_postgres_database_read_and_continue_each_others_con
     let (_, conversation) = a.get_json(&format!("/conv/{}", first.conversation_id())).await;
     assert_eq!(conversation["current_node"], second.message_id());
 
-    let deleted = a
-        .client
-        .delete(a.url(&format!("/conv/{}", first.conversation_id())))
-        .send()
-        .await
-        .unwrap();
+    let deleted = a.delete_conversation(&first.conversation_id()).await;
     assert!(deleted.status().is_success());
     let (status, _) = b.get_json(&format!("/conv/{}", first.conversation_id())).await;
     assert_eq!(status, 404);
