@@ -211,22 +211,18 @@ async fn limited<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result
 
 async fn migrate(client: &mut Object) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
-    let lock_timeout: String = tx.query_one("SHOW lock_timeout", &[]).await?.get(0);
-    if lock_timeout == "0" {
+    let mut lock_wait: String = tx.query_one("SHOW lock_timeout", &[]).await?.get(0);
+    if lock_wait == "0" {
         tx.batch_execute(&format!("SET LOCAL lock_timeout = '{MIGRATION_LOCK_WAIT}'"))
             .await?;
+        lock_wait = MIGRATION_LOCK_WAIT.to_owned();
     }
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(|e| match e.code() {
             Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => StoreError::Unreachable(format!(
                 "the schema could not be migrated: another process has held the migration lock for \
-                 longer than lock_timeout ({lock_timeout_shown}); is a replica stuck migrating?",
-                lock_timeout_shown = if lock_timeout == "0" {
-                    MIGRATION_LOCK_WAIT
-                } else {
-                    &lock_timeout
-                },
+                 longer than lock_timeout ({lock_wait}); is a replica stuck migrating?"
             )),
             _ => e.into(),
         })?;

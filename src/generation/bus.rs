@@ -833,12 +833,11 @@ async fn tend(bus: &Bus, following: &tokio::sync::Mutex<HashSet<MessageId>>, fol
         let mut following = following.lock().await;
         // Looked at again with the set held: no reader can come in meanwhile.
         for key in unread {
-            if let Some(follower) = followed.get_mut(&key)
-                && follower.producer.readers() == 0
+            if followed.get(&key).is_some_and(|f| f.producer.readers() == 0)
+                && let Some(mut follower) = followed.remove(&key)
             {
                 following.remove(&follower.message);
                 follower.producer.finish(detached());
-                follower.ended = true;
             }
         }
     }
