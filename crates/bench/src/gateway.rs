@@ -99,24 +99,29 @@ fn group(pid: u32) -> Vec<u32> {
     all
 }
 
-/// The processes whose parent is `pid` (nginx's workers).
-pub fn children(pid: u32) -> Vec<u32> {
+/// The processes on the machine for which `keep` is true of their pid.
+fn processes_where(keep: impl Fn(u32) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let after = stat.rsplit_once(')')?.1.to_owned();
-                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
+        .filter(|&pid| keep(pid))
         .collect()
+}
+
+/// The processes whose parent is `pid` (nginx's workers).
+pub fn children(pid: u32) -> Vec<u32> {
+    processes_where(|child| {
+        std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after = stat.rsplit_once(')')?.1.to_owned();
+                after.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+            == Some(pid)
+    })
 }
 
 /// User + system CPU time of process `pid` (and the processes that count with it) so far,
@@ -209,16 +214,9 @@ fn pids_named(names: &[&str]) -> Vec<u32> {
     if names.is_empty() {
         return Vec::new();
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| names.contains(&comm.trim()))
-        })
-        .collect()
+    processes_where(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| names.contains(&comm.trim()))
+    })
 }
 
 impl Others {
