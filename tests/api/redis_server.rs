@@ -66,6 +66,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// A connection of the test's own, to look at what the replicas keep.
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("a Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the test Redis server takes connections")
+    }
+
     /// Stops the server (its data is gone) and starts an empty one on the same port.
     pub async fn restart(&mut self) {
         self.stop();

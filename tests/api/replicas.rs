@@ -88,11 +88,7 @@ async fn a_second_tab_on_another_replica_follows_the_answer_with_the_same_frames
 
     // Ended: kept on the bus for at least 5 minutes, and resumed from there on either
     // replica, with the frames after the resume point.
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.connect().await;
     for key in ["frames", "answer"] {
         let ttl: i64 = redis::cmd("TTL")
             .arg(format!("chatgate:{key}:{message}"))
@@ -144,11 +140,7 @@ async fn many_answers_followed_on_another_replica_are_each_whole_on_a_connection
     // it through a connection of its own
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let count = workers + 4;
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.connect().await;
     let before = redis_clients(&mut conn).await;
     let mut answers = Vec::new();
     for i in 0..count {
@@ -356,11 +348,7 @@ async fn when_redis_restarts_readers_elsewhere_end_with_bus_failed_and_the_answe
 #[tokio::test]
 async fn an_answer_announced_while_its_replicas_lease_is_lost_renews_it_and_is_followed_whole() {
     let (a, b, redis) = two_replicas().await;
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.connect().await;
     // As a Redis restart loses them: the replicas renew their leases only every 750 ms, and
     // until then a silent answer of A's would look like a dead replica's to B.
     let leases: Vec<String> = redis::cmd("KEYS")
