@@ -1,36 +1,39 @@
 //! Plain-HTTP upstreams (a model served on the same host or network: vLLM, llama.cpp,
-//! Ollama) reached without reqwest's connection task: the answer's own task drives its
-//! HTTP/1.1 connection (hyper's `client::conn`), so a chunk goes from the socket to the
-//! task that reads the answer with no task in between: one task less a chunk, and a
-//! request without reqwest's layers (BENCHMARKS.md has what it bought).
+//! Ollama) reached without reqwest: the answer's own task writes the request on its
+//! HTTP/1.1 connection and reads the answer from the socket itself, so a chunk goes from
+//! the socket to the task that reads the answer with no task, channel or wake-up in
+//! between (BENCHMARKS.md has what it bought).
+//!
+//! What is read here is an upstream's, so untrusted: the response head is parsed by
+//! `httparse`, at most [`MAX_HEAD`] bytes of it; the body's framing (chunked, a length, or
+//! to the connection's close) is decoded here, each of its lines at most [`MAX_LINE`]
+//! bytes and its trailers at most [`MAX_TRAILERS`]; anything out of shape ends the answer
+//! with a reason and the connection with it.
 //!
 //! Connections are kept alive between answers in a pool per thread: actix runs one
 //! single-threaded runtime per worker, and a socket belongs to the runtime that opened it.
-//! A connection is kept only when its answer was read to the end of its body. Every
-//! [`SWEEP_EVERY`] a task of the thread lets go of the idle connections the upstream has
-//! closed (a server's own keep-alive timeout is often seconds: uvicorn's is 5) and of those
-//! idle for [`IDLE_TIMEOUT`]; one found closed when taken from the pool is dropped too.
+//! A connection is kept only when its answer was read to the end of its body with nothing
+//! after it, and the upstream did not ask to close it. Every [`SWEEP_EVERY`] a task of the
+//! thread lets go of the idle connections the upstream has closed (a server's own
+//! keep-alive timeout is often seconds: uvicorn's is 5) and of those idle for
+//! [`IDLE_TIMEOUT`]; one found closed when taken from the pool is dropped too, and a
+//! request that could not be written on a kept connection is written again on a new one.
 //! HTTPS upstreams, and any upstream when a proxy is set in the environment, go through
-//! reqwest as before (see `http::send`).
+//! reqwest (see `http::send`).
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
-use futures::task::AtomicWaker;
-use http_body_util::Full;
-use hyper::body::{Body, Incoming};
-use hyper::client::conn::TrySendError;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{HOST, HeaderMap, HeaderValue};
-use hyper_util::rt::TokioIo;
 use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -42,6 +45,22 @@ const MAX_IDLE: usize = 1024;
 
 /// How often a thread's idle connections are looked at.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// The longest response head (status line and headers) read from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// The most header fields a response head may have.
+const MAX_HEADERS: usize = 128;
+
+/// The longest line of a chunked body's framing: a chunk's size (with any extensions),
+/// or a trailer field.
+const MAX_LINE: usize = 4096;
+
+/// The most bytes of trailer fields after a chunked body's last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// The room made in a connection's buffer before each read of its socket.
+const READ_ROOM: usize = 8 * 1024;
 
 thread_local! {
     /// This thread's idle connections.
@@ -63,25 +82,37 @@ impl Pool {
     }
 }
 
-/// One HTTP/1.1 connection: the handle requests are sent on, and the connection itself,
-/// which whoever waits for its answer polls.
+/// One HTTP/1.1 connection, and what has been read from it and not yet used.
 struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    /// `None` once it has ended (closed, or failed). It is dropped then and there: a
-    /// request still queued on it fails only when it is dropped (handing the request
-    /// back), and would otherwise wait for an answer that cannot come.
-    connection: Option<Pin<Box<Http1>>>,
+    tcp: TcpStream,
+    read: BytesMut,
 }
 
 impl Conn {
-    /// Lets the connection read and write what it can; true while it is open.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(connection) = &mut self.connection
-            && connection.as_mut().poll(cx).is_ready()
-        {
-            self.connection = None;
+    fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            read: BytesMut::new(),
         }
-        self.connection.is_some()
+    }
+
+    /// Reads what the socket has into the buffer: the bytes read, 0 once the upstream has
+    /// closed its side.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read.reserve(READ_ROOM);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.read)
+    }
+
+    /// Whether an idle connection is still open: the upstream has neither closed it nor
+    /// sent anything on it (nothing is due between answers). Asks the socket itself, so a
+    /// close the runtime has not yet been told of is seen too.
+    fn is_open(&self) -> bool {
+        let mut byte = [MaybeUninit::uninit()];
+        match socket2::SockRef::from(&self.tcp).peek(&mut byte) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            // closed (0), or bytes nobody asked for
+            Ok(_) => false,
+        }
     }
 }
 
@@ -100,50 +131,184 @@ pub struct Response {
 /// Why a request could not be sent, or its answer not begun.
 pub type Failed = Box<dyn std::error::Error + Send + Sync>;
 
-type Request = hyper::Request<Full<Bytes>>;
-type Http1 = Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
 /// Sends a POST of `body` with `headers` to `url` (an `http://` URL) on a kept-alive
 /// connection to its host, or a new one.
 pub async fn post(url: &Url, headers: &HeaderMap, body: Bytes, connect_timeout: Duration) -> Result<Response, Failed> {
     let key = authority(url)?;
-    let target = match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_owned(),
-    };
-    let mut request = hyper::Request::post(target).body(Full::new(body))?;
-    *request.headers_mut() = headers.clone();
-    request.headers_mut().insert(HOST, HeaderValue::from_str(&key)?);
-    if let Some(conn) = take_idle(&key) {
-        match send(conn, request, &key).await {
-            Ok(response) => return Ok(response),
-            // The upstream closed the kept-alive connection before it took the request (its
-            // own idle timeout ran out as the request went): nothing was sent, so it is
-            // sent again, on a new connection. A request that was sent is not.
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => request = unsent,
-                None => return Err(e.into_error().into()),
-            },
+    let request = request(url, &key, headers, &body);
+    if let Some(mut conn) = take_idle(&key) {
+        // A request that could not be written on a kept connection (the upstream closed
+        // it as the request went) cannot have been answered: it is written again, on a
+        // new connection. One that was written is not, whatever happens next.
+        if conn.tcp.write_all(&request).await.is_ok() {
+            return answer(conn, key).await;
         }
     }
-    let conn = connect(url, connect_timeout).await?;
-    send(conn, request, &key).await.map_err(|e| e.into_error().into())
+    let mut conn = connect(url, connect_timeout).await?;
+    conn.tcp.write_all(&request).await?;
+    answer(conn, key).await
 }
 
-/// Sends `request` on `conn` and waits for the answer's head, driving the connection.
-async fn send(mut conn: Conn, request: Request, key: &str) -> Result<Response, TrySendError<Request>> {
-    let mut sent = std::pin::pin!(conn.sender.try_send_request(request));
-    let response = poll_fn(|cx| {
-        conn.drive(cx);
-        sent.as_mut().poll(cx)
+/// The request, written at once: `POST`, the URL's path and query, its headers, `Host`,
+/// the body's length and the body. Every part of the head is checked already: the URL
+/// parsed, the header values `HeaderValue`s (which hold no line break).
+fn request(url: &Url, key: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + headers.len() * 64 + body.len());
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(url.path().as_bytes());
+    if let Some(query) = url.query() {
+        head.push(b'?');
+        head.extend_from_slice(query.as_bytes());
+    }
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(key.as_bytes());
+    for (name, value) in headers {
+        if name == reqwest::header::HOST || name == reqwest::header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+    }
+    head.extend_from_slice(format!("\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+    head.extend_from_slice(body);
+    head
+}
+
+/// Reads the answer's head (past any interim `1xx` one) and begins its body.
+async fn answer(mut conn: Conn, key: String) -> Result<Response, Failed> {
+    loop {
+        if let Some(head) = parse_head(&mut conn.read)? {
+            if head.status.is_informational() {
+                if head.status == reqwest::StatusCode::SWITCHING_PROTOCOLS {
+                    return Err("the upstream switched protocols, which it was not asked to".into());
+                }
+                // `100 Continue` and the like: the answer's own head follows.
+                continue;
+            }
+            let (framing, keep) = framing(&head)?;
+            return Ok(Response {
+                status: head.status,
+                headers: head.headers,
+                body: DirectBody {
+                    conn: Some(conn),
+                    framing,
+                    keep,
+                    key,
+                    ended: false,
+                },
+            });
+        }
+        if poll_fn(|cx| conn.poll_fill(cx)).await? == 0 {
+            return Err("the upstream closed the connection before it answered".into());
+        }
+    }
+}
+
+/// A response head, as the upstream sent it.
+struct Head {
+    /// HTTP/1.1 (rather than 1.0).
+    http11: bool,
+    status: reqwest::StatusCode,
+    headers: HeaderMap,
+}
+
+/// The head at the start of `read`, taken from it; `None` while it is incomplete.
+fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Failed> {
+    if read.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let length = match response.parse(read) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => {
+            return Err(format!("the upstream's response head is longer than {} KiB", MAX_HEAD / 1024).into());
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(format!("the upstream's response has more than {MAX_HEADERS} header fields").into());
+        }
+        Err(e) => return Err(format!("the upstream's response is not HTTP/1.1 ({e})").into()),
+    };
+    if length > MAX_HEAD {
+        return Err(format!("the upstream's response head is longer than {} KiB", MAX_HEAD / 1024).into());
+    }
+    // `httparse` gives all three once a head is complete.
+    let status = reqwest::StatusCode::from_u16(response.code.unwrap_or_default())
+        .map_err(|_| "the upstream's response has no valid status")?;
+    let http11 = response.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes());
+        let value = HeaderValue::from_bytes(field.value);
+        match (name, value) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => return Err(format!("the upstream's response has a malformed header field ({})", field.name).into()),
+        }
+    }
+    read.advance(length);
+    Ok(Some(Head {
+        http11,
+        status,
+        headers,
+    }))
+}
+
+/// How the body of an answer with `head` ends, and whether its connection may be kept
+/// after it (RFC 9112, section 6).
+fn framing(head: &Head) -> Result<(Framing, bool), Failed> {
+    let mut keep = head.http11 && !has_token(&head.headers, reqwest::header::CONNECTION, "close");
+    if matches!(head.status.as_u16(), 204 | 304) {
+        return Ok((Framing::Length(0), keep));
+    }
+    let codings = head.headers.get_all(reqwest::header::TRANSFER_ENCODING);
+    if codings.iter().next().is_some() {
+        // A length beside the codings is ignored, and the connection not kept: the two
+        // disagree about where the next answer would start.
+        keep &= !head.headers.contains_key(reqwest::header::CONTENT_LENGTH);
+        let last = codings
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|coding| !coding.is_empty());
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked(Chunked::Size), keep),
+            // Not chunked last: the body ends where the connection does.
+            _ => (Framing::Close, false),
+        });
+    }
+    let mut length = None;
+    for value in head.headers.get_all(reqwest::header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            let parsed = std::str::from_utf8(part)
+                .ok()
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u64>().ok());
+            match (parsed, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Err("the upstream's response has an invalid content-length".into()),
+            }
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), keep),
+        None => (Framing::Close, false),
     })
-    .await?;
-    let (head, body) = response.into_parts();
-    Ok(Response {
-        status: head.status,
-        headers: head.headers,
-        body: DirectBody::new(body, conn, key.to_owned()),
-    })
+}
+
+/// Whether the header `name` lists `token` (case aside).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// `host:port` as the URL gives them: the pool's key and the `Host` header.
@@ -173,22 +338,16 @@ async fn connect(url: &Url, timeout: Duration) -> Result<Conn, Failed> {
     // Nagle's algorithm would hold the request's last segment for the ACK of the previous
     // one, adding ~40 ms to every turn.
     tcp.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
-    Ok(Conn {
-        sender,
-        connection: Some(Box::pin(connection)),
-    })
+    Ok(Conn::new(tcp))
 }
 
 /// A kept-alive connection to `key` that is still open, if the pool has one.
 fn take_idle(key: &str) -> Option<Conn> {
-    let mut cx = Context::from_waker(Waker::noop());
     IDLE.with_borrow_mut(|pool| {
         let list = pool.by_key.get_mut(key)?;
         let mut found = None;
-        while let Some(Idle { mut conn, since }) = list.pop() {
-            // Polled once: a connection the upstream closed since the last sweep completes now.
-            if since.elapsed() < IDLE_TIMEOUT && conn.drive(&mut cx) && conn.sender.is_ready() {
+        while let Some(Idle { conn, since }) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && conn.is_open() {
                 found = Some(conn);
                 break;
             }
@@ -228,11 +387,10 @@ fn put_idle(key: String, conn: Conn) {
 async fn sweep_idle() {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
-        let mut cx = Context::from_waker(Waker::noop());
         let now = Instant::now();
         let left = IDLE.with_borrow_mut(|pool| {
             pool.by_key.retain(|_, list| {
-                list.retain_mut(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.drive(&mut cx));
+                list.retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_open());
                 !list.is_empty()
             });
             pool.sweeping = !pool.by_key.is_empty();
@@ -244,112 +402,229 @@ async fn sweep_idle() {
     }
 }
 
-/// The body of an answer; polling it drives its connection. Dropped after its end, it puts
-/// the connection back in the pool; dropped before, it closes it (which cancels the
-/// upstream's request).
+/// Where an answer's body ends.
+enum Framing {
+    /// After this many bytes more.
+    Length(u64),
+    /// At the chunk of size 0 and the trailers after it; here in the chunks.
+    Chunked(Chunked),
+    /// Where the connection does.
+    Close,
+}
+
+/// Where a chunked body's reading is.
+enum Chunked {
+    /// At a chunk's size line.
+    Size,
+    /// In a chunk's data, this many bytes of it left.
+    Data(u64),
+    /// At the line break that ends a chunk's data.
+    DataEnd,
+    /// In the trailer fields, after this many bytes of them.
+    Trailers(usize),
+}
+
+/// What the bytes read so far give.
+enum Step {
+    Data(Bytes),
+    /// The body's end.
+    End,
+    /// Nothing until more is read.
+    More,
+}
+
+/// The body of an answer, read from the socket by whichever task polls it. Dropped after
+/// its end, it puts the connection back in the pool; dropped before, it closes it (which
+/// cancels the upstream's request).
 pub struct DirectBody {
-    body: Incoming,
+    /// `None` once the body has failed.
     conn: Option<Conn>,
+    framing: Framing,
+    /// The connection may serve another answer after this one.
+    keep: bool,
     key: String,
     ended: bool,
-    /// What the connection and the body are polled with (see [`Inward`]).
-    inward: Arc<Inward>,
-    waker: Waker,
 }
 
 impl DirectBody {
-    fn new(body: Incoming, conn: Conn, key: String) -> Self {
-        let inward = Arc::new(Inward::default());
-        Self {
-            body,
-            conn: Some(conn),
-            key,
-            ended: false,
-            waker: Waker::from(Arc::clone(&inward)),
-            inward,
+    /// The next thing the bytes already read give, taken from them.
+    fn step(&mut self) -> io::Result<Step> {
+        let Some(conn) = &mut self.conn else {
+            return Ok(Step::End);
+        };
+        let read = &mut conn.read;
+        match &mut self.framing {
+            Framing::Length(0) => Ok(Step::End),
+            Framing::Length(left) => Ok(match take(read, left) {
+                Some(data) => Step::Data(data),
+                None => Step::More,
+            }),
+            Framing::Close => Ok(match read.is_empty() {
+                true => Step::More,
+                false => Step::Data(read.split().freeze()),
+            }),
+            Framing::Chunked(at) => chunked(read, at),
         }
     }
 
-    /// The connection's progress, then the body's next frame.
-    fn poll_once(&mut self) -> Poll<Option<Result<Bytes, hyper::Error>>> {
-        let mut cx = Context::from_waker(&self.waker);
+    /// The upstream closed its side: the end of a body that ends there, else a failure.
+    fn closed(&mut self) -> io::Result<Step> {
+        match self.framing {
+            Framing::Close => Ok(Step::End),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection before the answer's end",
+            )),
+        }
+    }
+
+    /// One poll of the socket after what was read is used up.
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Step>> {
         loop {
-            if let Some(conn) = &mut self.conn {
-                conn.drive(&mut cx);
+            match self.step()? {
+                Step::More => {}
+                step => return Poll::Ready(Ok(step)),
             }
-            return match Pin::new(&mut self.body).poll_frame(&mut cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => Poll::Ready(Some(Ok(data))),
-                    // Trailers: nothing of the answer.
-                    Err(_) => continue,
-                },
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => {
-                    self.ended = true;
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
+            let Some(conn) = &mut self.conn else {
+                return Poll::Ready(Ok(Step::End));
             };
+            if ready!(conn.poll_fill(cx))? == 0 {
+                return Poll::Ready(self.closed());
+            }
         }
     }
 }
 
-/// The waker of a connection and its body. The two wake each other as they go (a frame
-/// handed to the body, the body asking for the next), and one task polls both: a wake-up
-/// that comes while that task polls them is noted, and acted on in the same poll, rather
-/// than scheduling the task once more for nothing. Wake-ups from outside (the socket's,
-/// which come between polls) wake the task.
-#[derive(Default)]
-struct Inward {
-    polling: AtomicBool,
-    woken: AtomicBool,
-    task: AtomicWaker,
+/// Up to `left` bytes of what was read, `left` counted down; `None` if nothing was read.
+fn take(read: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
+    if read.is_empty() {
+        return None;
+    }
+    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(read.len());
+    *left -= n as u64;
+    Some(read.split_to(n).freeze())
 }
 
-impl Wake for Inward {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        match self.polling.load(Ordering::SeqCst) {
-            true => self.woken.store(true, Ordering::SeqCst),
-            false => self.task.wake(),
+/// The next step of a chunked body from `read`, at `at`.
+fn chunked(read: &mut BytesMut, at: &mut Chunked) -> io::Result<Step> {
+    let malformed = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the upstream's chunked body is malformed: {what}"),
+        )
+    };
+    loop {
+        match at {
+            Chunked::Size => {
+                let Some(line) = line(read)? else { return Ok(Step::More) };
+                // Extensions after `;` mean nothing here.
+                let size = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+                if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(malformed(
+                        "a chunk size is not a hexadecimal number of at most 16 digits",
+                    ));
+                }
+                let size = std::str::from_utf8(size)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| malformed("a chunk size is not a number"))?;
+                *at = match size {
+                    0 => Chunked::Trailers(0),
+                    n => Chunked::Data(n),
+                };
+            }
+            Chunked::Data(left) => {
+                let Some(data) = take(read, left) else {
+                    return Ok(Step::More);
+                };
+                if *left == 0 {
+                    *at = Chunked::DataEnd;
+                }
+                return Ok(Step::Data(data));
+            }
+            Chunked::DataEnd => match &read[..] {
+                [] | [b'\r'] => return Ok(Step::More),
+                [b'\r', b'\n', ..] => {
+                    read.advance(2);
+                    *at = Chunked::Size;
+                }
+                [b'\n', ..] => {
+                    read.advance(1);
+                    *at = Chunked::Size;
+                }
+                _ => return Err(malformed("a chunk's data is longer than its size")),
+            },
+            Chunked::Trailers(so_far) => {
+                let Some(line) = line(read)? else {
+                    return match *so_far + read.len() > MAX_TRAILERS {
+                        true => Err(malformed("its trailers are too long")),
+                        false => Ok(Step::More),
+                    };
+                };
+                if line.is_empty() {
+                    return Ok(Step::End);
+                }
+                *so_far += line.len();
+                if *so_far > MAX_TRAILERS {
+                    return Err(malformed("its trailers are too long"));
+                }
+            }
         }
     }
 }
 
-/// Passes in a row that a poll may take for wake-ups of its own before it lets the task
-/// be scheduled again instead.
-const INWARD_PASSES: usize = 4;
+/// The next line of `read` without its line break, taken from it; `None` while there is
+/// no whole line yet.
+fn line(read: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    let Some(end) = memchr::memchr(b'\n', read) else {
+        return match read.len() > MAX_LINE {
+            true => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the upstream's chunked body is malformed: a line is too long",
+            )),
+            false => Ok(None),
+        };
+    };
+    if end > MAX_LINE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the upstream's chunked body is malformed: a line is too long",
+        ));
+    }
+    let mut line = read.split_to(end + 1);
+    line.truncate(end);
+    if line.last() == Some(&b'\r') {
+        line.truncate(end - 1);
+    }
+    Ok(Some(line.freeze()))
+}
 
 impl Stream for DirectBody {
-    type Item = Result<Bytes, hyper::Error>;
+    type Item = io::Result<Bytes>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        // A body frame counts against the task's budget, as a message from a channel
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // A body read counts against the task's budget, as a message from a channel
         // would: an upstream that sent a long answer at once does not keep the worker's
         // other tasks waiting while the answer's task reads it all.
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
-        this.inward.task.register(cx.waker());
-        for _ in 0..INWARD_PASSES {
-            this.inward.polling.store(true, Ordering::SeqCst);
-            let polled = this.poll_once();
-            this.inward.polling.store(false, Ordering::SeqCst);
-            if polled.is_ready() {
-                budget.made_progress();
-                // A wake-up of this pass is acted on by the next poll, which the reader
-                // of a stream makes after an item.
-                return polled;
+        let step = ready!(this.poll_step(cx));
+        budget.made_progress();
+        Poll::Ready(match step {
+            Ok(Step::Data(data)) => Some(Ok(data)),
+            Ok(_) => {
+                this.ended = true;
+                None
             }
-            if !this.inward.woken.swap(false, Ordering::SeqCst) {
-                return Poll::Pending;
+            Err(e) => {
+                this.ended = true;
+                this.conn = None;
+                Some(Err(e))
             }
-        }
-        // Still waking itself: let the other tasks run first.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        })
     }
 }
 
@@ -357,14 +632,13 @@ impl Drop for DirectBody {
     fn drop(&mut self) {
         if !self.ended {
             // A decoder stops reading at the answer's last event (`[DONE]`): the body's end
-            // usually came with it, and then the connection can be kept.
-            let mut cx = Context::from_waker(Waker::noop());
-            if let Some(conn) = &mut self.conn {
-                conn.drive(&mut cx);
-            }
-            self.ended = matches!(Pin::new(&mut self.body).poll_frame(&mut cx), Poll::Ready(None));
+            // usually came with it, or comes just after, and then the connection can be
+            // kept. Whatever else is there means it cannot.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            self.ended = matches!(self.poll_step(&mut cx), Poll::Ready(Ok(Step::End)));
         }
-        if let Some(conn) = self.conn.take().filter(|c| self.ended && c.connection.is_some()) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.ended && self.keep && conn.read.is_empty() {
             put_idle(std::mem::take(&mut self.key), conn);
         }
     }
@@ -374,87 +648,285 @@ impl Drop for DirectBody {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
-    #[derive(Default)]
-    struct Counted(AtomicUsize);
+    /// An upstream that answers each request on a connection with the next of `answers`,
+    /// written a few bytes at a time; counts its connections and keeps the requests' bytes.
+    struct Upstream {
+        url: Url,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
 
-    impl Wake for Counted {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+    /// What the upstream does after an answer.
+    #[derive(Clone, Copy, PartialEq)]
+    enum After {
+        KeepOpen,
+        Close,
+    }
+
+    async fn upstream(answers: Vec<(&'static str, After)>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!(
+            "http://{}/v1/chat/completions?x=1",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counted, kept) = (Arc::clone(&connections), Arc::clone(&requests));
+        let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (answers, kept) = (Arc::clone(&answers), Arc::clone(&kept));
+                tokio::spawn(async move {
+                    loop {
+                        let Some(request) = read_request(&mut socket).await else {
+                            return;
+                        };
+                        kept.lock().unwrap().push(request);
+                        let Some((answer, after)) = answers.lock().unwrap().next() else {
+                            return;
+                        };
+                        for piece in answer.as_bytes().chunks(3) {
+                            if socket.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        if after == After::Close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            url,
+            connections,
+            requests,
         }
     }
 
-    /// A request on `key` with an empty body.
-    fn request(key: &str) -> Request {
-        let mut request = hyper::Request::post("/v1/chat/completions")
-            .body(Full::default())
-            .unwrap();
-        request.headers_mut().insert(HOST, HeaderValue::from_str(key).unwrap());
-        request
+    /// A request's head and its `content-length` bytes of body; `None` once the client
+    /// has closed.
+    async fn read_request(socket: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if socket.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            request.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&request).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        socket.read_exact(&mut body).await.ok()?;
+        request.extend_from_slice(&body);
+        Some(request)
     }
 
-    #[tokio::test]
-    async fn a_request_queued_on_a_connection_that_ended_is_handed_back_unsent() {
-        // An upstream that answers one request, then closes the connection when told to (as
-        // a server whose keep-alive timeout runs out), reading nothing more.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = Url::parse(&format!("http://{}/v1", listener.local_addr().unwrap())).unwrap();
-        let (close, closing) = tokio::sync::oneshot::channel::<()>();
-        let upstream = tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                assert_eq!(socket.read(&mut byte).await.unwrap(), 1);
-                head.push(byte[0]);
+    async fn ask(upstream: &Upstream) -> Result<(u16, Result<Vec<u8>, String>), String> {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer k"));
+        let response = post(
+            &upstream.url,
+            &headers,
+            Bytes::from_static(b"{}"),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut body = response.body;
+        let mut read = Vec::new();
+        while let Some(piece) = body.next().await {
+            match piece {
+                Ok(piece) => read.extend_from_slice(&piece),
+                Err(e) => return Ok((response.status.as_u16(), Err(e.to_string()))),
             }
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await
-                .unwrap();
-            closing.await.unwrap();
-        });
-        let key = authority(&url).unwrap();
-        let conn = connect(&url, Duration::from_secs(5)).await.unwrap();
-        let mut response = send(conn, request(&key), &key).await.unwrap().body;
-        assert_eq!(response.next().await.unwrap().unwrap(), "ok");
-        assert!(response.next().await.is_none());
-        let conn = response.conn.take().unwrap();
+        }
+        Ok((response.status.as_u16(), Ok(read)))
+    }
 
-        close.send(()).unwrap();
-        upstream.await.unwrap();
-        // The upstream's FIN is seen by the runtime, not yet by the connection.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let sent = tokio::time::timeout(Duration::from_secs(10), send(conn, request(&key), &key)).await;
-        let mut error = match sent {
-            Ok(Err(e)) => e,
-            Ok(Ok(_)) => panic!("a closed connection gave an answer"),
-            Err(_) => panic!("the request waited on a connection that had ended"),
-        };
-        assert!(
-            error.take_message().is_some(),
-            "the unsent request comes back: {:?}",
-            error.error()
+    const CHUNKED: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                           5;name=value\r\nhello\r\n6\r\n world\r\n0\r\ntrailer: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn the_request_is_a_post_with_its_host_headers_and_length() {
+        let upstream = upstream(vec![(CHUNKED, After::KeepOpen)]).await;
+        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"hello world".to_vec())));
+        let request = String::from_utf8(upstream.requests.lock().unwrap()[0].clone()).unwrap();
+        let host = authority(&upstream.url).unwrap();
+        assert_eq!(
+            request,
+            format!(
+                "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer k\r\ncontent-length: 2\r\n\r\n{{}}"
+            )
         );
     }
 
-    #[test]
-    fn a_wake_up_while_polled_is_noted_and_one_from_outside_wakes_the_task() {
-        let task = Arc::new(Counted::default());
-        let inward = Arc::new(Inward::default());
-        inward.task.register(&Waker::from(Arc::clone(&task)));
-        let waker = Waker::from(Arc::clone(&inward));
+    #[tokio::test]
+    async fn a_chunked_answer_read_a_few_bytes_at_a_time_is_whole_and_its_connection_kept() {
+        let upstream = upstream(vec![(CHUNKED, After::KeepOpen), (CHUNKED, After::KeepOpen)]).await;
+        for _ in 0..2 {
+            assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"hello world".to_vec())));
+        }
+        assert_eq!(
+            upstream.connections.load(Ordering::SeqCst),
+            1,
+            "the second answer came on the first's connection"
+        );
+    }
 
-        inward.polling.store(true, Ordering::SeqCst);
-        waker.wake_by_ref();
-        inward.polling.store(false, Ordering::SeqCst);
-        assert_eq!(task.0.load(Ordering::SeqCst), 0, "the task is not scheduled again");
-        assert!(inward.woken.swap(false, Ordering::SeqCst), "but the poll sees it");
+    #[tokio::test]
+    async fn a_length_ends_a_body_and_keeps_its_connection_a_close_ends_one_and_does_not() {
+        let upstream = upstream(vec![
+            (
+                "HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello",
+                After::KeepOpen,
+            ),
+            ("HTTP/1.1 204 No Content\r\n\r\n", After::KeepOpen),
+            ("HTTP/1.0 200 OK\r\n\r\nuntil the end", After::Close),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                After::KeepOpen,
+            ),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", After::KeepOpen),
+        ])
+        .await;
+        assert_eq!(ask(&upstream).await.unwrap(), (201, Ok(b"hello".to_vec())));
+        assert_eq!(ask(&upstream).await.unwrap(), (204, Ok(Vec::new())));
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"until the end".to_vec())));
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
+        assert_eq!(
+            upstream.connections.load(Ordering::SeqCst),
+            2,
+            "HTTP/1.0 without keep-alive is not kept"
+        );
+        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
+        assert_eq!(
+            upstream.connections.load(Ordering::SeqCst),
+            3,
+            "`connection: close` is not kept"
+        );
+    }
 
-        waker.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
-        assert!(!inward.woken.load(Ordering::SeqCst));
+    #[tokio::test]
+    async fn an_interim_answer_is_passed_over() {
+        let upstream = upstream(vec![(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            After::KeepOpen,
+        )])
+        .await;
+        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_upstream_closed_is_not_used_again() {
+        // The upstream answers and then closes, as a server whose keep-alive timeout ran out.
+        let upstream = upstream(vec![
+            ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", After::Close),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", After::Close),
+        ])
+        .await;
+        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream.requests.lock().unwrap().len(), 2, "each request was sent once");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        let upstream = upstream(vec![(
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nthe start",
+            After::KeepOpen,
+        )])
+        .await;
+        let response = post(&upstream.url, &HeaderMap::new(), Bytes::new(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut body = response.body;
+        assert!(body.next().await.unwrap().is_ok());
+        drop(body);
+        assert!(IDLE.with_borrow(|pool| pool.len()) == 0, "nothing kept");
+    }
+
+    #[tokio::test]
+    async fn an_answer_out_of_shape_fails_with_the_reason() {
+        let cases: [(&str, &str); 9] = [
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                "hexadecimal",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+                "hexadecimal",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\n",
+                "16 digits",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+                "longer than its size",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+                "closed the connection before the answer's end",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+                "closed the connection before the answer's end",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\nabc",
+                "invalid content-length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabc",
+                "invalid content-length",
+            ),
+            ("HTTP/1.1 2OO OK\r\n\r\n", "not HTTP/1.1"),
+        ];
+        for (answer, reason) in cases {
+            let upstream = upstream(vec![(answer, After::Close)]).await;
+            let error = match ask(&upstream).await {
+                Err(e) => e,
+                Ok((_, Err(e))) => e,
+                Ok((_, Ok(body))) => panic!("{answer:?} gave {:?}", String::from_utf8_lossy(&body)),
+            };
+            assert!(error.contains(reason), "{answer:?}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_too_long_or_a_line_too_long_is_refused() {
+        let long_head: &'static str =
+            Box::leak(format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD)).into_boxed_str());
+        let long_line: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;{}\r\n",
+                "a".repeat(MAX_LINE)
+            )
+            .into_boxed_str(),
+        );
+        let upstream_head = upstream(vec![(long_head, After::KeepOpen)]).await;
+        let error = ask(&upstream_head).await.unwrap_err();
+        assert!(error.contains("longer than 64 KiB"), "{error}");
+        let upstream_line = upstream(vec![(long_line, After::KeepOpen)]).await;
+        let (_, body) = ask(&upstream_line).await.unwrap();
+        assert!(body.unwrap_err().contains("a line is too long"));
     }
 }

@@ -1,11 +1,11 @@
 //! How the gateway reaches a plain-HTTP upstream: one kept-alive connection for answers in
 //! a row, a new one when the upstream closed it, a connection dropped before the answer
-//! tried again, an idle connection the upstream closed let go, and a proxy from the
-//! environment honoured.
+//! tried again, an idle connection the upstream closed let go, a proxy from the environment
+//! honoured, and an answer out of HTTP's shape ended with the reason.
 
-use crate::helpers::{KEY, spawn_app_with};
+use crate::helpers::{KEY, assert_error};
 use crate::shutdown::Gateway;
-use chatgate::config::UpstreamKind;
+use crate::upstream_errors::{app_against, assert_nothing_stored};
 use mockllm::MockLlm;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -72,27 +72,9 @@ async fn serve(socket: &mut TcpStream, connections: Connections, drop_unanswered
     let close_after_each = connections == Connections::ClosedAfterEach;
     let mut buf = Vec::new();
     loop {
-        // One request: its head, then Content-Length bytes of body.
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if !read_more(socket, &mut buf).await {
-                return;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + length {
-            if !read_more(socket, &mut buf).await {
-                return;
-            }
+        if !read_request(socket, &mut buf).await {
+            return;
         }
-        buf.drain(..head_end + length);
         if drop_unanswered {
             return;
         }
@@ -117,6 +99,33 @@ async fn serve(socket: &mut TcpStream, connections: Connections, drop_unanswered
     }
 }
 
+/// Reads one request from `socket` (its head, then Content-Length bytes of body) and takes
+/// it from `buf`, which holds what was read and not yet taken; false once the client has
+/// closed.
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !read_more(socket, buf).await {
+            return false;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        if !read_more(socket, buf).await {
+            return false;
+        }
+    }
+    buf.drain(..head_end + length);
+    true
+}
+
 async fn read_more(socket: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 4096];
     match socket.read(&mut chunk).await {
@@ -138,13 +147,7 @@ fn push_event(response: &mut Vec<u8>, data: &str) {
 /// connections as `connections` says: how many connections it took.
 async fn connections_for_three_answers(connections: Connections) -> usize {
     let (url, accepted) = upstream(connections).await;
-    let app = spawn_app_with(|settings| {
-        settings.upstream = UpstreamKind::OpenAi {
-            base_url: url,
-            key: Some(KEY.to_owned()),
-        }
-    })
-    .await;
+    let app = app_against(url).await;
     for turn in 0..3 {
         let stream = app.turn(json!({"content": "hi"})).await;
         assert_eq!(stream.text(), "one two", "turn {turn}");
@@ -180,13 +183,7 @@ async fn an_idle_connection_the_upstream_closed_is_let_go() {
     // The gateway closes its end too, with no new answer asked for (a socket left in
     // CLOSE_WAIT holds a file descriptor), and the next answer comes on a new connection.
     let (url, accepted, let_go) = upstream_counting_let_go(Connections::ClosedWhileIdle).await;
-    let app = spawn_app_with(|settings| {
-        settings.upstream = UpstreamKind::OpenAi {
-            base_url: url,
-            key: Some(KEY.to_owned()),
-        }
-    })
-    .await;
+    let app = app_against(url).await;
     assert_eq!(app.turn(json!({"content": "hi"})).await.text(), "one two");
     let waited = tokio::time::timeout(Duration::from_secs(30), async {
         while let_go.load(Ordering::SeqCst) == 0 {
@@ -226,4 +223,58 @@ async fn a_proxy_set_in_the_environment_carries_plain_http_requests() {
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.contains("hello proxy"), "{text}");
     assert_eq!(proxy.stats().requests, 1);
+}
+
+/// An upstream that reads each request and answers with `answer`, then closes; returns
+/// its base URL.
+async fn raw_upstream(answer: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request(&mut socket, &mut Vec::new()).await {
+                    let _ = socket.write_all(answer).await;
+                    let _ = socket.shutdown().await;
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_upstream_whose_chunked_body_breaks_its_framing_ends_the_answer_with_the_reason() {
+    let first = br#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"so far"},"finish_reason":null}]}"#;
+    let answer: &'static [u8] = Box::leak(
+        [
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".as_slice(),
+            format!("{:x}\r\n", first.len() + 2).as_bytes(),
+            first,
+            b"\n\n\r\n",
+            // not a chunk size
+            b"zz\r\n",
+        ]
+        .concat()
+        .into_boxed_slice(),
+    );
+    let app = app_against(raw_upstream(answer).await).await;
+    let stream = app.ask("go").await;
+    let last = stream.last();
+    assert_eq!(last["message"]["status"], "error");
+    assert_eq!(last["message"]["content"]["parts"][0], "so far");
+    assert_eq!(last["error"]["code"], "upstream_disconnected");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(message.contains("chunked body is malformed"), "{message}");
+    stream.assert_closed_properly();
+}
+
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_in_http_is_a_502_with_the_reason() {
+    let app = app_against(raw_upstream(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await).await;
+    let response = app.post_conv(json!({"content": "anyone?"})).await;
+    let body = assert_error(response, 502, "upstream_unreachable").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not HTTP/1.1"), "{message}");
+    assert_nothing_stored(&app).await;
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::time::Duration;
 
 /// The gateway against an OpenAI-compatible upstream at `base_url` (not the mock).
-async fn app_against(base_url: String) -> TestApp {
+pub async fn app_against(base_url: String) -> TestApp {
     spawn_app_with(|s| {
         s.upstream = UpstreamKind::OpenAi {
             base_url,
@@ -18,7 +18,7 @@ async fn app_against(base_url: String) -> TestApp {
     .await
 }
 
-async fn assert_nothing_stored(app: &TestApp) {
+pub async fn assert_nothing_stored(app: &TestApp) {
     let (_, list) = app.get_json("/conversations").await;
     assert_eq!(list["items"], json!([]), "a refused turn leaves no conversation");
 }
