@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use tokio::sync::watch;
 
 pub struct Relays {
@@ -93,18 +93,20 @@ pub struct Relayed {
 impl Relayed {
     /// Resolves when the answer must end because the gateway is stopping.
     pub async fn ended(&mut self) {
+        poll_fn(|cx| self.poll_ended(cx)).await
+    }
+
+    /// Ready once the answer must end because the gateway is stopping.
+    pub fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
         let ending = &self.ending;
-        poll_fn(|cx| {
-            if ending.set.load(Ordering::SeqCst) {
-                return Poll::Ready(());
-            }
-            ending.reader.register(cx.waker());
-            match ending.set.load(Ordering::SeqCst) {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            }
-        })
-        .await
+        if ending.set.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        ending.reader.register(cx.waker());
+        match ending.set.load(Ordering::SeqCst) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
     }
 }
 

@@ -26,10 +26,13 @@ use futures::Stream;
 use relay::Relay;
 use request::CompletionRequest;
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -76,7 +79,7 @@ pub async fn chat_completions(
         first,
         writer: ChunkWriter::new(completion, asked.include_usage),
         heartbeat,
-        slot,
+        _slot: slot,
         relayed,
     };
     Ok(sse_response(streamed.events()))
@@ -108,91 +111,114 @@ struct Streamed {
     writer: ChunkWriter,
     /// The longest quiet before a `: keep-alive` comment.
     heartbeat: Duration,
-    /// The client's live-answer slot, held until the stream ends or is dropped.
-    slot: Option<StreamSlot>,
+    /// The client's live-answer slot, held (never read) until the stream ends or is
+    /// dropped.
+    _slot: Option<StreamSlot>,
     /// Counted as running, for a shutdown to wait for and end.
     relayed: Relayed,
 }
 
 type Piece = Result<Chunk, UpstreamError>;
 
-/// What the stream does next.
-enum Next {
-    Piece(Option<Piece>),
-    /// Nothing came for a heartbeat interval.
-    Quiet,
-    /// The shutdown grace is over.
-    Stopping,
-}
-
 impl Streamed {
     /// The events: the role, the answer's chunks, the usage when asked for and `[DONE]`; or,
     /// on an error (the gateway stopping too), an error event and the end.
-    fn events(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
-        let Streamed {
-            mut relay,
-            mut first,
-            mut writer,
-            heartbeat,
-            slot,
-            mut relayed,
-        } = self;
-        async_stream::stream! {
-            let _slot = slot;
-            let mut out = Vec::with_capacity(2);
-            yield Ok(writer.opening());
-            // One timer for the whole answer, moved on only when it fires: a piece just
-            // notes when it was sent.
-            let mut sent = Instant::now();
-            let beat = tokio::time::sleep_until(sent + heartbeat);
-            tokio::pin!(beat);
-            loop {
-                let next = match first.take() {
-                    Some(piece) => Next::Piece(piece),
-                    None => tokio::select! {
-                        biased;
-                        () = relayed.ended() => Next::Stopping,
-                        piece = relay.next() => Next::Piece(piece),
-                        () = beat.as_mut() => Next::Quiet,
-                    },
-                };
-                let piece = match next {
-                    Next::Piece(piece) => piece,
-                    Next::Quiet => {
-                        let due = sent + heartbeat;
-                        if due > Instant::now() {
-                            beat.as_mut().reset(due);
-                            continue;
-                        }
-                        yield Ok(Bytes::from_static(sse::HEARTBEAT));
-                        sent = Instant::now();
-                        beat.as_mut().reset(sent + heartbeat);
+    fn events(self) -> Events {
+        let sent = Instant::now();
+        Events {
+            beat: Box::pin(tokio::time::sleep_until(sent + self.heartbeat)),
+            sent,
+            ready: VecDeque::with_capacity(2),
+            made: Vec::with_capacity(2),
+            at: At::Opening,
+            streamed: Some(self),
+        }
+    }
+}
+
+/// Where the events are.
+#[derive(PartialEq)]
+enum At {
+    /// The role's event comes first.
+    Opening,
+    Relaying,
+    /// Nothing follows the events ready.
+    Over,
+}
+
+/// The events of a streamed answer, as [`Streamed::events`] makes them: a stream written by
+/// hand rather than as an `async` block, since every chunk of every answer passes here.
+struct Events {
+    /// What makes the events; dropped (the slot and the shutdown's count with it) once
+    /// the last event has been handed on.
+    streamed: Option<Streamed>,
+    /// When an event was last handed on, and the heartbeat due after it: one timer for
+    /// the whole answer, moved on only when it fires.
+    sent: Instant,
+    beat: Pin<Box<Sleep>>,
+    /// Events made and not yet handed on, in order.
+    ready: VecDeque<Bytes>,
+    /// The events of one piece, as the writer makes them.
+    made: Vec<Bytes>,
+    at: At,
+}
+
+impl Stream for Events {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(event) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            let Some(streamed) = this.streamed.as_mut().filter(|_| this.at != At::Over) else {
+                this.streamed = None;
+                return Poll::Ready(None);
+            };
+            if this.at == At::Opening {
+                this.at = At::Relaying;
+                return Poll::Ready(Some(Ok(streamed.writer.opening())));
+            }
+            let piece = match streamed.first.take() {
+                Some(piece) => piece,
+                None => {
+                    if streamed.relayed.poll_ended(cx).is_ready() {
+                        this.ready
+                            .push_back(openai::error_event(&ApiError::Stopping.openai_body().object));
+                        this.at = At::Over;
                         continue;
                     }
-                    Next::Stopping => {
-                        yield Ok(openai::error_event(&ApiError::Stopping.openai_body().object));
-                        return;
-                    }
-                };
-                match piece {
-                    Some(Ok(chunk)) => {
-                        sent = Instant::now();
-                        writer.piece(&chunk, &mut out);
-                        for event in out.drain(..) {
-                            yield Ok(event);
+                    match streamed.relay.poll_next(cx) {
+                        Poll::Ready(piece) => piece,
+                        Poll::Pending => {
+                            ready!(relay::poll_quiet(&mut this.beat, this.sent, streamed.heartbeat, cx));
+                            this.sent = Instant::now();
+                            this.beat.as_mut().reset(this.sent + streamed.heartbeat);
+                            return Poll::Ready(Some(Ok(Bytes::from_static(sse::HEARTBEAT))));
                         }
                     }
-                    Some(Err(error)) => {
-                        yield Ok(openai::error_event(&ApiError::from(error).openai_body().object));
-                        return;
+                }
+            };
+            match piece {
+                Some(Ok(chunk)) => {
+                    this.sent = Instant::now();
+                    streamed.writer.piece(&chunk, &mut this.made);
+                    this.ready.extend(this.made.drain(..));
+                }
+                Some(Err(error)) => {
+                    this.ready
+                        .push_back(openai::error_event(&ApiError::from(error).openai_body().object));
+                    this.at = At::Over;
+                }
+                None => {
+                    if let Some(usage) = streamed.writer.usage(streamed.relay.usage()) {
+                        this.ready.push_back(usage);
                     }
-                    None => break,
+                    this.ready.push_back(Bytes::from_static(openai::DONE));
+                    this.at = At::Over;
                 }
             }
-            if let Some(usage) = writer.usage(relay.usage()) {
-                yield Ok(usage);
-            }
-            yield Ok(Bytes::from_static(openai::DONE));
         }
     }
 }

@@ -10,10 +10,10 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -224,7 +224,7 @@ impl ErrorResponse {
 /// Reads an upstream's streamed answer from its bytes, read by read, with no network in
 /// it (so that it can be fuzzed). Every read yields at least one item: keep-alive bytes
 /// count as life.
-pub trait AnswerDecoder: Send + 'static {
+pub trait AnswerDecoder: Send + Unpin + 'static {
     fn read(&mut self, bytes: &[u8], out: &mut Vec<Item>);
     /// The body ended.
     fn end(&mut self, out: &mut Vec<Item>);
@@ -246,33 +246,75 @@ pub fn gated(
 
 /// The response body as chunks, read by `decoder` and passed through `gate`: both in the
 /// one task that reads the body, each chunk handed on once.
-fn answer_stream(response: Response, mut decoder: impl AnswerDecoder, mut gate: AnswerGate) -> ChunkStream {
-    Box::pin(async_stream::stream! {
-        let mut body = response.body;
-        let (mut items, mut out) = (Vec::new(), Vec::with_capacity(2));
-        while !decoder.is_over() {
-            match body.next().await {
-                Some(Ok(bytes)) => decoder.read(&bytes, &mut items),
-                Some(Err(e)) => items.push(Err(UpstreamError::Broken(e))),
-                None => decoder.end(&mut items),
-            }
-            for item in items.drain(..) {
-                // The first error ends the answer.
-                let failed = item.is_err();
-                gate.item(item, &mut out);
-                for item in out.drain(..) {
-                    yield item;
-                }
-                if failed {
-                    return;
-                }
-            }
-        }
-        gate.end(&mut out);
-        for item in out.drain(..) {
-            yield item;
-        }
+fn answer_stream(response: Response, decoder: impl AnswerDecoder, gate: AnswerGate) -> ChunkStream {
+    Box::pin(Gated {
+        body: response.body,
+        decoder,
+        gate,
+        items: Vec::new(),
+        out: Vec::with_capacity(2),
+        ready: VecDeque::with_capacity(2),
+        read_all: false,
+        over: false,
     })
+}
+
+/// An answer's chunks as [`answer_stream`] makes them: written by hand rather than as an
+/// `async` block, since every chunk of every answer passes here.
+struct Gated<D> {
+    body: Body,
+    decoder: D,
+    gate: AnswerGate,
+    /// What the decoder made of the last read, before the gate.
+    items: Vec<Item>,
+    /// What the gate passed of one item.
+    out: Vec<Item>,
+    /// What passed the gate and is not yet handed on, in order.
+    ready: VecDeque<Item>,
+    /// The body has ended.
+    read_all: bool,
+    /// Nothing more comes: the answer ended (and the gate let go of what it held) or failed.
+    over: bool,
+}
+
+impl<D: AnswerDecoder> Stream for Gated<D> {
+    type Item = Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if this.over {
+                return Poll::Ready(None);
+            }
+            if this.read_all || this.decoder.is_over() {
+                this.gate.end(&mut this.out);
+                this.ready.extend(this.out.drain(..));
+                this.over = true;
+                continue;
+            }
+            match ready!(Pin::new(&mut this.body).poll_next(cx)) {
+                Some(Ok(bytes)) => this.decoder.read(&bytes, &mut this.items),
+                Some(Err(e)) => this.items.push(Err(UpstreamError::Broken(e))),
+                None => {
+                    this.decoder.end(&mut this.items);
+                    this.read_all = true;
+                }
+            }
+            for item in this.items.drain(..) {
+                // The first error ends the answer; what the decoder made after it is dropped.
+                let failed = item.is_err();
+                this.gate.item(item, &mut this.out);
+                this.ready.extend(this.out.drain(..));
+                if failed {
+                    this.over = true;
+                    break;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@
 use crate::conversation::FinishType;
 use crate::upstream::metered::Tally;
 use crate::upstream::{Chunk, ChunkStream, UpstreamError, Usage};
-use futures::StreamExt;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
@@ -22,9 +23,7 @@ pub struct Relay {
     /// The upstream's longest silence; any bytes from it count as life.
     idle: Duration,
     heard: Instant,
-    /// Due at the end of the silence allowed: one timer for the whole answer, moved on
-    /// only when it fires (a chunk just notes when it came), so that a chunk costs no
-    /// timer of its own.
+    /// Due at the end of the silence allowed (see [`poll_quiet`]).
     silence: Pin<Box<Sleep>>,
     max_answer_bytes: usize,
     text_bytes: usize,
@@ -64,25 +63,24 @@ impl Relay {
     }
 
     /// The next piece with content or a finish; `None` once the answer has ended well.
-    ///
-    /// Cancel-safe: it can be dropped at its only await (a heartbeat is due) and called
-    /// again, losing nothing and keeping the silence measured from the last bytes heard.
+    /// Cancel-safe, as [`Relay::poll_next`] is.
     pub async fn next(&mut self) -> Option<Result<Chunk, UpstreamError>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// The next piece with content or a finish; `None` once the answer has ended well. The
+    /// silence is looked at only while the upstream has nothing to give.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Chunk, UpstreamError>>> {
         if let Some(error) = self.cut.take() {
-            return Some(Err(error));
+            return Poll::Ready(Some(Err(error)));
         }
         while !self.over {
-            let item = tokio::select! {
-                biased;
-                item = self.stream.next() => item,
-                () = self.silence.as_mut() => {
-                    let due = self.heard + self.idle;
-                    if due > Instant::now() {
-                        self.silence.as_mut().reset(due);
-                        continue;
-                    }
+            let item = match self.stream.as_mut().poll_next(cx) {
+                Poll::Ready(item) => item,
+                Poll::Pending => {
+                    ready!(poll_quiet(&mut self.silence, self.heard, self.idle, cx));
                     // A silence after the finish only held back the usage or `[DONE]`.
-                    return self.end(UpstreamError::IdleTimeout(self.idle));
+                    return Poll::Ready(self.end(UpstreamError::IdleTimeout(self.idle)));
                 }
             };
             self.heard = Instant::now();
@@ -90,25 +88,25 @@ impl Relay {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(error)) => {
                     self.over = true;
-                    return Some(Err(error));
+                    return Poll::Ready(Some(Err(error)));
                 }
-                None => return self.end(UpstreamError::Truncated),
+                None => return Poll::Ready(self.end(UpstreamError::Truncated)),
             };
             self.usage = chunk.usage.or(self.usage);
             let finishing = chunk.finish.take().or(self.finish);
             if self.cut_at_limit(&mut chunk, finishing.is_some()) {
                 self.over = true;
                 if !chunk.has_content() {
-                    return self.cut.take().map(Err);
+                    return Poll::Ready(self.cut.take().map(Err));
                 }
-                return Some(Ok(chunk));
+                return Poll::Ready(Some(Ok(chunk)));
             }
             self.finish = finishing;
             if chunk.has_content() {
-                return Some(Ok(chunk));
+                return Poll::Ready(Some(Ok(chunk)));
             }
         }
-        None
+        Poll::Ready(None)
     }
 
     /// The upstream stopped (`why`): the finish if it had come, else the error.
@@ -133,6 +131,20 @@ impl Relay {
             self.cut = Some(self.tally.raised(UpstreamError::TooLarge { limit }));
         }
         text || reasoning
+    }
+}
+
+/// Ready once `allowed` has passed since `since`. `timer` is due at the end of a quiet
+/// that began earlier: one timer for a whole answer, moved on only when it fires (an event
+/// just notes when it came), so that an event costs no timer of its own.
+pub fn poll_quiet(timer: &mut Pin<Box<Sleep>>, since: Instant, allowed: Duration, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        ready!(timer.as_mut().poll(cx));
+        let due = since + allowed;
+        if due <= Instant::now() {
+            return Poll::Ready(());
+        }
+        timer.as_mut().reset(due);
     }
 }
 
