@@ -111,6 +111,12 @@ pub struct Cli {
     #[arg(long, env = "CHATGATE_ALLOWED_HOSTS")]
     pub allowed_hosts: Option<String>,
 
+    /// Worker threads serving requests, each with an event loop of its own [default: one
+    /// per CPU the process may run on]. Fewer workers than cores cost less CPU per relayed chunk on a busy
+    /// machine, and leave cores to other processes.
+    #[arg(long, env = "CHATGATE_WORKERS")]
+    pub workers: Option<u32>,
+
     /// UTF-8 bytes of an answer's text; an answer that reaches it is ended (`answer_too_large`).
     #[arg(long, env = "CHATGATE_MAX_ANSWER_BYTES", default_value_t = 4 << 20)]
     pub max_answer_bytes: usize,
@@ -221,7 +227,12 @@ pub struct Settings {
     pub api_keys: Option<String>,
     pub api_keys_file: Option<PathBuf>,
     pub limits: ClientLimits,
+    /// Worker threads; `None`: one per CPU the process may run on.
+    pub workers: Option<usize>,
 }
+
+/// The most worker threads `--workers` may ask for.
+pub const MAX_WORKERS: u32 = 256;
 
 /// Per-client limits; `None`: no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -312,6 +323,8 @@ pub enum ConfigError {
     KeyTwice,
     #[error("{0} must be at least 1")]
     AtLeastOne(&'static str),
+    #[error("--workers must be from 1 to {MAX_WORKERS}, got {0}")]
+    Workers(u32),
     #[error(
         "refusing to listen on {0} without client keys: anyone who can reach it could use the upstream key and read every conversation. Give keys with --api-keys (or --api-keys-file), or pass --no-auth to run open on purpose"
     )]
@@ -380,6 +393,10 @@ impl Settings {
             api_keys,
             api_keys_file,
             limits,
+            workers: match cli.workers {
+                Some(n) if n == 0 || n > MAX_WORKERS => return Err(ConfigError::Workers(n)),
+                n => n.map(|n| n as usize),
+            },
         })
     }
 
@@ -410,6 +427,7 @@ impl Settings {
             api_keys: None,
             api_keys_file: None,
             limits: ClientLimits::default(),
+            workers: None,
         }
     }
 }
@@ -792,5 +810,15 @@ mod tests {
         );
         assert_eq!(settings(&[]).unwrap().shutdown_grace, Duration::from_secs(30));
         assert!(settings(&["--context-tokens", "100", "--answer-reserve-tokens", "100"]).is_err());
+    }
+
+    #[test]
+    fn workers_default_to_one_per_cpu_and_are_from_1_to_the_most() {
+        assert_eq!(settings(&[]).unwrap().workers, None);
+        assert_eq!(settings(&["--workers", "1"]).unwrap().workers, Some(1));
+        for bad in ["0", "257"] {
+            let error = settings(&["--workers", bad]).unwrap_err().to_string();
+            assert_eq!(error, format!("--workers must be from 1 to 256, got {bad}"));
+        }
     }
 }

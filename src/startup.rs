@@ -160,7 +160,8 @@ impl Application {
         }
         let app_state = state.clone();
         let request_timeout = state.settings.request_timeout;
-        let server = HttpServer::new(move || {
+        let workers = state.settings.workers;
+        let mut server = HttpServer::new(move || {
             // Called on each worker's thread as it starts: its upstream clients are made
             // now, not on its first answer.
             state.router.warm();
@@ -211,13 +212,18 @@ impl Application {
         // Frames are small writes: with Nagle's algorithm on, a frame can wait for the ACK
         // of the previous one (tens of ms with delayed ACKs). actix keeps the OS default
         // (on) unless told.
-        .tcp_nodelay(true)
-        .listen(listener)
-        .map_err(|source| StartupError::Bind {
-            addr: address.to_string(),
-            source,
-        })?
-        .run();
+        .tcp_nodelay(true);
+        // actix's default: one worker per CPU the process may run on.
+        if let Some(workers) = workers {
+            server = server.workers(workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                addr: address.to_string(),
+                source,
+            })?
+            .run();
         Ok(Self {
             address,
             server,

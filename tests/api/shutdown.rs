@@ -489,3 +489,28 @@ async fn sigterm_lets_a_background_answer_with_no_reader_finish_within_the_grace
     assert_eq!(stored["status"], "finished_successfully", "{stored}");
     assert_eq!(stored_text(&stored), "Echo: count w1 w2 w3 w4 w5 w6 w7 w8");
 }
+
+/// How many of the process's threads are actix's workers: each is an arbiter of the actix
+/// system, named `actix-rt|system:0|arbiter:N` (the kernel keeps the first 15 bytes); the
+/// main thread is `chatgate`, the thread that accepts connections `actix-server acceptor`.
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads are listed")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("actix-rt|system"))
+        .count()
+}
+
+#[tokio::test]
+async fn workers_sets_how_many_worker_threads_serve_and_each_serves_answers() {
+    let mock = MockLlm::start("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let one = Gateway::start(&dir.path().join("one.db"), &mock, &["--workers", "1"]).await;
+    assert_eq!(worker_threads(one.child.id()), 1);
+    let three = Gateway::start(&dir.path().join("three.db"), &mock, &["--workers", "3"]).await;
+    assert_eq!(worker_threads(three.child.id()), 3);
+    for gateway in [&one, &three] {
+        let answer = gateway.stream("hello").await.rest(Duration::from_secs(10)).await;
+        answer.assert_finished();
+    }
+}

@@ -18,8 +18,16 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the chatgate binary `bin` on a free port against the mock on `mock_port`;
-    /// with `keys`, every request needs the client key the load client sends.
-    pub async fn start(bin: &Path, mock_port: u16, store: &str, bus: Option<&str>, keys: bool) -> io::Result<Self> {
+    /// with `keys`, every request needs the client key the load client sends; `workers`:
+    /// its `--workers` (else its default, one per CPU).
+    pub async fn start(
+        bin: &Path,
+        mock_port: u16,
+        store: &str,
+        bus: Option<&str>,
+        keys: bool,
+        workers: Option<u32>,
+    ) -> io::Result<Self> {
         let mut command = Command::new(bin);
         command
             .args(["--listen", "127.0.0.1:0"])
@@ -33,6 +41,9 @@ impl Gateway {
         }
         if keys {
             command.args(["--api-keys", "bench:bench-client-key"]);
+        }
+        if let Some(workers) = workers {
+            command.args(["--workers", &workers.to_string()]);
         }
         let mut gateway = Self::spawn(command, "chatgate listening on http://").await?;
         gateway._cpu = crate::cpu_limit::CpuLimit::apply(gateway.pid)?;

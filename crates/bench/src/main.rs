@@ -57,7 +57,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
     /// Another chatgate to measure in the same run, interleaved with the first, as
-    /// `NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,v1]`: an older
+    /// `NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,workers=N][,v1]`: an older
     /// build, or the same build with `store=memory`, on a bus (`bus=redis://…` with
     /// `store=postgres://…`: the bus's own figures are printed after the table; `across`: a
     /// second replica on the same store and bus, where readers follow and resume the
@@ -65,7 +65,8 @@ struct Args {
     /// request of the column through nginx with `deploy/nginx.conf`, in front of its
     /// replica or its two, which then share the turns, readers and resumes as nginx
     /// balances them, nginx's CPU and memory counted too) or with client keys on
-    /// (`keys`: `--api-keys`, which every request then passes). Its store is a fresh SQLite file unless `store=` says otherwise;
+    /// (`keys`: `--api-keys`, which every request then passes), or on `workers=N` worker
+    /// threads (`--workers`). Its store is a fresh SQLite file unless `store=` says otherwise;
     /// `delta` adds a column for its delta frames, `v1` one for its `/v1/chat/completions`
     /// (the first chatgate has both). Every column runs on a chatgate process of its own.
     /// May be given several times.
@@ -135,6 +136,8 @@ struct Chatgate {
     delta: Option<gateway::Gateway>,
     /// Started with a client key, which every request then carries.
     keys: bool,
+    /// Its `--workers`, if set.
+    workers: Option<u32>,
     /// Measured on its OpenAI-compatible endpoint too, in a column of its own, on a
     /// process of its own.
     v1: Option<gateway::Gateway>,
@@ -150,22 +153,30 @@ struct Spec {
     nginx: bool,
     delta: bool,
     keys: bool,
+    workers: Option<u32>,
     v1: bool,
 }
 
-/// `NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,v1]`.
+/// `NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,workers=N][,v1]`.
 fn parse_also(spec: &str) -> Result<Spec, String> {
     let (name, rest) = spec.split_once('=').ok_or_else(|| {
-        format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,v1]")
+        format!("--also {spec:?}: expected NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,workers=N][,v1]")
     })?;
     let mut parts = rest.split(',');
     let bin = PathBuf::from(parts.next().unwrap_or_default());
     let (mut store, mut bus, mut across, mut nginx) = (None, None, false, false);
-    let (mut delta, mut keys, mut v1) = (false, false, false);
+    let (mut delta, mut keys, mut v1, mut workers) = (false, false, false, None);
     for part in parts {
         match part.split_once('=') {
             Some(("store", value)) => store = Some(value.to_owned()),
             Some(("bus", value)) => bus = Some(value.to_owned()),
+            Some(("workers", value)) => {
+                workers = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--also {spec:?}: workers={value:?} is not a number"))?,
+                )
+            }
             None if part == "across" => across = true,
             None if part == "nginx" => nginx = true,
             None if part == "delta" => delta = true,
@@ -183,6 +194,7 @@ fn parse_also(spec: &str) -> Result<Spec, String> {
         nginx,
         delta,
         keys,
+        workers,
         v1,
     })
 }
@@ -242,6 +254,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         nginx: false,
         delta: true,
         keys: false,
+        workers: None,
         v1: true,
     }];
     for spec in &args.also {
@@ -257,6 +270,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         nginx,
         delta,
         keys,
+        workers,
         v1,
     } in specs
     {
@@ -267,7 +281,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let (bin, fresh, bus) = (&bin, &fresh, bus.as_deref());
             let store = store_kind.clone().unwrap_or_else(|| fresh(&column.replace(' ', "-")));
             async move {
-                let process = gateway::Gateway::start(bin, mock.port, &store, bus, keys).await?;
+                let process = gateway::Gateway::start(bin, mock.port, &store, bus, keys, workers).await?;
                 eprintln!(
                     "{column}: {} on http://{} (pid {}, store {store})",
                     bin.display(),
@@ -321,6 +335,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             nginx,
             delta,
             keys,
+            workers,
             v1,
         });
     }
@@ -689,7 +704,8 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         for (i, gw) in chatgates.iter().enumerate() {
             eprintln!("memory per reader of one generation, {}…", gw.name);
             let store = gw.store_kind.clone().unwrap_or_else(|| fresh(&format!("readers-{i}")));
-            let process = gateway::Gateway::start(&gw.bin, mock.port, &store, gw.bus.as_deref(), gw.keys).await?;
+            let process =
+                gateway::Gateway::start(&gw.bin, mock.port, &store, gw.bus.as_deref(), gw.keys, gw.workers).await?;
             let mut columns_of = targets
                 .iter()
                 .enumerate()
