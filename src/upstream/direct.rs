@@ -59,6 +59,9 @@ const MAX_LINE: usize = 4096;
 /// The most bytes of trailer fields after a chunked body's last chunk.
 const MAX_TRAILERS: usize = 16 * 1024;
 
+/// The most interim (`1xx`) heads read before an answer's own.
+const MAX_INTERIM: usize = 8;
+
 /// The room made in a connection's buffer before each read of its socket.
 const READ_ROOM: usize = 8 * 1024;
 
@@ -178,13 +181,21 @@ fn request(url: &Url, key: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
 
 /// Reads the answer's head (past any interim `1xx` one) and begins its body.
 async fn answer(mut conn: Conn, key: String) -> Result<Response, Failed> {
+    let (mut interim, mut scanned) = (0, 0);
     loop {
-        if let Some(head) = parse_head(&mut conn.read)? {
+        if head_may_end(&conn.read, &mut scanned)
+            && let Some(head) = parse_head(&mut conn.read)?
+        {
+            scanned = 0;
             if head.status.is_informational() {
                 if head.status == reqwest::StatusCode::SWITCHING_PROTOCOLS {
                     return Err("the upstream switched protocols, which it was not asked to".into());
                 }
                 // `100 Continue` and the like: the answer's own head follows.
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(format!("the upstream sent more than {MAX_INTERIM} interim (1xx) answers").into());
+                }
                 continue;
             }
             let (framing, keep) = framing(&head)?;
@@ -204,6 +215,19 @@ async fn answer(mut conn: Conn, key: String) -> Result<Response, Failed> {
             return Err("the upstream closed the connection before it answered".into());
         }
     }
+}
+
+/// Whether `read` may hold a whole head: it has a blank line, looked for only in what came
+/// since the last look (`scanned` bytes were looked at), so that a head trickled in a byte
+/// at a time is not parsed again for every byte; or it is as long as a head may be.
+fn head_may_end(read: &[u8], scanned: &mut usize) -> bool {
+    if read.len() >= MAX_HEAD {
+        return true;
+    }
+    // A blank line that straddles the last look's end is found too.
+    let new = &read[scanned.saturating_sub(3)..];
+    *scanned = read.len();
+    memchr::memmem::find(new, b"\n\r\n").is_some() || memchr::memmem::find(new, b"\n\n").is_some()
 }
 
 /// A response head, as the upstream sent it.
@@ -823,13 +847,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_interim_answer_is_passed_over() {
-        let upstream = upstream(vec![(
-            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    async fn a_head_trickled_a_byte_at_a_time_is_read_and_interim_answers_are_few() {
+        let first = upstream(vec![(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\n\
+             content-length: 2\r\n\r\nok",
             After::KeepOpen,
         )])
         .await;
-        assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
+        assert_eq!(ask(&first).await.unwrap(), (200, Ok(b"ok".to_vec())));
+        let mut scanned = 0;
+        let mut read = Vec::new();
+        for byte in b"HTTP/1.1 200 OK\r\nx: y\r\n\r" {
+            read.push(*byte);
+            assert!(
+                !head_may_end(&read, &mut scanned),
+                "{:?}",
+                String::from_utf8_lossy(&read)
+            );
+        }
+        read.push(b'\n');
+        assert!(head_may_end(&read, &mut scanned));
+
+        let many: &'static str = Box::leak(
+            format!("{}HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 102 Processing\r\n\r\n".repeat(9)).into_boxed_str(),
+        );
+        let second = upstream(vec![(many, After::KeepOpen)]).await;
+        let error = ask(&second).await.unwrap_err();
+        assert!(error.contains("more than 8 interim"), "{error}");
     }
 
     #[tokio::test]
