@@ -505,12 +505,13 @@ fn worker_threads(pid: u32) -> usize {
 async fn workers_sets_how_many_worker_threads_serve_and_each_serves_answers() {
     let mock = MockLlm::start("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let one = Gateway::start(&dir.path().join("one.db"), &mock, &["--workers", "1"]).await;
-    assert_eq!(worker_threads(one.child.id()), 1);
-    let three = Gateway::start(&dir.path().join("three.db"), &mock, &["--workers", "3"]).await;
-    assert_eq!(worker_threads(three.child.id()), 3);
-    for gateway in [&one, &three] {
+    for workers in [1, 3] {
+        let db = dir.path().join(format!("{workers}.db"));
+        let gateway = Gateway::start(&db, &mock, &["--workers", &workers.to_string()]).await;
         let answer = gateway.stream("hello").await.rest(Duration::from_secs(10)).await;
         answer.assert_finished();
+        // Connections are accepted only once every worker has started: after an answer,
+        // all of them run.
+        assert_eq!(worker_threads(gateway.child.id()), workers);
     }
 }
