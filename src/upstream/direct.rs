@@ -678,11 +678,20 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// An upstream that answers each request on a connection with the next of `answers`,
-    /// written a few bytes at a time; counts its connections and keeps the requests' bytes.
+    /// written a few bytes at a time; counts its connections and those the client closed,
+    /// and keeps the requests' bytes.
     struct Upstream {
         url: Url,
         connections: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
         requests: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Upstream {
+        /// The connections made to it so far.
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
     }
 
     /// What the upstream does after an answer.
@@ -700,16 +709,18 @@ mod tests {
         ))
         .unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (counted, kept) = (Arc::clone(&connections), Arc::clone(&requests));
+        let (counted, kept, gone) = (Arc::clone(&connections), Arc::clone(&requests), Arc::clone(&closed));
         let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                let (answers, kept) = (Arc::clone(&answers), Arc::clone(&kept));
+                let (answers, kept, gone) = (Arc::clone(&answers), Arc::clone(&kept), Arc::clone(&gone));
                 tokio::spawn(async move {
                     loop {
                         let Some(request) = read_request(&mut socket).await else {
+                            gone.fetch_add(1, Ordering::SeqCst);
                             return;
                         };
                         kept.lock().unwrap().push(request);
@@ -718,6 +729,7 @@ mod tests {
                         };
                         for piece in answer.as_bytes().chunks(3) {
                             if socket.write_all(piece).await.is_err() {
+                                gone.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
                             tokio::task::yield_now().await;
@@ -732,6 +744,7 @@ mod tests {
         Upstream {
             url,
             connections,
+            closed,
             requests,
         }
     }
@@ -805,7 +818,7 @@ mod tests {
             assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"hello world".to_vec())));
         }
         assert_eq!(
-            upstream.connections.load(Ordering::SeqCst),
+            upstream.connections(),
             1,
             "the second answer came on the first's connection"
         );
@@ -829,21 +842,13 @@ mod tests {
         .await;
         assert_eq!(ask(&upstream).await.unwrap(), (201, Ok(b"hello".to_vec())));
         assert_eq!(ask(&upstream).await.unwrap(), (204, Ok(Vec::new())));
-        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(upstream.connections(), 1);
         assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"until the end".to_vec())));
-        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(upstream.connections(), 1);
         assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
-        assert_eq!(
-            upstream.connections.load(Ordering::SeqCst),
-            2,
-            "HTTP/1.0 without keep-alive is not kept"
-        );
+        assert_eq!(upstream.connections(), 2, "HTTP/1.0 without keep-alive is not kept");
         assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
-        assert_eq!(
-            upstream.connections.load(Ordering::SeqCst),
-            3,
-            "`connection: close` is not kept"
-        );
+        assert_eq!(upstream.connections(), 3, "`connection: close` is not kept");
     }
 
     #[tokio::test]
@@ -887,7 +892,7 @@ mod tests {
         assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"ok".to_vec())));
-        assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream.connections(), 2);
         assert_eq!(upstream.requests.lock().unwrap().len(), 2, "each request was sent once");
     }
 
@@ -904,7 +909,15 @@ mod tests {
         let mut body = response.body;
         assert!(body.next().await.unwrap().is_ok());
         drop(body);
-        assert!(IDLE.with_borrow(|pool| pool.len()) == 0, "nothing kept");
+        assert_eq!(IDLE.with_borrow(|pool| pool.len()), 0, "nothing kept");
+        // The upstream sees the connection close: its request is cancelled.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while upstream.closed.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection was left open");
     }
 
     #[tokio::test]
