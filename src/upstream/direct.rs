@@ -136,9 +136,9 @@ pub type Failed = Box<dyn std::error::Error + Send + Sync>;
 
 /// Sends a POST of `body` with `headers` to `url` (an `http://` URL) on a kept-alive
 /// connection to its host, or a new one.
-pub async fn post(url: &Url, headers: &HeaderMap, body: Bytes, connect_timeout: Duration) -> Result<Response, Failed> {
+pub async fn post(url: &Url, headers: &HeaderMap, body: &[u8], connect_timeout: Duration) -> Result<Response, Failed> {
     let key = authority(url)?;
-    let request = request(url, &key, headers, &body);
+    let request = request(url, &key, headers, body);
     if let Some(mut conn) = take_idle(&key) {
         // A request that could not be written on a kept connection (the upstream closed
         // it as the request went) cannot have been answered: it is written again, on a
@@ -775,14 +775,9 @@ mod tests {
     async fn ask(upstream: &Upstream) -> Result<(u16, Result<Vec<u8>, String>), String> {
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_static("Bearer k"));
-        let response = post(
-            &upstream.url,
-            &headers,
-            Bytes::from_static(b"{}"),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let response = post(&upstream.url, &headers, b"{}", Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut body = response.body;
         let mut read = Vec::new();
         while let Some(piece) = body.next().await {
@@ -903,7 +898,7 @@ mod tests {
             After::KeepOpen,
         )])
         .await;
-        let response = post(&upstream.url, &HeaderMap::new(), Bytes::new(), Duration::from_secs(5))
+        let response = post(&upstream.url, &HeaderMap::new(), b"", Duration::from_secs(5))
             .await
             .unwrap();
         let mut body = response.body;

@@ -128,7 +128,6 @@ pub async fn send(clients: &Clients, request: reqwest::RequestBuilder) -> Result
     let request = request.build().map_err(unreachable)?;
     let body = request.body().and_then(reqwest::Body::as_bytes);
     if let Some(body) = body.filter(|_| request.url().scheme() == "http" && !proxied()) {
-        let body = Bytes::copy_from_slice(body);
         let url = request.url();
         let response = direct::post(url, request.headers(), body, CONNECT_TIMEOUT)
             .await
