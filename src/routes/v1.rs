@@ -129,7 +129,6 @@ impl Streamed {
             beat: Box::pin(tokio::time::sleep_until(sent + self.heartbeat)),
             sent,
             ready: VecDeque::with_capacity(2),
-            made: Vec::with_capacity(2),
             at: At::Opening,
             streamed: Some(self),
         }
@@ -158,8 +157,6 @@ struct Events {
     beat: Pin<Box<Sleep>>,
     /// Events made and not yet handed on, in order.
     ready: VecDeque<Bytes>,
-    /// The events of one piece, as the writer makes them.
-    made: Vec<Bytes>,
     at: At,
 }
 
@@ -202,9 +199,9 @@ impl Stream for Events {
             };
             match piece {
                 Some(Ok(chunk)) => {
-                    this.sent = Instant::now();
-                    streamed.writer.piece(&chunk, &mut this.made);
-                    this.ready.extend(this.made.drain(..));
+                    // The clock was read as the piece came: it is handed on now.
+                    this.sent = streamed.relay.heard();
+                    streamed.writer.piece(&chunk, &mut this.ready);
                 }
                 Some(Err(error)) => {
                     this.ready

@@ -132,12 +132,32 @@ impl super::http::AnswerDecoder for ChunkDecoder {
 
 #[derive(Deserialize)]
 struct ChunkWire {
-    #[serde(default)]
-    choices: Vec<ChoiceWire>,
+    #[serde(default, deserialize_with = "first_choice")]
+    choices: Option<ChoiceWire>,
     #[serde(default)]
     error: Option<Value>,
     #[serde(default)]
     usage: Option<UsageWire>,
+}
+
+/// A chunk's first choice: only it is relayed (`n` above 1 is refused before the
+/// upstream). The others are skipped, and no list is made of them.
+fn first_choice<'de, D: serde::Deserializer<'de>>(choices: D) -> Result<Option<ChoiceWire>, D::Error> {
+    struct First;
+    impl<'de> serde::de::Visitor<'de> for First {
+        type Value = Option<ChoiceWire>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of choices")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let first = seq.next_element()?;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(first)
+        }
+    }
+    choices.deserialize_seq(First)
 }
 
 #[derive(Deserialize)]
@@ -248,8 +268,7 @@ fn parse_event(event: &SseEvent) -> Result<Option<Parsed>, UpstreamError> {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
     });
-    // Only the first choice is relayed: `n` above 1 is refused before the upstream.
-    let Some(choice) = chunk.choices.into_iter().next() else {
+    let Some(choice) = chunk.choices else {
         // The usage chunk (`"choices":[]`).
         return Ok(usage.map(|usage| {
             Parsed::Chunk(Chunk {
@@ -520,6 +539,21 @@ mod tests {
         assert!(matches!(
             parse_event(&event(r#"{"error":{"message":"boom"}}"#)),
             Err(UpstreamError::InStream { .. })
+        ));
+    }
+
+    #[test]
+    fn only_the_first_choice_is_read_and_an_empty_list_is_the_usage_chunk() {
+        let two = r#"{"choices":[{"delta":{"content":"first"}},{"delta":{"content":"second"}},7]}"#;
+        assert_eq!(chunk(two).unwrap().text, "first");
+        let usage = chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#).unwrap();
+        assert_eq!(
+            (usage.text.as_str(), usage.usage.map(|u| u.prompt_tokens)),
+            ("", Some(3))
+        );
+        assert!(matches!(
+            parse_event(&event(r#"{"choices":null}"#)),
+            Err(UpstreamError::BadChunk(_))
         ));
     }
 

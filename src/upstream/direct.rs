@@ -21,8 +21,7 @@
 //! HTTPS upstreams, and any upstream when a proxy is set in the environment, go through
 //! reqwest (see `http::send`).
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures::Stream;
+use bytes::{Buf, BytesMut};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
@@ -450,7 +449,9 @@ enum Chunked {
 
 /// What the bytes read so far give.
 enum Step {
-    Data(Bytes),
+    /// The first this many bytes read are the body's (used where they lie, then dropped
+    /// from the buffer).
+    Data(usize),
     /// The body's end.
     End,
     /// Nothing until more is read.
@@ -485,7 +486,7 @@ impl DirectBody {
             }),
             Framing::Close => Ok(match read.is_empty() {
                 true => Step::More,
-                false => Step::Data(read.split().freeze()),
+                false => Step::Data(read.len()),
             }),
             Framing::Chunked(at) => chunked(read, at),
         }
@@ -519,14 +520,15 @@ impl DirectBody {
     }
 }
 
-/// Up to `left` bytes of what was read, `left` counted down; `None` if nothing was read.
-fn take(read: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
+/// How many bytes of what was read are the next data: up to `left`, counted down; `None`
+/// if nothing was read.
+fn take(read: &BytesMut, left: &mut u64) -> Option<usize> {
     if read.is_empty() {
         return None;
     }
     let n = usize::try_from(*left).unwrap_or(usize::MAX).min(read.len());
     *left -= n as u64;
-    Some(read.split_to(n).freeze())
+    Some(n)
 }
 
 /// The next step of a chunked body from `read`, at `at`.
@@ -540,9 +542,15 @@ fn chunked(read: &mut BytesMut, at: &mut Chunked) -> io::Result<Step> {
     loop {
         match at {
             Chunked::Size => {
-                let Some(line) = line(read)? else { return Ok(Step::More) };
+                let Some((end, used)) = line(read)? else {
+                    return Ok(Step::More);
+                };
                 // Extensions after `;` mean nothing here.
-                let size = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+                let size = read[..end]
+                    .split(|b| *b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
                 if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
                     return Err(malformed(
                         "a chunk size is not a hexadecimal number of at most 16 digits",
@@ -552,6 +560,7 @@ fn chunked(read: &mut BytesMut, at: &mut Chunked) -> io::Result<Step> {
                     .ok()
                     .and_then(|s| u64::from_str_radix(s, 16).ok())
                     .ok_or_else(|| malformed("a chunk size is not a number"))?;
+                read.advance(used);
                 *at = match size {
                     0 => Chunked::Trailers(0),
                     n => Chunked::Data(n),
@@ -579,16 +588,17 @@ fn chunked(read: &mut BytesMut, at: &mut Chunked) -> io::Result<Step> {
                 _ => return Err(malformed("a chunk's data is longer than its size")),
             },
             Chunked::Trailers(so_far) => {
-                let Some(line) = line(read)? else {
+                let Some((end, used)) = line(read)? else {
                     return match *so_far + read.len() > MAX_TRAILERS {
                         true => Err(malformed("its trailers are too long")),
                         false => Ok(Step::More),
                     };
                 };
-                if line.is_empty() {
+                read.advance(used);
+                if end == 0 {
                     return Ok(Step::End);
                 }
-                *so_far += line.len();
+                *so_far += end;
                 if *so_far > MAX_TRAILERS {
                     return Err(malformed("its trailers are too long"));
                 }
@@ -597,9 +607,9 @@ fn chunked(read: &mut BytesMut, at: &mut Chunked) -> io::Result<Step> {
     }
 }
 
-/// The next line of `read` without its line break, taken from it; `None` while there is
-/// no whole line yet.
-fn line(read: &mut BytesMut) -> io::Result<Option<Bytes>> {
+/// Where the first line of `read` ends, and where the next begins (after its line break);
+/// `None` while there is no whole line yet.
+fn line(read: &BytesMut) -> io::Result<Option<(usize, usize)>> {
     let Some(end) = memchr::memchr(b'\n', read) else {
         return match read.len() > MAX_LINE {
             true => Err(io::Error::new(
@@ -615,37 +625,44 @@ fn line(read: &mut BytesMut) -> io::Result<Option<Bytes>> {
             "the upstream's chunked body is malformed: a line is too long",
         ));
     }
-    let mut line = read.split_to(end + 1);
-    line.truncate(end);
-    if line.last() == Some(&b'\r') {
-        line.truncate(end - 1);
-    }
-    Ok(Some(line.freeze()))
+    let content = match end > 0 && read[end - 1] == b'\r' {
+        true => end - 1,
+        false => end,
+    };
+    Ok(Some((content, end + 1)))
 }
 
-impl Stream for DirectBody {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
+impl DirectBody {
+    /// The next piece of the body, lent to `read` where it lies in the connection's
+    /// buffer (it is not copied out, nor counted in a shared buffer); `None` after the
+    /// body's end.
+    pub fn poll_read_with<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Poll<Option<io::Result<R>>> {
+        if self.ended {
             return Poll::Ready(None);
         }
         // A body read counts against the task's budget, as a message from a channel
         // would: an upstream that sent a long answer at once does not keep the worker's
         // other tasks waiting while the answer's task reads it all.
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
-        let step = ready!(this.poll_step(cx));
+        let step = ready!(self.poll_step(cx));
         budget.made_progress();
-        Poll::Ready(match step {
-            Ok(Step::Data(data)) => Some(Ok(data)),
-            Ok(_) => {
-                this.ended = true;
+        Poll::Ready(match (step, &mut self.conn) {
+            (Ok(Step::Data(n)), Some(conn)) => {
+                let made = read(&conn.read[..n]);
+                conn.read.advance(n);
+                Some(Ok(made))
+            }
+            (Ok(_), _) => {
+                self.ended = true;
                 None
             }
-            Err(e) => {
-                this.ended = true;
-                this.conn = None;
+            (Err(e), _) => {
+                self.ended = true;
+                self.conn = None;
                 Some(Err(e))
             }
         })
@@ -780,13 +797,18 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let mut body = response.body;
         let mut read = Vec::new();
-        while let Some(piece) = body.next().await {
+        while let Some(piece) = next(&mut body).await {
             match piece {
                 Ok(piece) => read.extend_from_slice(&piece),
                 Err(e) => return Ok((response.status.as_u16(), Err(e.to_string()))),
             }
         }
         Ok((response.status.as_u16(), Ok(read)))
+    }
+
+    /// The next piece of `body`, copied out.
+    async fn next(body: &mut DirectBody) -> Option<io::Result<Vec<u8>>> {
+        poll_fn(|cx| body.poll_read_with(cx, <[u8]>::to_vec)).await
     }
 
     const CHUNKED: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
@@ -902,7 +924,7 @@ mod tests {
             .await
             .unwrap();
         let mut body = response.body;
-        assert!(body.next().await.unwrap().is_ok());
+        assert!(next(&mut body).await.unwrap().is_ok());
         drop(body);
         assert_eq!(IDLE.with_borrow(|pool| pool.len()), 0, "nothing kept");
         // The upstream sees the connection close: its request is cancelled.

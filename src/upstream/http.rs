@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
@@ -104,20 +105,21 @@ enum Body {
     Direct(DirectBody),
 }
 
-impl Stream for Body {
-    type Item = Result<Bytes, String>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.get_mut() {
-            Body::Reqwest(body) => body.as_mut().poll_next(cx).map(|r| r.map(described)),
-            Body::Direct(body) => Pin::new(body).poll_next(cx).map(|r| r.map(described)),
+impl Body {
+    /// The next read of the body, lent to `read` (a direct body's where it lies in the
+    /// connection's buffer); its error described with its causes. `None` after the end.
+    fn poll_read_with(&mut self, cx: &mut Context<'_>, read: impl FnOnce(&[u8])) -> Poll<Option<Result<(), String>>> {
+        let described = |e: &(dyn std::error::Error + 'static)| describe(e);
+        match self {
+            Body::Reqwest(body) => body
+                .as_mut()
+                .poll_next(cx)
+                .map(|r| r.map(|bytes| bytes.map(|bytes| read(&bytes)).map_err(|e| described(&e)))),
+            Body::Direct(body) => body
+                .poll_read_with(cx, read)
+                .map(|r| r.map(|made| made.map_err(|e| described(&e)))),
         }
     }
-}
-
-/// A read of either body, its error described with its causes.
-fn described<E: std::error::Error + 'static>(read: Result<Bytes, E>) -> Result<Bytes, String> {
-    read.map_err(|e| describe(&e))
 }
 
 /// Sends `request`: to a plain-HTTP upstream on a connection driven by the task that reads
@@ -193,9 +195,9 @@ impl ErrorResponse {
             .map(str::to_owned);
         let mut body = Vec::new();
         while body.len() < ERROR_BODY_LIMIT {
-            match response.body.next().await {
-                Some(Ok(bytes)) => body.extend_from_slice(&bytes),
-                _ => break,
+            let read = poll_fn(|cx| response.body.poll_read_with(cx, |bytes| body.extend_from_slice(bytes)));
+            if !matches!(read.await, Some(Ok(()))) {
+                break;
             }
         }
         Self {
@@ -251,7 +253,6 @@ fn answer_stream(response: Response, decoder: impl AnswerDecoder, gate: AnswerGa
         decoder,
         gate,
         items: Vec::new(),
-        out: Vec::with_capacity(2),
         ready: VecDeque::with_capacity(2),
         read_all: false,
         over: false,
@@ -266,8 +267,6 @@ struct Gated<D> {
     gate: AnswerGate,
     /// What the decoder made of the last read, before the gate.
     items: Vec<Item>,
-    /// What the gate passed of one item.
-    out: Vec<Item>,
     /// What passed the gate and is not yet handed on, in order.
     ready: VecDeque<Item>,
     /// The body has ended.
@@ -289,13 +288,13 @@ impl<D: AnswerDecoder> Stream for Gated<D> {
                 return Poll::Ready(None);
             }
             if this.read_all || this.decoder.is_over() {
-                this.gate.end(&mut this.out);
-                this.ready.extend(this.out.drain(..));
+                this.gate.end(&mut this.ready);
                 this.over = true;
                 continue;
             }
-            match ready!(Pin::new(&mut this.body).poll_next(cx)) {
-                Some(Ok(bytes)) => this.decoder.read(&bytes, &mut this.items),
+            let (decoder, items) = (&mut this.decoder, &mut this.items);
+            match ready!(this.body.poll_read_with(cx, |bytes| decoder.read(bytes, items))) {
+                Some(Ok(())) => {}
                 Some(Err(e)) => this.items.push(Err(UpstreamError::Broken(e))),
                 None => {
                     this.decoder.end(&mut this.items);
@@ -305,8 +304,7 @@ impl<D: AnswerDecoder> Stream for Gated<D> {
             for item in this.items.drain(..) {
                 // The first error ends the answer; what the decoder made after it is dropped.
                 let failed = item.is_err();
-                this.gate.item(item, &mut this.out);
-                this.ready.extend(this.out.drain(..));
+                this.gate.item(item, &mut this.ready);
                 if failed {
                     this.over = true;
                     break;

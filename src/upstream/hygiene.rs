@@ -133,7 +133,7 @@ impl AnswerGate {
 
     /// Passes one item on. Text that may be the start of the key is held back until the
     /// next item; before an error, what is held is released (it was not the key).
-    pub fn item(&mut self, item: Item, out: &mut Vec<Item>) {
+    pub fn item(&mut self, item: Item, out: &mut impl Extend<Item>) {
         match item {
             Ok(mut chunk) => {
                 let redactor = &self.hygiene.redactor;
@@ -144,11 +144,11 @@ impl AnswerGate {
                 if !chunk.tool_calls.is_empty() {
                     chunk.tool_calls = self.tool_calls(std::mem::take(&mut chunk.tool_calls));
                 }
-                out.push(Ok(chunk));
+                out.extend([Ok(chunk)]);
             }
             Err(e) => {
                 self.end(out);
-                out.push(Err(self.hygiene.error(e)));
+                out.extend([Err(self.hygiene.error(e))]);
             }
         }
     }
@@ -182,7 +182,7 @@ impl AnswerGate {
     }
 
     /// The answer ended: what is held back is released.
-    pub fn end(&mut self, out: &mut Vec<Item>) {
+    pub fn end(&mut self, out: &mut impl Extend<Item>) {
         let held = Chunk {
             text: self.text.release(),
             reasoning: self.reasoning.release(),
@@ -190,7 +190,7 @@ impl AnswerGate {
             ..Chunk::default()
         };
         if held.has_content() {
-            out.push(Ok(held));
+            out.extend([Ok(held)]);
         }
     }
 }

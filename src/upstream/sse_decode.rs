@@ -98,6 +98,15 @@ impl SseDecoder {
         }
     }
 
+    /// Takes back a dispatched event's data once it has been read: the next event's data
+    /// is gathered in its allocation (unless gathering it has begun already).
+    pub fn recycle(&mut self, mut data: String) {
+        if self.data.capacity() == 0 {
+            data.clear();
+            self.data = data;
+        }
+    }
+
     /// The stream ended: a last line without its line end still counts, and so does a
     /// last event without its blank line (lenient: some servers close right after it).
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
@@ -244,6 +253,7 @@ impl AnswerEvents {
                 break;
             }
             self.over = meaning(&event, out);
+            self.sse.recycle(event.data);
         }
         // The allocation is kept for the next read.
         self.events = events;

@@ -326,6 +326,18 @@ pub fn escape_into(out: &mut String, text: &str) {
     out.push_str(&text[start..]);
 }
 
+/// How many bytes [`escape_into`] writes for `text`, so that room for exactly them can be
+/// made first.
+pub fn escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 /// The text that [`escape_into`] escaped as `escaped`.
 pub fn unescape(escaped: &str) -> String {
     let mut quoted = String::with_capacity(escaped.len() + 2);
@@ -585,7 +597,9 @@ mod tests {
         fn escaping_round_trips_any_text(pieces in prop::collection::vec(any::<String>(), 0..5)) {
             let mut escaped = String::new();
             for p in &pieces {
+                let before = escaped.len();
                 escape_into(&mut escaped, p);
+                prop_assert_eq!(escaped.len() - before, escaped_len(p), "the length told beforehand");
             }
             let parsed: String = serde_json::from_str(&format!("\"{escaped}\"")).unwrap();
             prop_assert_eq!(&parsed, &pieces.concat());

@@ -7,7 +7,7 @@
 //! leave a hole in a client's array); a call's `id`, `type` and name go with its first
 //! piece only, as OpenAI streams them.
 
-use super::chatgpt::escape_into;
+use super::chatgpt::{escape_into, escaped_len};
 use crate::conversation::FinishType;
 use crate::upstream::{Chunk, ReasoningField, Usage};
 use bytes::Bytes;
@@ -177,7 +177,9 @@ impl TextEvent {
 
     fn with(&self, text: &str) -> Bytes {
         let (head, tail) = self.rendered.split_at(self.at);
-        let mut event = String::with_capacity(self.rendered.len() + text.len() + text.len() / 8);
+        // Exactly the room the event takes: a `Bytes` made of a full buffer owns it, where
+        // one made of a buffer with room to spare needs an allocation of its own to share it.
+        let mut event = String::with_capacity(self.rendered.len() + escaped_len(text));
         event.push_str(head);
         escape_into(&mut event, text);
         event.push_str(tail);
@@ -218,10 +220,10 @@ impl ChunkWriter {
     }
 
     /// The events for one piece of the answer: its content, then its finish, if any.
-    pub fn piece(&mut self, chunk: &Chunk, out: &mut Vec<Bytes>) {
+    pub fn piece(&mut self, chunk: &Chunk, out: &mut impl Extend<Bytes>) {
         let only_text = chunk.reasoning.is_empty() && chunk.tool_calls.is_empty();
         if let Some(text_event) = self.text_event.as_ref().filter(|_| only_text && !chunk.text.is_empty()) {
-            out.push(text_event.with(&chunk.text));
+            out.extend([text_event.with(&chunk.text)]);
         } else if chunk.has_content() {
             let mut delta = Delta {
                 content: (!chunk.text.is_empty()).then_some(chunk.text.as_str()),
@@ -250,10 +252,10 @@ impl ChunkWriter {
                     },
                 });
             }
-            out.push(self.event(delta, None));
+            out.extend([self.event(delta, None)]);
         }
         if let Some(finish) = chunk.finish {
-            out.push(self.event(Delta::default(), Some(finish_reason(finish))));
+            out.extend([self.event(Delta::default(), Some(finish_reason(finish)))]);
         }
     }
 

@@ -57,6 +57,11 @@ impl Relay {
         }
     }
 
+    /// When the upstream last sent anything.
+    pub fn heard(&self) -> Instant {
+        self.heard
+    }
+
     /// The answer's token counts, as the upstream last reported them.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
