@@ -68,7 +68,8 @@ struct Args {
     /// (`keys`: `--api-keys`, which every request then passes), or on `workers=N` worker
     /// threads (`--workers`). Its store is a fresh SQLite file unless `store=` says otherwise;
     /// `delta` adds a column for its delta frames, `v1` one for its `/v1/chat/completions`
-    /// (the first chatgate has both). Every column runs on a chatgate process of its own.
+    /// (the first chatgate has both, and a `/v1` column on one worker thread: the pump's
+    /// parallelism). Every column runs on a chatgate process of its own.
     /// May be given several times.
     #[arg(long = "also")]
     also: Vec<String>,
@@ -141,6 +142,8 @@ struct Chatgate {
     /// Measured on its OpenAI-compatible endpoint too, in a column of its own, on a
     /// process of its own.
     v1: Option<gateway::Gateway>,
+    /// The same on one worker thread, as the pump relays on one thread.
+    v1_one_worker: Option<gateway::Gateway>,
 }
 
 /// One chatgate to measure, as `--also` gives it.
@@ -155,6 +158,7 @@ struct Spec {
     keys: bool,
     workers: Option<u32>,
     v1: bool,
+    v1_one_worker: bool,
 }
 
 /// `NAME=BIN[,store=STORE][,bus=URL][,across][,nginx][,delta][,keys][,workers=N][,v1]`.
@@ -196,6 +200,7 @@ fn parse_also(spec: &str) -> Result<Spec, String> {
         keys,
         workers,
         v1,
+        v1_one_worker: false,
     })
 }
 
@@ -256,6 +261,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         keys: false,
         workers: None,
         v1: true,
+        v1_one_worker: true,
     }];
     for spec in &args.also {
         specs.push(parse_also(spec)?);
@@ -272,12 +278,13 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         keys,
         workers,
         v1,
+        v1_one_worker,
     } in specs
     {
         // Each column has a process of its own: a process that served several columns
         // would hold their connections and their answers' memory at once, and its columns
         // would read differently from the same build's in a column of its own.
-        let start = |column: String| {
+        let start = |column: String, workers: Option<u32>| {
             let (bin, fresh, bus) = (&bin, &fresh, bus.as_deref());
             let store = store_kind.clone().unwrap_or_else(|| fresh(&column.replace(' ', "-")));
             async move {
@@ -291,9 +298,9 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 Ok::<_, std::io::Error>(process)
             }
         };
-        let process = start(name.clone()).await?;
+        let process = start(name.clone(), workers).await?;
         let across = match across {
-            true => Some(start(format!("{name} replica B")).await?),
+            true => Some(start(format!("{name} replica B"), workers).await?),
             false => None,
         };
         let nginx = match nginx {
@@ -318,11 +325,15 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         gateway::count_with(process.pid, &companions);
         let delta = match delta {
-            true => Some(start(format!("{name} delta")).await?),
+            true => Some(start(format!("{name} delta"), workers).await?),
             false => None,
         };
         let v1 = match v1 {
-            true => Some(start(format!("{name} v1")).await?),
+            true => Some(start(format!("{name} v1"), workers).await?),
+            false => None,
+        };
+        let v1_one_worker = match v1_one_worker {
+            true => Some(start(format!("{name} v1 one worker"), Some(1)).await?),
             false => None,
         };
         chatgates.push(Chatgate {
@@ -337,6 +348,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             keys,
             workers,
             v1,
+            v1_one_worker,
         });
     }
 
@@ -383,13 +395,14 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             replicas.push(1);
         }
         // The same build's OpenAI-compatible endpoint, as an SDK would use it.
-        if let Some(process) = &gw.v1 {
+        let v1 = [(&gw.v1, ""), (&gw.v1_one_worker, ", 1 worker")];
+        for (process, which) in v1.into_iter().filter_map(|(p, which)| Some((p.as_ref()?, which))) {
             targets.push(Target {
-                name: format!("{} /v1", gw.name),
+                name: format!("{} /v1{which}", gw.name),
                 addr: process.addr,
                 path: "/v1/chat/completions".into(),
                 protocol: Protocol::OpenAi,
-                ..full
+                ..full.clone()
             });
             pids.push(Some(process.pid));
             replicas.push(1);
@@ -648,7 +661,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 table.row(
                     &format!("CPU per chunk ÷ the pump's, median of {rounds} rounds"),
                     ratios_to(&round_cpu, floor),
-                    "/v1 ≤ 1.3×",
+                    "/v1, 1 worker ≤ 1.3×",
                 );
             }
         }
