@@ -688,7 +688,6 @@ impl Drop for DirectBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncReadExt;
