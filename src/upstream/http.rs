@@ -109,15 +109,14 @@ impl Body {
     /// The next read of the body, lent to `read` (a direct body's where it lies in the
     /// connection's buffer); its error described with its causes. `None` after the end.
     fn poll_read_with(&mut self, cx: &mut Context<'_>, read: impl FnOnce(&[u8])) -> Poll<Option<Result<(), String>>> {
-        let described = |e: &(dyn std::error::Error + 'static)| describe(e);
         match self {
             Body::Reqwest(body) => body
                 .as_mut()
                 .poll_next(cx)
-                .map(|r| r.map(|bytes| bytes.map(|bytes| read(&bytes)).map_err(|e| described(&e)))),
+                .map(|r| r.map(|bytes| bytes.map(|bytes| read(&bytes)).map_err(|e| describe(&e)))),
             Body::Direct(body) => body
                 .poll_read_with(cx, read)
-                .map(|r| r.map(|made| made.map_err(|e| described(&e)))),
+                .map(|r| r.map(|made| made.map_err(|e| describe(&e)))),
         }
     }
 }
