@@ -112,8 +112,8 @@ pub struct Cli {
     pub allowed_hosts: Option<String>,
 
     /// Worker threads serving requests, each with an event loop of its own [default: one
-    /// per CPU the process may run on]. Fewer workers than cores cost less CPU per relayed chunk on a busy
-    /// machine, and leave cores to other processes.
+    /// per CPU the process may run on]. Fewer workers than cores cost less CPU per relayed
+    /// chunk on a busy machine, and leave cores to other processes.
     #[arg(long, env = "CHATGATE_WORKERS")]
     pub workers: Option<u32>,
 

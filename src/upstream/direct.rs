@@ -610,20 +610,20 @@ fn chunked(read: &mut BytesMut, at: &mut Chunked) -> io::Result<Step> {
 /// Where the first line of `read` ends, and where the next begins (after its line break);
 /// `None` while there is no whole line yet.
 fn line(read: &BytesMut) -> io::Result<Option<(usize, usize)>> {
+    let too_long = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the upstream's chunked body is malformed: a line is too long",
+        )
+    };
     let Some(end) = memchr::memchr(b'\n', read) else {
         return match read.len() > MAX_LINE {
-            true => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the upstream's chunked body is malformed: a line is too long",
-            )),
+            true => Err(too_long()),
             false => Ok(None),
         };
     };
     if end > MAX_LINE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the upstream's chunked body is malformed: a line is too long",
-        ));
+        return Err(too_long());
     }
     let content = match end > 0 && read[end - 1] == b'\r' {
         true => end - 1,
