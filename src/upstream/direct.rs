@@ -13,13 +13,13 @@
 //! Connections are kept alive between answers in a pool per thread: actix runs one
 //! single-threaded runtime per worker, and a socket belongs to the runtime that opened it.
 //! A connection is kept only when its answer was read to the end of its body with nothing
-//! after it, and the upstream did not ask to close it. Every [`SWEEP_EVERY`] a task of the
-//! thread lets go of the idle connections the upstream has closed (a server's own
-//! keep-alive timeout is often seconds: uvicorn's is 5) and of those idle for
-//! [`IDLE_TIMEOUT`]; one found closed when taken from the pool is dropped too, and a
-//! request that could not be written on a kept connection is written again on a new one.
-//! HTTPS upstreams, and any upstream when a proxy is set in the environment, go through
-//! reqwest (see `http::send`).
+//! after it, and the upstream did not ask to close it; it waits without its read buffer.
+//! Every [`SWEEP_EVERY`] a task of the thread lets go of the idle connections the upstream
+//! has closed (a server's own keep-alive timeout is often seconds: uvicorn's is 5) and of
+//! those idle for [`IDLE_TIMEOUT`]; one found closed when taken from the pool is dropped
+//! too, and a request that could not be written on a kept connection is written again on
+//! a new one. HTTPS upstreams, and any upstream when a proxy is set in the environment, go
+//! through reqwest (see `http::send`).
 
 use bytes::{Buf, BytesMut};
 use reqwest::Url;
@@ -678,8 +678,10 @@ impl Drop for DirectBody {
             let mut cx = Context::from_waker(std::task::Waker::noop());
             self.ended = matches!(self.poll_step(&mut cx), Poll::Ready(Ok(Step::End)));
         }
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else { return };
         if self.ended && self.keep && conn.read.is_empty() {
+            // An idle connection holds no buffer: the pool may keep a thousand of them.
+            conn.read = BytesMut::new();
             put_idle(std::mem::take(&mut self.key), conn);
         }
     }
@@ -832,6 +834,11 @@ mod tests {
         let upstream = upstream(vec![(CHUNKED, After::KeepOpen), (CHUNKED, After::KeepOpen)]).await;
         for _ in 0..2 {
             assert_eq!(ask(&upstream).await.unwrap(), (200, Ok(b"hello world".to_vec())));
+            let buffers: Vec<usize> = IDLE.with_borrow(|pool| {
+                let idle = pool.by_key.values().flatten();
+                idle.map(|idle| idle.conn.read.capacity()).collect()
+            });
+            assert_eq!(buffers, [0], "one connection kept, without its read buffer");
         }
         assert_eq!(
             upstream.connections(),
