@@ -302,24 +302,31 @@ impl FrameTemplate {
     }
 }
 
+/// The two-byte escape of `b` inside a JSON string, if it has one; the other control
+/// characters take `\u00XX`, and every other byte stands for itself.
+fn short_escape(b: u8) -> Option<&'static str> {
+    match b {
+        b'"' => Some("\\\""),
+        b'\\' => Some("\\\\"),
+        b'\n' => Some("\\n"),
+        b'\r' => Some("\\r"),
+        b'\t' => Some("\\t"),
+        _ => None,
+    }
+}
+
 /// Appends `text` to `out` as the inside of a JSON string.
 pub fn escape_into(out: &mut String, text: &str) {
     let mut start = 0;
     for (i, b) in text.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
+        let escape = short_escape(b);
+        if escape.is_none() && b >= 0x20 {
+            continue;
+        }
         out.push_str(&text[start..i]);
-        if escape.is_empty() {
-            out.push_str(&format!("\\u{b:04x}"));
-        } else {
-            out.push_str(escape);
+        match escape {
+            Some(escape) => out.push_str(escape),
+            None => out.push_str(&format!("\\u{b:04x}")),
         }
         start = i + 1;
     }
@@ -330,10 +337,10 @@ pub fn escape_into(out: &mut String, text: &str) {
 /// made first.
 pub fn escaped_len(text: &str) -> usize {
     text.bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
-            0..=0x1f => 6,
-            _ => 1,
+        .map(|b| match short_escape(b) {
+            Some(escape) => escape.len(),
+            None if b < 0x20 => 6,
+            None => 1,
         })
         .sum()
 }
