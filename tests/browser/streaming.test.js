@@ -106,7 +106,13 @@ describe('asking a question', () => {
       // Both choices survive a reload.
       await page.reload()
       assert.equal(await page.getByTestId('model-input').inputValue(), 'my-test-model')
-      if (preset) assert.equal(await page.getByTestId('preset-select').inputValue(), preset.name)
+      if (preset) {
+        // The preset's option comes with the page's list of presets, fetched after the
+        // reload: the choice shows once the list is there.
+        const select = '[data-testid="preset-select"]'
+        await page.waitForFunction(([s, name]) => document.querySelector(s)?.value === name, [select, preset.name])
+        assert.equal(await page.getByTestId('preset-select').inputValue(), preset.name)
+      }
     }),
   )
 })
