@@ -32,9 +32,11 @@ impl Gateway {
         command
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream-url", &format!("http://127.0.0.1:{mock_port}/v1")])
-            .args(["--upstream-key", "bench-key"])
             .args(["--store", store])
             .args(["--upstream-idle-timeout", "600"])
+            // In the environment, as the gateway asks (a key given as a flag shows in `ps`,
+            // and the gateway warns of it).
+            .env("OPENAI_API_KEY", "bench-key")
             .env("RUST_LOG", "warn");
         if let Some(bus) = bus {
             command.args(["--bus", bus]);
