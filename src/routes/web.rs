@@ -26,10 +26,7 @@ pub fn configure(dir: &Path, cfg: &mut ServiceConfig) {
                 })),
         );
     } else {
-        log::warn!(
-            "no chat page at {}/index.html: build it with `npm --prefix web ci && npm --prefix web run build`",
-            dir.display()
-        );
+        // (start-up has said so once: this runs once per worker)
         cfg.route("/", web::get().to(unbuilt));
     }
 }
