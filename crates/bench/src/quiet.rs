@@ -102,16 +102,22 @@ impl Quiet {
     }
 
     pub fn summary(&self) -> String {
-        let mean = self.kept.iter().sum::<f64>() / self.kept.len().max(1) as f64;
-        let max = self.kept.iter().copied().fold(0.0, f64::max);
-        format!(
-            "they used {mean:.0}% of a core on average (at most {max:.0}%) while the {} blocks kept ran \
-             (blocks under half a second not counted); \
-             the tool waited {:.0} s for quiet, measured {} block(s) again and kept {} although disturbed",
-            self.kept.len(),
+        let waits = format!(
+            "the tool waited {:.0} s for quiet, measured {} block(s) again and kept {} although disturbed",
             self.waited.as_secs_f64(),
             self.redone,
             self.disturbed
+        );
+        if self.kept.is_empty() {
+            // (and an empty sum of f64 is -0.0, printed "-0%")
+            return format!("no block ran long enough to be judged (half a second); {waits}");
+        }
+        let mean = self.kept.iter().sum::<f64>() / self.kept.len() as f64;
+        let max = self.kept.iter().copied().fold(0.0, f64::max);
+        format!(
+            "they used {mean:.0}% of a core on average (at most {max:.0}%) while the {} blocks kept ran \
+             (blocks under half a second not counted); {waits}",
+            self.kept.len(),
         )
     }
 }
