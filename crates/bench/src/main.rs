@@ -103,6 +103,11 @@ struct Args {
     /// many `--chunk-rounds`, one scenario alone takes minutes rather than most of an hour.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     chunk_streams: Vec<usize>,
+    /// Milliseconds each TTFT client waits after every answer before its next request: 0
+    /// measures a path kept warm by back-to-back requests; a pause, requests spaced apart as
+    /// people send them, where the caches have gone cold in between.
+    #[arg(long, default_value_t = 0)]
+    ttft_pause_ms: u64,
     /// Leave out the TCP pump (the floor column).
     #[arg(long)]
     no_pump: bool,
@@ -444,7 +449,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let run = |part: Part| args.only.is_empty() || args.only.contains(&part);
 
     // warm up every path (connection pools, the allocator, the page cache)
-    scenarios::ttft(&mock, &targets, &mut Vec::new(), 4, 20, 0).await;
+    scenarios::ttft(&mock, &targets, &mut Vec::new(), 4, 20, 0, Duration::ZERO).await;
     // Other processes on the machine (a build, a test run) disturb every figure: measure
     // in blocks while they are quiet (see `quiet`).
     let mut ours: Vec<u32> = pids.iter().flatten().copied().collect();
@@ -528,8 +533,16 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .map(|p| p.map(gateway::cpu_ms).unwrap_or(f64::NAN))
                     .collect();
-                let samples =
-                    scenarios::ttft(&mock, &targets, &mut conns, workers, block.min(rounds - first), first).await;
+                let samples = scenarios::ttft(
+                    &mock,
+                    &targets,
+                    &mut conns,
+                    workers,
+                    block.min(rounds - first),
+                    first,
+                    Duration::from_millis(args.ttft_pause_ms),
+                )
+                .await;
                 let used: Vec<f64> = pids
                     .iter()
                     .zip(&cpu_before)
@@ -545,11 +558,11 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if workers == 1 {
-            // the CPU of each `/conv` column's process over its turns (should columns ever
-            // share a process, its CPU goes in the first of them)
+            // the CPU of each column's process over its turns, the pump's and a peer's too
+            // (should columns ever share a process, its CPU goes in the first of them)
             let mut cells = vec![String::new(); columns];
-            for (t, target) in targets.iter().enumerate().skip(1) {
-                let Some(pid) = pids[t].filter(|_| is_chatgate(target)) else {
+            for t in 1..targets.len() {
+                let Some(pid) = pids[t] else {
                     continue;
                 };
                 if pids[1..t].contains(&Some(pid)) {
@@ -562,7 +575,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let per_turn = cpu[t] * 1000.0 / turns.max(1) as f64;
                 cells[t - 1] = fmt(per_turn, "µs");
             }
-            table.row("gateway CPU per turn (4 chunks, stored)", cells, "");
+            table.row("CPU per turn, 1 stream (4 chunks; `/conv` stores it)", cells, "");
         }
         let goal = if workers == 1 { "≤ 150 µs" } else { "" };
         table.added(&format!("added TTFT p50, {workers} stream(s)"), &s, 50.0, "µs", "");
@@ -730,7 +743,16 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 follow_at: None,
                 ..target.clone()
             };
-            scenarios::ttft(&mock, std::slice::from_ref(&fresh_target), &mut Vec::new(), 1, 20, 0).await;
+            scenarios::ttft(
+                &mock,
+                std::slice::from_ref(&fresh_target),
+                &mut Vec::new(),
+                1,
+                20,
+                0,
+                Duration::ZERO,
+            )
+            .await;
             let rss = generations::reader_memory(&mock, &fresh_target, process.pid, &steps).await;
             memory[t - 1] = match rss {
                 Some(rss) => {

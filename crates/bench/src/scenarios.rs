@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 /// Time to first token, in µs, for each target: `workers` clients at once, each asking
 /// `rounds` times of every target in turn, on connections of its own that are kept from
-/// one call to the next (`conns`: one set per worker; new ones when it is empty).
+/// one call to the next (`conns`: one set per worker; new ones when it is empty), each
+/// client waiting `pause` after every answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn ttft(
     mock: &Mock,
     targets: &[Target],
@@ -17,6 +19,7 @@ pub async fn ttft(
     workers: usize,
     rounds: usize,
     first_round: usize,
+    pause: Duration,
 ) -> Vec<Samples> {
     mock.set(Shape {
         chunks: 4,
@@ -39,6 +42,9 @@ pub async fn ttft(
                             && let Some(ns) = answer.ttft_ns()
                         {
                             out[t].push(ns as f64 / 1000.0);
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
                         }
                     }
                 }
