@@ -13,7 +13,8 @@
 //! Connections are kept alive between answers in a pool per thread: actix runs one
 //! single-threaded runtime per worker, and a socket belongs to the runtime that opened it.
 //! A connection is kept only when its answer was read to the end of its body with nothing
-//! after it, and the upstream did not ask to close it; it waits without its read buffer.
+//! after it (a body whose end comes after the answer's last event is read to it on a task
+//! of its own), and the upstream did not ask to close it; it waits without its read buffer.
 //! Every [`SWEEP_EVERY`] a task of the thread lets go of the idle connections the upstream
 //! has closed (a server's own keep-alive timeout is often seconds: uvicorn's is 5) and of
 //! those idle for [`IDLE_TIMEOUT`]; one found closed when taken from the pool is dropped
@@ -63,6 +64,10 @@ const MAX_INTERIM: usize = 8;
 
 /// The room made in a connection's buffer before each read of its socket.
 const READ_ROOM: usize = 8 * 1024;
+
+/// How long the end of a body may come after its answer's last event before the
+/// connection is closed rather than kept (see [`DirectBody::answered`]).
+const END_WAIT: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// This thread's idle connections.
@@ -207,6 +212,7 @@ async fn answer(mut conn: Conn, key: String) -> Result<Response, Failed> {
                     keep,
                     key,
                     ended: false,
+                    answered: false,
                 },
             });
         }
@@ -469,9 +475,21 @@ pub struct DirectBody {
     keep: bool,
     key: String,
     ended: bool,
+    /// The answer is whole (its decoder read its last event): only the body's framing is
+    /// left to come.
+    answered: bool,
 }
 
 impl DirectBody {
+    /// Says that the answer is whole: dropped before the body's end, the body then waits
+    /// for that end (for at most [`END_WAIT`]) on a task of its own, and its connection
+    /// is kept. A server often writes the body's last bytes (a chunked body's `0` chunk)
+    /// after its last event, apart from it: a decoder that read the event first would
+    /// otherwise close the connection, and the next answer would wait for a new one.
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+
     /// The next thing the bytes already read give, taken from them.
     fn step(&mut self) -> io::Result<Step> {
         let Some(conn) = &mut self.conn else {
@@ -673,10 +691,14 @@ impl Drop for DirectBody {
     fn drop(&mut self) {
         if !self.ended {
             // A decoder stops reading at the answer's last event (`[DONE]`): the body's end
-            // usually came with it, or comes just after, and then the connection can be
-            // kept. Whatever else is there means it cannot.
+            // usually came with it, and then the connection is kept; one still to come is
+            // waited for apart (see `answered`). Whatever else is there means it cannot be.
             let mut cx = Context::from_waker(std::task::Waker::noop());
-            self.ended = matches!(self.poll_step(&mut cx), Poll::Ready(Ok(Step::End)));
+            match self.poll_step(&mut cx) {
+                Poll::Ready(Ok(Step::End)) => self.ended = true,
+                Poll::Pending if self.answered && self.keep => return end_later(self),
+                _ => {}
+            }
         }
         let Some(mut conn) = self.conn.take() else { return };
         if self.ended && self.keep && conn.read.is_empty() {
@@ -685,6 +707,40 @@ impl Drop for DirectBody {
             put_idle(std::mem::take(&mut self.key), conn);
         }
     }
+}
+
+/// Reads the rest of a whole answer's body on a task of the thread's runtime, then lets it
+/// go: its connection is kept if the body ended, with nothing else in it, within
+/// [`END_WAIT`], and closed otherwise. Off a single-threaded runtime, closed at once.
+fn end_later(body: &mut DirectBody) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        return;
+    }
+    let mut rest = DirectBody {
+        conn: body.conn.take(),
+        framing: std::mem::replace(&mut body.framing, Framing::Close),
+        keep: body.keep,
+        key: std::mem::take(&mut body.key),
+        ended: false,
+        answered: false,
+    };
+    runtime.spawn(async move {
+        let end = poll_fn(|cx| {
+            rest.ended = match ready!(rest.poll_step(cx)) {
+                Ok(Step::End) => true,
+                // Bytes after the answer's last event: the connection is not trusted again.
+                Ok(_) | Err(_) => false,
+            };
+            Poll::Ready(())
+        });
+        let _ = tokio::time::timeout(END_WAIT, end).await;
+        if !rest.ended {
+            drop(rest.conn.take());
+        }
+    });
 }
 
 #[cfg(test)]
@@ -941,6 +997,99 @@ mod tests {
         })
         .await;
         assert!(closed.is_ok(), "the connection was left open");
+    }
+
+    /// An upstream that answers every request on a connection with `hello` in a chunked
+    /// body, and writes `tail` (the body's end, or more) 50 ms later, apart; none: never.
+    async fn late_end(tail: Option<&'static str>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!(
+            "http://{}/v1/chat/completions",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap();
+        let (connections, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counted, gone) = (Arc::clone(&connections), Arc::clone(&closed));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let gone = Arc::clone(&gone);
+                tokio::spawn(async move {
+                    while read_request(&mut socket).await.is_some() {
+                        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                        socket.write_all(head.as_bytes()).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if let Some(tail) = tail {
+                            let _ = socket.write_all(tail.as_bytes()).await;
+                        }
+                    }
+                    gone.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Upstream {
+            url,
+            connections,
+            closed,
+            requests: Arc::default(),
+        }
+    }
+
+    /// Reads `hello` from the upstream, says the answer is whole and lets the body go.
+    async fn read_whole_answer(upstream: &Upstream) {
+        let response = post(&upstream.url, &HeaderMap::new(), b"", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut body = response.body;
+        assert_eq!(next(&mut body).await.unwrap().unwrap(), b"hello");
+        body.answered();
+    }
+
+    /// Waits (at most 5 s) until `done` holds.
+    async fn until(done: impl Fn() -> bool) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_whose_body_ends_after_it_keeps_its_connection() {
+        let upstream = late_end(Some("0\r\n\r\n")).await;
+        read_whole_answer(&upstream).await;
+        assert_eq!(
+            IDLE.with_borrow(|pool| pool.len()),
+            0,
+            "the body's end has not come yet"
+        );
+        assert!(
+            until(|| IDLE.with_borrow(|pool| pool.len()) == 1).await,
+            "the connection was not kept"
+        );
+        read_whole_answer(&upstream).await;
+        assert_eq!(
+            upstream.connections(),
+            1,
+            "the second answer came on the first's connection"
+        );
+        assert_eq!(upstream.closed.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_answer_whose_body_goes_on_or_does_not_end_closes_its_connection() {
+        for tail in [Some("3\r\nabc\r\n0\r\n\r\n"), None] {
+            let upstream = late_end(tail).await;
+            read_whole_answer(&upstream).await;
+            // For the body that never ends: closed after END_WAIT, in the paused clock.
+            assert!(
+                until(|| upstream.closed.load(Ordering::SeqCst) == 1).await,
+                "{tail:?}: the connection was left open"
+            );
+            assert_eq!(IDLE.with_borrow(|pool| pool.len()), 0, "{tail:?}: kept");
+        }
     }
 
     #[tokio::test]

@@ -119,6 +119,14 @@ impl Body {
                 .map(|r| r.map(|made| made.map_err(|e| describe(&e)))),
         }
     }
+
+    /// The answer is whole: what is left of the body is its framing (see
+    /// [`DirectBody::answered`]; reqwest's connections are reqwest's).
+    fn answered(&mut self) {
+        if let Body::Direct(body) = self {
+            body.answered();
+        }
+    }
 }
 
 /// Sends `request`: to a plain-HTTP upstream on a connection driven by the task that reads
@@ -287,6 +295,11 @@ impl<D: AnswerDecoder> Stream for Gated<D> {
                 return Poll::Ready(None);
             }
             if this.read_all || this.decoder.is_over() {
+                // Over with no error (one would have ended the answer below): the decoder
+                // read the answer's last event.
+                if !this.read_all {
+                    this.body.answered();
+                }
                 this.gate.end(&mut this.ready);
                 this.over = true;
                 continue;
