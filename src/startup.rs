@@ -8,6 +8,7 @@ use crate::conversation::postgres::{self, PostgresStore};
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
 use crate::edge::auth::{Keyring, KeysError};
+use crate::edge::requests::resource;
 use crate::edge::{self, origin};
 use crate::generation::Generations;
 use crate::generation::bus::{self, BusError, BusGenerations};
@@ -175,21 +176,21 @@ impl Application {
                 .wrap(from_fn(edge::finish))
                 .wrap(from_fn(edge::requests::count))
                 .app_data(state.clone())
-                // One resource per path, so that another method gets 405 with `Allow`. Fixed
-                // paths first: a path with `{id}` is matched by a regular expression, and
-                // every request is matched twice (routing, and the route its count names).
-                .service(web::resource("/conv").post(routes::conv::post))
-                .service(web::resource("/v1/chat/completions").post(routes::v1::chat_completions))
-                .service(web::resource("/v1/models").get(routes::v1::models))
-                .service(web::resource("/conversations").get(routes::conversations::list))
-                .service(web::resource("/prompts").get(routes::prompts::list))
-                .service(web::resource("/config").get(routes::config::get))
-                .service(web::resource("/healthz").get(routes::health::get))
-                .service(web::resource("/metrics").get(routes::metrics::get))
-                .service(web::resource("/conv/{id}/stream").get(routes::stream::get))
-                .service(web::resource("/conv/{id}/stop").post(routes::stop::post))
+                // One resource per path, so that another method gets 405 with `Allow`, each
+                // labelled with its path for the request count (`resource`). Fixed paths
+                // first: a path with `{id}` is matched by a regular expression.
+                .service(resource("/conv").post(routes::conv::post))
+                .service(resource("/v1/chat/completions").post(routes::v1::chat_completions))
+                .service(resource("/v1/models").get(routes::v1::models))
+                .service(resource("/conversations").get(routes::conversations::list))
+                .service(resource("/prompts").get(routes::prompts::list))
+                .service(resource("/config").get(routes::config::get))
+                .service(resource("/healthz").get(routes::health::get))
+                .service(resource("/metrics").get(routes::metrics::get))
+                .service(resource("/conv/{id}/stream").get(routes::stream::get))
+                .service(resource("/conv/{id}/stop").post(routes::stop::post))
                 .service(
-                    web::resource("/conv/{id}")
+                    resource("/conv/{id}")
                         .get(routes::conversations::get)
                         .delete(routes::conversations::delete),
                 )

@@ -5,7 +5,16 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{Error, web};
+use actix_web::{Error, HttpRequest, Resource, web};
+use std::borrow::Cow;
+
+/// A resource, with its path kept as the label its requests are counted under.
+pub fn resource(path: &'static str) -> Resource {
+    web::resource(path).app_data(Route(path))
+}
+
+/// The path a resource was made with (see [`resource`]).
+struct Route(&'static str);
 
 /// Counts every request once its response head is ready (a stream counts when it starts).
 /// The route is the pattern a request matched (`/conv/{id}/stream`), never its path: ids
@@ -14,23 +23,33 @@ pub async fn count<B: MessageBody>(req: ServiceRequest, next: Next<B>) -> Result
     let counter = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.requests.clone());
-    let route = req.match_pattern();
     let method = method_label(req.method());
     let result = next.call(req).await;
     if let Some(counter) = counter {
-        let status = match &result {
-            Ok(response) => response.status(),
-            Err(error) => error.as_response_error().status_code(),
+        let (status, route) = match &result {
+            Ok(response) => (response.status(), route(response.request())),
+            // No middleware or route here fails without a response (see `edge::finish`):
+            // the request went with the error.
+            Err(error) => (error.as_response_error().status_code(), Cow::Borrowed("unmatched")),
         };
-        let route = match route.as_deref() {
-            // The files service of the page is mounted at the root, as a prefix.
-            Some("") => "page",
-            Some(pattern) => pattern,
-            None => "unmatched",
-        };
-        counter.with_label_values(&[route, method, status.as_str()]).inc();
+        counter.with_label_values(&[&route, method, status.as_str()]).inc();
     }
     result
+}
+
+/// The label of the route `req` went to: its resource's path, read where routing left
+/// it; for a request no resource took (refused before routing, a file of the page, no
+/// route at all), the pattern the paths match, looked up again.
+fn route(req: &HttpRequest) -> Cow<'static, str> {
+    if let Some(Route(path)) = req.app_data::<Route>() {
+        return Cow::Borrowed(path);
+    }
+    match req.match_pattern() {
+        // The files service of the page is mounted at the root, as a prefix.
+        Some(pattern) if pattern.is_empty() => Cow::Borrowed("page"),
+        Some(pattern) => Cow::Owned(pattern),
+        None => Cow::Borrowed("unmatched"),
+    }
 }
 
 /// The method, or `other` for one no route serves: a client may send any token there.

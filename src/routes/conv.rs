@@ -9,7 +9,7 @@ use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
 use crate::upstream::metered::Tally;
 use crate::wire::sse;
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, ContentType};
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ContentType, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -199,11 +199,16 @@ impl Stream for Frames {
     }
 }
 
+/// An event stream's response. Its headers are made from constants: nothing is parsed or
+/// copied while an answer's first token waits to be sent.
 pub fn sse_response(body: impl Stream<Item = Result<Bytes, Infallible>> + 'static) -> HttpResponse {
     HttpResponse::Ok()
-        .insert_header(ContentType(actix_web::mime::TEXT_EVENT_STREAM))
-        .insert_header((CACHE_CONTROL, "no-cache"))
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/event-stream")))
+        .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-cache")))
         // nginx buffers proxied responses unless told not to.
-        .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header((
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ))
         .streaming(body)
 }

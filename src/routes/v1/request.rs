@@ -44,6 +44,7 @@ pub struct CompletionRequest {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
 struct Wire {
     #[serde(default)]
     model: Option<String>,
@@ -153,6 +154,38 @@ mod tests {
         assert_eq!(r.upstream.params["stop"], serde_json::json!(["x"]));
         assert_eq!(r.upstream.model, "default-model");
         assert!(r.stream && r.include_usage);
+    }
+
+    #[test]
+    fn a_message_keeps_its_other_fields_and_unlisted_request_fields_are_skipped() {
+        let r = parse(
+            r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"c1","type":"function"}],"name":"bot"},
+                {"content":"x","role":"tool","tool_call_id":"c1"}],
+                "prediction":{"type":"content","content":[{"text":"y"}]},"stream":false}"#,
+        )
+        .unwrap();
+        let [call, result] = &r.upstream.messages[..] else {
+            panic!("{:?}", r.upstream.messages)
+        };
+        assert_eq!(call.content, Value::Null, "no content: null");
+        assert_eq!(call.extra["tool_calls"][0]["id"], "c1");
+        assert_eq!(call.extra["name"], "bot");
+        assert_eq!((result.role.as_str(), result.text()), ("tool", "x".into()));
+        assert_eq!(result.extra["tool_call_id"], "c1");
+        assert!(r.upstream.params.is_empty() && !r.stream);
+        // Sent on as it came.
+        let sent = serde_json::to_value(call).unwrap();
+        assert_eq!(sent["tool_calls"][0]["type"], "function");
+
+        let field = |body: &str| match parse(body) {
+            Err(RequestError::InvalidField(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(field(r#"{"messages":[{"content":"x"}]}"#).contains("missing field `role`"));
+        assert!(field(r#"{"messages":[{"role":"user","role":"tool"}]}"#).contains("duplicate field `role`"));
+        assert!(field(r#"{"messages":[{"role":7}]}"#).contains("invalid type"));
+        let array = field(r#"[{"role":"user"}]"#);
+        assert!(array.contains("expected a JSON object"), "{array}");
     }
 
     #[test]
