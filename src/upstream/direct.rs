@@ -990,13 +990,10 @@ mod tests {
         drop(body);
         assert_eq!(IDLE.with_borrow(|pool| pool.len()), 0, "nothing kept");
         // The upstream sees the connection close: its request is cancelled.
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            while upstream.closed.load(Ordering::SeqCst) == 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "the connection was left open");
+        assert!(
+            until(|| upstream.closed.load(Ordering::SeqCst) > 0).await,
+            "the connection was left open"
+        );
     }
 
     /// An upstream that answers every request on a connection with `hello` in a chunked
