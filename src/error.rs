@@ -6,7 +6,11 @@ use crate::upstream::UpstreamError;
 use actix_web::http::header::RETRY_AFTER;
 use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
+use std::marker::PhantomData;
 
 /// A request the gateway will not carry out as sent.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +23,10 @@ pub enum RequestError {
     TooLarge { limit: usize },
     #[error("{0}")]
     InvalidField(String),
+    /// JSON of the wrong shape for the request: `param` names where in the body
+    /// (`content`, `messages.[0].role`), when the problem is inside it.
+    #[error("{message}")]
+    WrongShape { param: Option<String>, message: String },
     /// A request parameter OpenAI's API would refuse, named as OpenAI names it (`/v1`).
     #[error("{message}")]
     InvalidParam {
@@ -54,20 +62,76 @@ pub enum RequestError {
 
 impl RequestError {
     /// Why a body did not parse as the type wanted: `MalformedJson` (400) when it is not
-    /// well-formed JSON at all, `InvalidField` (422) when it is JSON of the wrong shape.
+    /// well-formed JSON at all, `WrongShape` (422) when it is JSON of the wrong shape.
     ///
     /// serde_json reports the first problem it meets, so a typed parse can call a body's
     /// wrong shape before reaching where it stops being JSON (`[[[[…` is "a sequence, expected
     /// a string" at its second byte): only a full untyped parse tells the two apart. That
     /// parse skips values without recursing, so no nesting depth makes it fail on valid JSON.
-    pub fn from_json(error: serde_json::Error, body: &[u8]) -> Self {
+    /// A wrong shape is then parsed once more, tracking the path, to name the field at
+    /// fault: the price of a refused request only.
+    fn from_json<T: DeserializeOwned>(error: serde_json::Error, body: &[u8]) -> Self {
         let data = error.classify() == serde_json::error::Category::Data;
         match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) if data => RequestError::InvalidField(error.to_string()),
+            Ok(_) if data => {
+                let mut json = serde_json::Deserializer::from_slice(body);
+                let param = match serde_path_to_error::deserialize::<_, Object<T>>(&mut json) {
+                    Err(error) => param(error.path()),
+                    Ok(_) => None,
+                };
+                let message = match &param {
+                    Some(param) => format!("{param}: {error}"),
+                    None => error.to_string(),
+                };
+                RequestError::WrongShape { param, message }
+            }
             Ok(_) => RequestError::MalformedJson(error.to_string()),
             Err(malformed) => RequestError::MalformedJson(malformed.to_string()),
         }
     }
+}
+
+/// A request body, which must be one JSON object, as `T`. Not an array of `T`'s fields in
+/// order, which is what serde's derived structs also accept: `["hi"]` is no turn.
+pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+    serde_json::from_slice::<Object<T>>(body)
+        .map(|Object(value)| value)
+        .map_err(|error| RequestError::from_json::<T>(error, body))
+}
+
+/// `T`, read only from a JSON object.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Fields(PhantomData)).map(Object)
+    }
+}
+
+/// Where in a body a parse failed, as OpenAI names a parameter (`messages.[1].role`);
+/// `None` at the body itself.
+fn param(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let names: Vec<String> = path
+        .iter()
+        .map(|segment| match segment {
+            Segment::Seq { index } => format!("[{index}]"),
+            Segment::Map { key } => key.clone(),
+            Segment::Enum { variant } => variant.clone(),
+            Segment::Unknown => "?".to_owned(),
+        })
+        .collect();
+    (!names.is_empty()).then(|| names.join("."))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +221,9 @@ impl ApiError {
             ApiError::Request(e) => match e {
                 R::MalformedJson(_) | R::Unreadable(_) => (StatusCode::BAD_REQUEST, invalid, "malformed_json"),
                 R::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, invalid, "body_too_large"),
-                R::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "invalid_field"),
+                R::InvalidField(_) | R::WrongShape { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, invalid, "invalid_field")
+                }
                 R::InvalidParam { code, .. } => (StatusCode::BAD_REQUEST, invalid, *code),
                 R::UnknownPrompt(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "unknown_prompt"),
                 R::UnknownConversation(_) => (StatusCode::NOT_FOUND, invalid, "conversation_not_found"),
@@ -227,8 +293,10 @@ impl ApiError {
     pub fn object(&self) -> Value {
         let (_, kind, code) = self.classify();
         let mut object = json!({"message": self.to_string(), "type": kind, "code": code});
-        if let ApiError::Request(RequestError::InvalidParam { param, .. }) = self {
-            object["param"] = json!(param);
+        match self {
+            ApiError::Request(RequestError::InvalidParam { param, .. }) => object["param"] = json!(param),
+            ApiError::Request(RequestError::WrongShape { param: Some(param), .. }) => object["param"] = json!(param),
+            _ => {}
         }
         object
     }
@@ -246,7 +314,9 @@ impl ApiError {
                 body.object["message"] = json!(message);
                 body.object["type"] = json!(openai_type(*status));
             }
-            ApiError::Request(RequestError::InvalidField(_)) => body.status = StatusCode::BAD_REQUEST,
+            ApiError::Request(RequestError::InvalidField(_) | RequestError::WrongShape { .. }) => {
+                body.status = StatusCode::BAD_REQUEST
+            }
             _ => {}
         }
         body

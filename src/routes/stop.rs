@@ -6,7 +6,7 @@ use super::conv::{BodyLimits, read_body};
 use super::conversation_id;
 use crate::conversation::MessageId;
 use crate::edge::auth::Client;
-use crate::error::{ApiError, RequestError};
+use crate::error::{ApiError, RequestError, parse_object};
 use crate::generation::Target;
 use crate::state::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -40,7 +40,7 @@ pub async fn post(
     let wire: Wire = if body.iter().all(u8::is_ascii_whitespace) {
         Wire::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| RequestError::from_json(e, &body))?
+        parse_object(&body)?
     };
     let message = wire
         .message_id

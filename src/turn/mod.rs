@@ -6,7 +6,7 @@ pub mod history;
 use crate::conversation::store::NewTurn;
 use crate::conversation::{ConversationId, Message, MessageId, Role, Status, now, title_from, tree};
 use crate::edge::auth::Client;
-use crate::error::{ApiError, RequestError};
+use crate::error::{ApiError, RequestError, parse_object};
 use crate::state::AppState;
 use crate::upstream::ChatRequest;
 use crate::wire::chatgpt::AnswerIdentity;
@@ -60,7 +60,7 @@ fn present(field: Option<String>) -> Option<String> {
 
 impl TurnRequest {
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
-        let wire: Wire = serde_json::from_slice(body).map_err(|e| RequestError::from_json(e, body))?;
+        let wire: Wire = parse_object(body)?;
         if wire.content.trim().is_empty() {
             return Err(RequestError::InvalidField("content must not be empty".into()));
         }
@@ -232,8 +232,11 @@ mod tests {
             parse(r#"{"content":"x"} tail"#),
             Err(RequestError::MalformedJson(_))
         ));
-        assert!(matches!(parse(r#"{"content": 5}"#), Err(RequestError::InvalidField(_))));
-        assert!(matches!(parse(r#"{}"#), Err(RequestError::InvalidField(_))));
+        assert!(matches!(
+            parse(r#"{"content": 5}"#),
+            Err(RequestError::WrongShape { .. })
+        ));
+        assert!(matches!(parse(r#"{}"#), Err(RequestError::WrongShape { .. })));
         assert!(matches!(
             parse(r#"{"content":"  "}"#),
             Err(RequestError::InvalidField(_))
@@ -256,10 +259,37 @@ mod tests {
         assert!(matches!(parse(&deep), Err(RequestError::MalformedJson(_))));
         // Deep but well-formed: the wrong shape, or an unknown field skipped.
         let closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(parse(&closed), Err(RequestError::InvalidField(_))));
+        assert!(matches!(parse(&closed), Err(RequestError::WrongShape { .. })));
         let nested = format!(r#"{{"content":"x","extra":{}{}}}"#, "[".repeat(1000), "]".repeat(1000));
         assert!(parse(&nested).is_ok());
-        assert!(matches!(parse("[1, 2]"), Err(RequestError::InvalidField(_))));
+        assert!(matches!(parse("[1, 2]"), Err(RequestError::WrongShape { .. })));
+    }
+
+    #[test]
+    fn only_an_object_is_a_turn_and_a_wrong_field_is_named() {
+        let shape = |body: &str| match parse(body) {
+            Err(RequestError::WrongShape { param, message }) => (param, message),
+            other => panic!("{other:?} for {body}"),
+        };
+        // serde's derived structs also read a struct from an array of its fields.
+        for body in [r#"["hello"]"#, r#""hello""#, "null", "5"] {
+            let (param, message) = shape(body);
+            assert_eq!(param, None, "{body}");
+            assert!(message.contains("expected a JSON object"), "{message}");
+            assert!(!message.contains("Wire"), "{message}");
+        }
+        let (param, message) = shape(r#"{"content":"hi","model":5}"#);
+        assert_eq!(param.as_deref(), Some("model"));
+        assert!(
+            message.starts_with("model: invalid type: integer `5`, expected a string"),
+            "{message}"
+        );
+        let (param, message) = shape(r#"{"content":"hi","delta":"yes"}"#);
+        assert_eq!(param.as_deref(), Some("delta"));
+        assert!(message.contains("expected a boolean"), "{message}");
+        let (param, message) = shape(r#"{"model":"m"}"#);
+        assert_eq!(param, None);
+        assert!(message.contains("missing field `content`"), "{message}");
     }
 
     /// Any JSON value, nested up to a few levels, with the request's own field names
@@ -295,7 +325,10 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic_and_are_a_400_or_422(body in prop::collection::vec(any::<u8>(), 0..512)) {
             if let Err(e) = TurnRequest::parse(&body) {
-                prop_assert!(matches!(e, RequestError::MalformedJson(_) | RequestError::InvalidField(_)), "{e:?}");
+                prop_assert!(
+                    matches!(e, RequestError::MalformedJson(_) | RequestError::InvalidField(_) | RequestError::WrongShape { .. }),
+                    "{e:?}"
+                );
             }
         }
 
@@ -304,7 +337,10 @@ mod tests {
             let body = value.to_string();
             match TurnRequest::parse(body.as_bytes()) {
                 Ok(turn) => prop_assert!(!turn.content.trim().is_empty()),
-                Err(e) => prop_assert!(matches!(e, RequestError::InvalidField(_)), "{e:?} for {body}"),
+                Err(e) => prop_assert!(
+                    matches!(e, RequestError::InvalidField(_) | RequestError::WrongShape { .. }),
+                    "{e:?} for {body}"
+                ),
             }
         }
     }

@@ -48,6 +48,35 @@ async fn wrong_types_and_missing_or_empty_content_are_422() {
 }
 
 #[tokio::test]
+async fn a_body_that_is_not_an_object_is_a_422_and_a_wrong_field_is_named() {
+    let app = spawn_app().await;
+    // A derived struct would also read `["hello"]` as its fields in order: no turn here.
+    for body in [
+        r#"["hello"]"#,
+        r#"["hello", null, null, "m"]"#,
+        r#""hello""#,
+        "null",
+        "7",
+    ] {
+        let error = assert_error(post_raw(&app, body).await, 422, "invalid_field").await;
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("expected a JSON object"), "{body}: {message}");
+        assert_eq!(error["error"]["param"], json!(null), "{body}");
+    }
+    for (body, param) in [
+        (json!({"content": 42}), "content"),
+        (json!({"content": "hi", "model": ["m"]}), "model"),
+        (json!({"content": "hi", "delta": "yes"}), "delta"),
+    ] {
+        let error = assert_error(post_raw(&app, body.to_string()).await, 422, "invalid_field").await;
+        assert_eq!(error["error"]["param"], param, "{body}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{param}: invalid type")), "{message}");
+    }
+    assert_eq!(app.mock.stats().requests, 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
 async fn an_unknown_conversation_or_parent_is_a_404() {
     let app = spawn_app().await;
     let missing = "8a0ec4a6-06b4-4a7d-9cf6-7b4f2b5e4c7e";

@@ -179,6 +179,12 @@ async fn stop_with_nothing_running_says_false_and_bad_stops_are_refused() {
         .await
         .unwrap();
     assert_error(response, 400, "malformed_json").await;
+    let (status, body) = app
+        .stop(&conversation, Some(json!(["7d3f3c3e-1111-4222-8333-944455556666"])))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_field")));
+    let (status, body) = app.stop(&conversation, Some(json!({"message_id": 7}))).await;
+    assert_eq!((status, body["error"]["param"].as_str()), (422, Some("message_id")));
     // The finished answer is untouched.
     let stored = app.stored_message(&conversation, &turn.message_id()).await;
     assert_eq!(stored["status"], "finished_successfully");

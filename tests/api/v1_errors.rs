@@ -57,7 +57,23 @@ async fn bad_requests_get_openai_error_bodies() {
         .unwrap();
     openai_error(malformed, 400).await;
     let wrong_shape = app.complete(json!({"messages": "hello"})).await;
-    openai_error(wrong_shape, 400).await;
+    assert_eq!(openai_error(wrong_shape, 400).await["param"], "messages");
+    let wrong_type = app
+        .complete(json!({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}))
+        .await;
+    let error = openai_error(wrong_type, 400).await;
+    assert_eq!(error["param"], "stream");
+    assert!(
+        error["message"].as_str().unwrap().starts_with("stream: invalid type"),
+        "{error}"
+    );
+    let array = app.complete(json!([{"role": "user", "content": "x"}])).await;
+    let error = openai_error(array, 400).await;
+    assert_eq!(error["param"], Value::Null);
+    assert!(
+        error["message"].as_str().unwrap().contains("expected a JSON object"),
+        "{error}"
+    );
     let huge = "x".repeat(2 << 20);
     openai_error(app.complete(streaming(&huge, json!({}))).await, 413).await;
     assert!(app.mock.requests().is_empty());

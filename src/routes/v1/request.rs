@@ -1,7 +1,7 @@
 //! A Chat Completions request, parsed once into what the upstream is asked and how the
 //! client wants the answer.
 
-use crate::error::RequestError;
+use crate::error::{RequestError, parse_object};
 use crate::upstream::{ChatMessage, ChatRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -44,7 +44,6 @@ pub struct CompletionRequest {
 }
 
 #[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
 struct Wire {
     #[serde(default)]
     model: Option<String>,
@@ -67,7 +66,7 @@ struct StreamOptions {
 impl CompletionRequest {
     /// `default_model`: the model of a request that names none.
     pub fn parse(body: &[u8], default_model: &str) -> Result<Self, RequestError> {
-        let wire: Wire = serde_json::from_slice(body).map_err(|e| RequestError::from_json(e, body))?;
+        let wire: Wire = parse_object(body)?;
         let messages = wire.messages.ok_or_else(|| {
             invalid(
                 "messages",
@@ -178,7 +177,7 @@ mod tests {
         assert_eq!(sent["tool_calls"][0]["type"], "function");
 
         let field = |body: &str| match parse(body) {
-            Err(RequestError::InvalidField(message)) => message,
+            Err(RequestError::WrongShape { message, .. }) => message,
             other => panic!("{other:?}"),
         };
         assert!(field(r#"{"messages":[{"content":"x"}]}"#).contains("missing field `role`"));
@@ -203,9 +202,22 @@ mod tests {
         assert_eq!(param(r#"{"messages":[{"role":"user","content":"a"}],"n":2}"#), "n");
         assert!(parse(r#"{"messages":[{"role":"user","content":"a"}],"n":null,"model":" "}"#).is_ok());
         assert!(matches!(parse(r#"{"messages":"#), Err(RequestError::MalformedJson(_))));
-        assert!(matches!(
-            parse(r#"{"messages":"hi"}"#),
-            Err(RequestError::InvalidField(_))
-        ));
+        let shape = |body: &str| match parse(body) {
+            Err(RequestError::WrongShape { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(shape(r#"{"messages":"hi"}"#).as_deref(), Some("messages"));
+        assert_eq!(
+            shape(r#"{"messages":[{"role":"user"},{"role":7}]}"#).as_deref(),
+            Some("messages.[1].role")
+        );
+        assert_eq!(
+            shape(r#"{"messages":[{"role":"user"}],"stream":"yes"}"#).as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            shape(r#"{"messages":[{"role":"user"}],"stream_options":{"include_usage":1}}"#).as_deref(),
+            Some("stream_options.include_usage")
+        );
     }
 }
