@@ -152,7 +152,7 @@ pub enum ApiError {
     Bus(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
-    /// An error the framework answered by itself (see `edge::finish`), kept as it was.
+    /// An error the framework answered by itself (see `edge::pass`), kept as it was.
     #[error("{message}")]
     Http { status: StatusCode, message: String },
     #[error("a valid client key is needed: send `Authorization: Bearer KEY`")]

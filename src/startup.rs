@@ -167,14 +167,11 @@ impl Application {
             // now, not on its first answer.
             state.router.warm();
             let settings = &state.settings;
-            // The last `wrap` is the outermost: every request counted, with the status it
-            // finally got; headers and JSON errors on everything, even on refusals; then the
-            // host and cross-site checks, before CORS and any route.
+            // The last `wrap` is the outermost: the edge (counted, headers and JSON errors
+            // on everything, the host and cross-site checks), then CORS, then the routes.
             App::new()
                 .wrap(cors(&settings.cors))
-                .wrap(from_fn(edge::admit))
-                .wrap(from_fn(edge::finish))
-                .wrap(from_fn(edge::requests::count))
+                .wrap(from_fn(edge::pass))
                 .app_data(state.clone())
                 // One resource per path, so that another method gets 405 with `Allow`, each
                 // labelled with its path for the request count (`resource`). Fixed paths

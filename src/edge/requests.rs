@@ -1,11 +1,9 @@
 //! Requests counted by route and status, for `GET /metrics`.
 
-use crate::state::AppState;
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceResponse;
 use actix_web::http::Method;
-use actix_web::middleware::Next;
 use actix_web::{Error, HttpRequest, Resource, web};
+use prometheus::IntCounterVec;
 use std::borrow::Cow;
 
 /// A resource, with its path kept as the label its requests are counted under.
@@ -16,25 +14,17 @@ pub fn resource(path: &'static str) -> Resource {
 /// The path a resource was made with (see [`resource`]).
 struct Route(&'static str);
 
-/// Counts every request once its response head is ready (a stream counts when it starts).
+/// Counts a request once its response head is ready (a stream counts when it starts).
 /// The route is the pattern a request matched (`/conv/{id}/stream`), never its path: ids
 /// would add a series per conversation, and a query (`?api_key=…`) must never reach a label.
-pub async fn count<B: MessageBody>(req: ServiceRequest, next: Next<B>) -> Result<ServiceResponse<B>, Error> {
-    let counter = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.metrics.requests.clone());
-    let method = method_label(req.method());
-    let result = next.call(req).await;
-    if let Some(counter) = counter {
-        let (status, route) = match &result {
-            Ok(response) => (response.status(), route(response.request())),
-            // No middleware or route here fails without a response (see `edge::finish`):
-            // the request went with the error.
-            Err(error) => (error.as_response_error().status_code(), Cow::Borrowed("unmatched")),
-        };
-        counter.with_label_values(&[&route, method, status.as_str()]).inc();
-    }
-    result
+pub fn count<B>(counter: &IntCounterVec, method: &'static str, result: &Result<ServiceResponse<B>, Error>) {
+    let (status, route) = match result {
+        Ok(response) => (response.status(), route(response.request())),
+        // No middleware or route here fails without a response (see `edge::pass`):
+        // the request went with the error.
+        Err(error) => (error.as_response_error().status_code(), Cow::Borrowed("unmatched")),
+    };
+    counter.with_label_values(&[&route, method, status.as_str()]).inc();
 }
 
 /// The label of the route `req` went to: its resource's path, read where routing left
@@ -53,7 +43,7 @@ fn route(req: &HttpRequest) -> Cow<'static, str> {
 }
 
 /// The method, or `other` for one no route serves: a client may send any token there.
-fn method_label(method: &Method) -> &'static str {
+pub fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
