@@ -17,6 +17,7 @@ mod stats;
 use clap::Parser;
 use client::{Protocol, Target};
 use mock::{Mock, Shape};
+use scenarios::Asking;
 use stats::Samples;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -449,7 +450,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let run = |part: Part| args.only.is_empty() || args.only.contains(&part);
 
     // warm up every path (connection pools, the allocator, the page cache)
-    scenarios::ttft(&mock, &targets, &mut Vec::new(), 4, 20, 0, Duration::ZERO).await;
+    scenarios::ttft(&mock, &targets, &mut Vec::new(), Asking::warm_up(4)).await;
     // Other processes on the machine (a build, a test run) disturb every figure: measure
     // in blocks while they are quiet (see `quiet`).
     let mut ours: Vec<u32> = pids.iter().flatten().copied().collect();
@@ -533,16 +534,13 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .map(|p| p.map(gateway::cpu_ms).unwrap_or(f64::NAN))
                     .collect();
-                let samples = scenarios::ttft(
-                    &mock,
-                    &targets,
-                    &mut conns,
+                let asking = Asking {
                     workers,
-                    block.min(rounds - first),
-                    first,
-                    Duration::from_millis(args.ttft_pause_ms),
-                )
-                .await;
+                    rounds: block.min(rounds - first),
+                    first_round: first,
+                    pause: Duration::from_millis(args.ttft_pause_ms),
+                };
+                let samples = scenarios::ttft(&mock, &targets, &mut conns, asking).await;
                 let used: Vec<f64> = pids
                     .iter()
                     .zip(&cpu_before)
@@ -747,10 +745,7 @@ async fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 &mock,
                 std::slice::from_ref(&fresh_target),
                 &mut Vec::new(),
-                1,
-                20,
-                0,
-                Duration::ZERO,
+                Asking::warm_up(1),
             )
             .await;
             let rss = generations::reader_memory(&mock, &fresh_target, process.pid, &steps).await;

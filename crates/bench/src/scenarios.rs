@@ -7,20 +7,39 @@ use crate::mock::{Mock, Shape};
 use crate::stats::Samples;
 use std::time::{Duration, Instant};
 
-/// Time to first token, in µs, for each target: `workers` clients at once, each asking
-/// `rounds` times of every target in turn, on connections of its own that are kept from
-/// one call to the next (`conns`: one set per worker; new ones when it is empty), each
-/// client waiting `pause` after every answer.
-#[allow(clippy::too_many_arguments)]
-pub async fn ttft(
-    mock: &Mock,
-    targets: &[Target],
-    conns: &mut Vec<Vec<Conn>>,
-    workers: usize,
-    rounds: usize,
-    first_round: usize,
-    pause: Duration,
-) -> Vec<Samples> {
+/// How the clients of [`ttft`] ask: `workers` clients at once, each asking `rounds` times of
+/// every target in turn (numbered from `first_round`, which sets where each starts in the
+/// rotation), each waiting `pause` after every answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Asking {
+    pub workers: usize,
+    pub rounds: usize,
+    pub first_round: usize,
+    pub pause: Duration,
+}
+
+impl Asking {
+    /// Back-to-back rounds that bring every path in (connection pools, the allocator, the
+    /// page cache) before anything is measured.
+    pub fn warm_up(workers: usize) -> Self {
+        Self {
+            workers,
+            rounds: 20,
+            first_round: 0,
+            pause: Duration::ZERO,
+        }
+    }
+}
+
+/// Time to first token, in µs, for each target, asked as `asking` says, on connections kept
+/// from one call to the next (`conns`: one set per client; new ones when it is empty).
+pub async fn ttft(mock: &Mock, targets: &[Target], conns: &mut Vec<Vec<Conn>>, asking: Asking) -> Vec<Samples> {
+    let Asking {
+        workers,
+        rounds,
+        first_round,
+        pause,
+    } = asking;
     mock.set(Shape {
         chunks: 4,
         ..Shape::default()
