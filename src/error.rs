@@ -79,9 +79,10 @@ impl RequestError {
                     Err(error) => param(error.path()),
                     Ok(_) => None,
                 };
-                let message = match &param {
-                    Some(param) => format!("{param}: {error}"),
-                    None => error.to_string(),
+                let message = match (&param, not_an_object(body)) {
+                    (Some(param), _) => format!("{param}: {error}"),
+                    (None, Some(kind)) => format!("the request body must be a JSON object, not {kind}"),
+                    (None, None) => error.to_string(),
                 };
                 RequestError::WrongShape { param, message }
             }
@@ -115,6 +116,18 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
             }
         }
         deserializer.deserialize_map(Fields(PhantomData)).map(Object)
+    }
+}
+
+/// What a well-formed body is when it is not an object, by its first byte.
+fn not_an_object(body: &[u8]) -> Option<&'static str> {
+    match body.iter().find(|b| !b.is_ascii_whitespace())? {
+        b'{' => None,
+        b'[' => Some("an array"),
+        b'"' => Some("a string"),
+        b'n' => Some("null"),
+        b't' | b'f' => Some("a boolean"),
+        _ => Some("a number"),
     }
 }
 
