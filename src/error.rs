@@ -21,12 +21,10 @@ pub enum RequestError {
     Unreadable(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("{0}")]
-    InvalidField(String),
-    /// JSON of the wrong shape for the request: `param` names where in the body
-    /// (`content`, `messages.[0].role`), when the problem is inside it.
+    /// A field of the wrong type or value: `param` names where in the body (`content`,
+    /// `messages.[0].role`), when the problem is inside it.
     #[error("{message}")]
-    WrongShape { param: Option<String>, message: String },
+    InvalidField { param: Option<String>, message: String },
     /// A request parameter OpenAI's API would refuse, named as OpenAI names it (`/v1`).
     #[error("{message}")]
     InvalidParam {
@@ -61,8 +59,16 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// `param` is not what it must be: `message` says why.
+    pub fn invalid_field(param: &str, message: String) -> Self {
+        RequestError::InvalidField {
+            param: Some(param.to_owned()),
+            message,
+        }
+    }
+
     /// Why a body did not parse as the type wanted: `MalformedJson` (400) when it is not
-    /// well-formed JSON at all, `WrongShape` (422) when it is JSON of the wrong shape.
+    /// well-formed JSON at all, `InvalidField` (422) when it is JSON of the wrong shape.
     ///
     /// serde_json reports the first problem it meets, so a typed parse can call a body's
     /// wrong shape before reaching where it stops being JSON (`[[[[…` is "a sequence, expected
@@ -84,7 +90,7 @@ impl RequestError {
                     (None, Some(kind)) => format!("the request body must be a JSON object, not {kind}"),
                     (None, None) => error.to_string(),
                 };
-                RequestError::WrongShape { param, message }
+                RequestError::InvalidField { param, message }
             }
             Ok(_) => RequestError::MalformedJson(error.to_string()),
             Err(malformed) => RequestError::MalformedJson(malformed.to_string()),
@@ -234,9 +240,7 @@ impl ApiError {
             ApiError::Request(e) => match e {
                 R::MalformedJson(_) | R::Unreadable(_) => (StatusCode::BAD_REQUEST, invalid, "malformed_json"),
                 R::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, invalid, "body_too_large"),
-                R::InvalidField(_) | R::WrongShape { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, invalid, "invalid_field")
-                }
+                R::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "invalid_field"),
                 R::InvalidParam { code, .. } => (StatusCode::BAD_REQUEST, invalid, *code),
                 R::UnknownPrompt(_) => (StatusCode::UNPROCESSABLE_ENTITY, invalid, "unknown_prompt"),
                 R::UnknownConversation(_) => (StatusCode::NOT_FOUND, invalid, "conversation_not_found"),
@@ -308,7 +312,7 @@ impl ApiError {
         let mut object = json!({"message": self.to_string(), "type": kind, "code": code});
         match self {
             ApiError::Request(RequestError::InvalidParam { param, .. }) => object["param"] = json!(param),
-            ApiError::Request(RequestError::WrongShape { param: Some(param), .. }) => object["param"] = json!(param),
+            ApiError::Request(RequestError::InvalidField { param: Some(param), .. }) => object["param"] = json!(param),
             _ => {}
         }
         object
@@ -327,9 +331,7 @@ impl ApiError {
                 body.object["message"] = json!(message);
                 body.object["type"] = json!(openai_type(*status));
             }
-            ApiError::Request(RequestError::InvalidField(_) | RequestError::WrongShape { .. }) => {
-                body.status = StatusCode::BAD_REQUEST
-            }
+            ApiError::Request(RequestError::InvalidField { .. }) => body.status = StatusCode::BAD_REQUEST,
             _ => {}
         }
         body

@@ -46,8 +46,9 @@ pub async fn post(
         .message_id
         .filter(|m| !m.trim().is_empty())
         .map(|raw| {
-            MessageId::parse(&raw)
-                .map_err(|_| RequestError::InvalidField(format!("message_id must be a UUID, got {raw:?}")))
+            MessageId::parse(&raw).map_err(|_| {
+                RequestError::invalid_field("message_id", format!("message_id must be a UUID, got {raw:?}"))
+            })
         })
         .transpose()?;
     let stopped = state.generations.stop(Target { conversation, message }).await;

@@ -62,22 +62,34 @@ impl TurnRequest {
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
         let wire: Wire = parse_object(body)?;
         if wire.content.trim().is_empty() {
-            return Err(RequestError::InvalidField("content must not be empty".into()));
+            return Err(RequestError::invalid_field(
+                "content",
+                "content must not be empty".into(),
+            ));
         }
         let conversation = present(wire.conversation_id)
             .map(|raw| {
-                ConversationId::parse(&raw)
-                    .map_err(|_| RequestError::InvalidField(format!("conversation_id must be a UUID, got {raw:?}")))
+                ConversationId::parse(&raw).map_err(|_| {
+                    RequestError::invalid_field(
+                        "conversation_id",
+                        format!("conversation_id must be a UUID, got {raw:?}"),
+                    )
+                })
             })
             .transpose()?;
         let parent = present(wire.parent_message_id)
             .map(|raw| {
-                MessageId::parse(&raw)
-                    .map_err(|_| RequestError::InvalidField(format!("parent_message_id must be a UUID, got {raw:?}")))
+                MessageId::parse(&raw).map_err(|_| {
+                    RequestError::invalid_field(
+                        "parent_message_id",
+                        format!("parent_message_id must be a UUID, got {raw:?}"),
+                    )
+                })
             })
             .transpose()?;
         if parent.is_some() && conversation.is_none() {
-            return Err(RequestError::InvalidField(
+            return Err(RequestError::invalid_field(
+                "parent_message_id",
                 "parent_message_id needs the conversation_id it belongs to".into(),
             ));
         }
@@ -234,16 +246,16 @@ mod tests {
         ));
         assert!(matches!(
             parse(r#"{"content": 5}"#),
-            Err(RequestError::WrongShape { .. })
+            Err(RequestError::InvalidField { .. })
         ));
-        assert!(matches!(parse(r#"{}"#), Err(RequestError::WrongShape { .. })));
+        assert!(matches!(parse(r#"{}"#), Err(RequestError::InvalidField { .. })));
         assert!(matches!(
             parse(r#"{"content":"  "}"#),
-            Err(RequestError::InvalidField(_))
+            Err(RequestError::InvalidField { .. })
         ));
         assert!(matches!(
             parse(r#"{"content":"x","conversation_id":"nope"}"#),
-            Err(RequestError::InvalidField(_))
+            Err(RequestError::InvalidField { .. })
         ));
     }
 
@@ -259,16 +271,16 @@ mod tests {
         assert!(matches!(parse(&deep), Err(RequestError::MalformedJson(_))));
         // Deep but well-formed: the wrong shape, or an unknown field skipped.
         let closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(parse(&closed), Err(RequestError::WrongShape { .. })));
+        assert!(matches!(parse(&closed), Err(RequestError::InvalidField { .. })));
         let nested = format!(r#"{{"content":"x","extra":{}{}}}"#, "[".repeat(1000), "]".repeat(1000));
         assert!(parse(&nested).is_ok());
-        assert!(matches!(parse("[1, 2]"), Err(RequestError::WrongShape { .. })));
+        assert!(matches!(parse("[1, 2]"), Err(RequestError::InvalidField { .. })));
     }
 
     #[test]
     fn only_an_object_is_a_turn_and_a_wrong_field_is_named() {
         let shape = |body: &str| match parse(body) {
-            Err(RequestError::WrongShape { param, message }) => (param, message),
+            Err(RequestError::InvalidField { param, message }) => (param, message),
             other => panic!("{other:?} for {body}"),
         };
         // serde's derived structs also read a struct from an array of its fields.
@@ -329,7 +341,7 @@ mod tests {
         fn arbitrary_bytes_never_panic_and_are_a_400_or_422(body in prop::collection::vec(any::<u8>(), 0..512)) {
             if let Err(e) = TurnRequest::parse(&body) {
                 prop_assert!(
-                    matches!(e, RequestError::MalformedJson(_) | RequestError::InvalidField(_) | RequestError::WrongShape { .. }),
+                    matches!(e, RequestError::MalformedJson(_) | RequestError::InvalidField { .. }),
                     "{e:?}"
                 );
             }
@@ -341,7 +353,7 @@ mod tests {
             match TurnRequest::parse(body.as_bytes()) {
                 Ok(turn) => prop_assert!(!turn.content.trim().is_empty()),
                 Err(e) => prop_assert!(
-                    matches!(e, RequestError::InvalidField(_) | RequestError::WrongShape { .. }),
+                    matches!(e, RequestError::InvalidField { .. }),
                     "{e:?} for {body}"
                 ),
             }

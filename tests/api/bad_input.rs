@@ -76,6 +76,20 @@ async fn a_body_that_is_not_an_object_is_a_422_and_a_wrong_field_is_named() {
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.starts_with(&format!("{param}: invalid type")), "{message}");
     }
+    for (body, param) in [
+        (json!({"content": "  "}), "content"),
+        (
+            json!({"content": "hi", "conversation_id": "not-a-uuid"}),
+            "conversation_id",
+        ),
+        (
+            json!({"content": "hi", "parent_message_id": "8a0ec4a6-06b4-4a7d-9cf6-7b4f2b5e4c7e"}),
+            "parent_message_id",
+        ),
+    ] {
+        let error = assert_error(post_raw(&app, body.to_string()).await, 422, "invalid_field").await;
+        assert_eq!(error["error"]["param"], param, "{body}");
+    }
     assert_eq!(app.mock.stats().requests, 0, "nothing reached the upstream");
 }
 

@@ -171,6 +171,7 @@ async fn stop_with_nothing_running_says_false_and_bad_stops_are_refused() {
     );
     let (status, body) = app.stop(&conversation, Some(json!({"message_id": "nope"}))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_field")));
+    assert_eq!(body["error"]["param"], "message_id");
     let response = app
         .client
         .post(app.url(&format!("/conv/{conversation}/stop")))

@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(sent["tool_calls"][0]["type"], "function");
 
         let field = |body: &str| match parse(body) {
-            Err(RequestError::WrongShape { message, .. }) => message,
+            Err(RequestError::InvalidField { message, .. }) => message,
             other => panic!("{other:?}"),
         };
         assert!(field(r#"{"messages":[{"content":"x"}]}"#).contains("missing field `role`"));
@@ -203,7 +203,7 @@ mod tests {
         assert!(parse(r#"{"messages":[{"role":"user","content":"a"}],"n":null,"model":" "}"#).is_ok());
         assert!(matches!(parse(r#"{"messages":"#), Err(RequestError::MalformedJson(_))));
         let shape = |body: &str| match parse(body) {
-            Err(RequestError::WrongShape { param, .. }) => param,
+            Err(RequestError::InvalidField { param, .. }) => param,
             other => panic!("{other:?}"),
         };
         assert_eq!(shape(r#"{"messages":"hi"}"#).as_deref(), Some("messages"));
