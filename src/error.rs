@@ -213,11 +213,16 @@ impl ErrorBody {
     /// The response, with `fields` beside `error` in its body (an object). The error
     /// object gets OpenAI's `param` (`null` unless a parameter is to blame), so that every
     /// error body is one an OpenAI client reads.
-    pub fn response_with(&self, mut fields: Value) -> HttpResponse {
+    pub fn response_with(&self, fields: Value) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
         if let Some(seconds) = &self.retry_after {
             response.insert_header((RETRY_AFTER, seconds.as_str()));
         }
+        response.json(self.body_with(fields))
+    }
+
+    /// The body alone: `fields` (an object) with `error` beside them.
+    pub fn body_with(&self, mut fields: Value) -> Value {
         let mut object = self.object.clone();
         if let Value::Object(map) = &mut object
             && !map.contains_key("param")
@@ -225,7 +230,7 @@ impl ErrorBody {
             map.insert("param".into(), Value::Null);
         }
         fields["error"] = object;
-        response.json(fields)
+        fields
     }
 }
 

@@ -8,6 +8,7 @@ use crate::conversation::postgres::{self, PostgresStore};
 use crate::conversation::sqlite::SqliteStore;
 use crate::conversation::{Store, StoreError};
 use crate::edge::auth::{Keyring, KeysError};
+use crate::edge::refusals::{Connection, Refusals};
 use crate::edge::requests::resource;
 use crate::edge::{self, origin};
 use crate::generation::Generations;
@@ -22,13 +23,20 @@ use crate::routes;
 use crate::state::AppState;
 use crate::upstream::router::Router;
 use actix_cors::Cors;
-use actix_web::dev::{Server, ServerHandle};
+use actix_http::HttpService;
+use actix_http::error::DispatchError;
+use actix_server::Server;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
+use std::future::ready;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -160,63 +168,67 @@ impl Application {
             reload_keys_on_hangup(state.clone())?;
         }
         let app_state = state.clone();
-        let request_timeout = state.settings.request_timeout;
         let workers = state.settings.workers;
-        let mut server = HttpServer::new(move || {
-            // Called on each worker's thread as it starts: its upstream clients are made
-            // now, not on its first answer.
-            state.router.warm();
-            let settings = &state.settings;
-            // The last `wrap` is the outermost: the edge (counted, headers and JSON errors
-            // on everything, the host and cross-site checks), then CORS, then the routes.
-            App::new()
-                .wrap(cors(&settings.cors))
-                .wrap(from_fn(edge::pass))
-                .app_data(state.clone())
-                // One resource per path, so that another method gets 405 with `Allow`, each
-                // labelled with its path for the request count (`resource`). Fixed paths
-                // first: a path with `{id}` is matched by a regular expression.
-                .service(resource("/conv").post(routes::conv::post))
-                .service(resource("/v1/chat/completions").post(routes::v1::chat_completions))
-                .service(resource("/v1/models").get(routes::v1::models))
-                .service(resource("/conversations").get(routes::conversations::list))
-                .service(resource("/prompts").get(routes::prompts::list))
-                .service(resource("/config").get(routes::config::get))
-                .service(resource("/healthz").get(routes::health::get))
-                .service(resource("/metrics").get(routes::metrics::get))
-                .service(resource("/conv/{id}/stream").get(routes::stream::get))
-                .service(resource("/conv/{id}/stop").post(routes::stop::post))
-                .service(
-                    resource("/conv/{id}")
-                        .get(routes::conversations::get)
-                        .delete(routes::conversations::delete),
-                )
-                .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
-                .default_service(web::to(routes::web::fallback))
-        })
-        // A request's head must arrive within the request timeout of connecting (the body's
-        // own deadline is in `routes::conv::read_body`). actix answers a late head with an
-        // empty 408 and closes the connection.
-        .client_request_timeout(request_timeout)
-        // A client that closes its side has gone away: notice it even while the stream is
-        // quiet, so that its answer's grace starts (see generation/runner.rs).
-        .h1_allow_half_closed(false)
-        // SIGTERM and SIGINT are handled in `run_until_stopped`: actix's own handling would
-        // drop running answers (SIGINT) or hold them past the grace without a last frame.
-        .disable_signals()
-        // Stopped only once every answer has ended (see `run_until_stopped`): readers have
-        // their last frames, so connections need little time to finish.
-        .shutdown_timeout(LAST_FRAMES_SECS)
-        // Frames are small writes: with Nagle's algorithm on, a frame can wait for the ACK
-        // of the previous one (tens of ms with delayed ACKs). actix keeps the OS default
-        // (on) unless told.
-        .tcp_nodelay(true);
+        // actix's own answers (a malformed or late head) are made JSON on the way out.
+        let refusals = Arc::new(Refusals::new(
+            state.settings.request_timeout,
+            state.metrics.requests.clone(),
+        ));
+        // actix-web's `HttpServer`, built from its parts (actix-server, actix-http) so
+        // that each connection can be a `Connection` rather than the bare socket.
+        let mut server = Server::build()
+            // SIGTERM and SIGINT are handled in `run_until_stopped`: actix's own handling would
+            // drop running answers (SIGINT) or hold them past the grace without a last frame.
+            .disable_signals()
+            // Stopped only once every answer has ended (see `run_until_stopped`): readers have
+            // their last frames, so connections need little time to finish.
+            .shutdown_timeout(LAST_FRAMES_SECS);
         // actix's default: one worker per CPU the process may run on.
         if let Some(workers) = workers {
             server = server.workers(workers);
         }
+        let stopping = server.graceful_shutdown_signal();
         let server = server
-            .listen(listener)
+            .listen("chatgate", listener, move || {
+                // Called on each worker's thread as it starts: its upstream clients are made
+                // now, not on its first answer.
+                state.router.warm();
+                let refusals = Arc::clone(&refusals);
+                let accept = fn_service(move |socket: TcpStream| {
+                    // Frames are small writes: with Nagle's algorithm on, a frame can wait
+                    // for the ACK of the previous one (tens of ms with delayed ACKs).
+                    let _ = socket.set_nodelay(true);
+                    let peer = socket.peer_addr().ok();
+                    ready(Ok::<_, DispatchError>((
+                        Connection::new(socket, Arc::clone(&refusals)),
+                        peer,
+                    )))
+                });
+                let stopping = stopping.clone();
+                let http = HttpService::build()
+                    // Keep-alive connections close at a shutdown, as `HttpServer`'s do.
+                    .graceful_shutdown_signal(move || {
+                        let stopping = stopping.clone();
+                        async move { stopping.notified().await }
+                    })
+                    // A request's head must arrive within the request timeout of connecting
+                    // (the body's own deadline is in `routes::conv::read_body`). actix answers
+                    // a late head with a 408 (made JSON, see `edge::refusals`) and closes.
+                    .client_request_timeout(state.settings.request_timeout)
+                    // `HttpServer`'s: how long a connection may linger after its last answer.
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    // A client that closes its side has gone away: notice it even while the
+                    // stream is quiet, so that its answer's grace starts (see
+                    // generation/runner.rs).
+                    .h1_allow_half_closed(false)
+                    .local_addr(address)
+                    .h1(map_config(
+                        app(state.clone()).into_factory().map_err(|e| e.error_response()),
+                        // Its host and address serve URL generation, which no route uses.
+                        |()| AppConfig::default(),
+                    ));
+                accept.and_then(http)
+            })
             .map_err(|source| StartupError::Bind {
                 addr: address.to_string(),
                 source,
@@ -390,6 +402,47 @@ async fn stop_signal() -> Option<&'static str> {
         _ = term.recv() => Some("SIGTERM"),
         _ = int.recv() => Some("SIGINT"),
     }
+}
+
+/// The routes and the middleware in front of them, on one worker's thread.
+fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let settings = &state.settings;
+    // The last `wrap` is the outermost: the edge (counted, headers and JSON errors on
+    // everything, the host and cross-site checks), then CORS, then the routes.
+    App::new()
+        .wrap(cors(&settings.cors))
+        .wrap(from_fn(edge::pass))
+        .app_data(state.clone())
+        // One resource per path, so that another method gets 405 with `Allow`, each
+        // labelled with its path for the request count (`resource`). Fixed paths first: a
+        // path with `{id}` is matched by a regular expression.
+        .service(resource("/conv").post(routes::conv::post))
+        .service(resource("/v1/chat/completions").post(routes::v1::chat_completions))
+        .service(resource("/v1/models").get(routes::v1::models))
+        .service(resource("/conversations").get(routes::conversations::list))
+        .service(resource("/prompts").get(routes::prompts::list))
+        .service(resource("/config").get(routes::config::get))
+        .service(resource("/healthz").get(routes::health::get))
+        .service(resource("/metrics").get(routes::metrics::get))
+        .service(resource("/conv/{id}/stream").get(routes::stream::get))
+        .service(resource("/conv/{id}/stop").post(routes::stop::post))
+        .service(
+            resource("/conv/{id}")
+                .get(routes::conversations::get)
+                .delete(routes::conversations::delete),
+        )
+        .configure(|cfg| routes::web::configure(&settings.web_dir, cfg))
+        .default_service(web::to(routes::web::fallback))
 }
 
 fn cors(origins: &CorsOrigins) -> Cors {

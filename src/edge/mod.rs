@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod origin;
+pub mod refusals;
 pub mod requests;
 
 use crate::config::Settings;

@@ -174,9 +174,79 @@ async fn http_1_0_without_a_host_is_served_and_http_1_1_without_one_is_refused()
     let app = spawn_app().await;
     let old = raw_exchange(&app, b"GET /healthz HTTP/1.0\r\n\r\n").await;
     assert!(old.starts_with("HTTP/1.0 200"), "{old}");
-    // actix refuses it before the app sees it: an empty 400, not JSON.
+    // actix refuses it before the app sees it; the edge makes its answer JSON.
     let new = raw_exchange(&app, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
-    assert!(new.starts_with("HTTP/1.1 400"), "{new}");
+    let body = assert_raw_error(&new, "HTTP/1.1 400 ", "bad_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Host"), "{body}");
+}
+
+/// Checks that `answer` (a whole raw response) has `status_line`'s start, the security
+/// headers, `Connection: close` and a JSON error body with `code`; returns the body.
+fn assert_raw_error(answer: &str, status_line: &str, code: &str) -> Value {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+    assert!(head.starts_with(status_line), "{head}");
+    let head = head.to_ascii_lowercase();
+    for header in [
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "content-type: application/json",
+        "connection: close",
+    ] {
+        assert!(head.lines().any(|l| l == header), "{header} missing in:\n{head}");
+    }
+    let length = format!("content-length: {}", body.len());
+    assert!(head.lines().any(|l| l == length), "{head}");
+    let body: Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn what_actix_refuses_before_the_app_is_a_json_error_with_the_security_headers_and_counted() {
+    let app = spawn_app().await;
+    // A request line that is not HTTP.
+    let garbage = raw_exchange(&app, b"HELLO THERE\r\n\r\n").await;
+    assert_raw_error(&garbage, "HTTP/1.1 400 ", "bad_request");
+    // A header with no colon.
+    let no_colon = raw_exchange(&app, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nbroken\r\n\r\n").await;
+    assert_raw_error(&no_colon, "HTTP/1.1 400 ", "bad_request");
+    // More header fields than actix reads.
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("X-Field-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    let too_many = raw_exchange(&app, many.as_bytes()).await;
+    let body = assert_raw_error(&too_many, "HTTP/1.1 431 ", "headers_too_large");
+    assert!(body["error"]["message"].as_str().unwrap().contains("96"), "{body}");
+    // A head over actix's 128 KiB.
+    let long = format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(140 * 1024)
+    );
+    let too_long = raw_exchange(&app, long.as_bytes()).await;
+    assert_raw_error(&too_long, "HTTP/1.1 431 ", "headers_too_large");
+    // A good request afterwards is served as ever, with its own body.
+    let healthy = raw_exchange(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(healthy.starts_with("HTTP/1.1 200 "), "{healthy}");
+
+    let m = app.metrics().await;
+    let refused = |status| {
+        m.exactly(
+            "chatgate_http_requests_total",
+            &[("route", "unmatched"), ("method", "other"), ("status", status)],
+        )
+    };
+    assert_eq!((refused("400"), refused("431")), (2.0, 2.0), "{}", m.text);
 }
 
 fn assert_secure(response: &reqwest::Response, what: &str) {
@@ -376,6 +446,8 @@ struct Cut {
     answered: Option<Duration>,
     /// From its first byte to the connection's end.
     closed: Duration,
+    /// All it read.
+    answer: String,
 }
 
 async fn trickle(address: &str, start: &[u8], byte: u8) -> Cut {
@@ -407,11 +479,12 @@ async fn trickle(address: &str, start: &[u8], byte: u8) -> Cut {
         _ = dribble => unreachable!(),
         _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the slow client was never cut off"),
     }
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
     Cut {
         status: answer.lines().next().filter(|l| !l.is_empty()).map(str::to_owned),
         answered,
         closed: began.elapsed(),
+        answer,
     }
 }
 
@@ -491,9 +564,13 @@ async fn a_trickling_head_is_cut_off_at_the_timeout_too() {
     if let Some(after) = cut.answered {
         assert!(after < TIMEOUT + LEEWAY, "answered after {after:?}");
     }
-    // actix answers it itself, before the app: an empty 408.
-    if let Some(status) = &cut.status {
-        assert!(status.starts_with("HTTP/1.1 408 "), "{status}");
+    // actix answers it itself, before the app; the edge makes its answer JSON.
+    if cut.status.is_some() {
+        let body = assert_raw_error(&cut.answer, "HTTP/1.1 408 ", "request_timeout");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("within 1 s"),
+            "{body}"
+        );
     }
 }
 
