@@ -26,8 +26,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(about = "chatgate's streaming benchmark: gateway vs a direct-to-mock baseline, on loopback")]
 struct Args {
-    /// The chatgate binary to start (build it with `cargo build --release` first).
-    #[arg(long, default_value = "target/release/chatgate")]
+    /// The chatgate binary to start (build it with `scripts/build-release` first).
+    #[arg(long, default_value = "target/chatgate")]
     gateway_bin: PathBuf,
     /// Where the gateway keeps conversations: `sqlite://PATH` or `memory` [default: a fresh SQLite file].
     #[arg(long)]
