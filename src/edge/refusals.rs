@@ -13,7 +13,7 @@
 //! good one) is left as actix wrote it.
 
 use super::SECURITY_HEADERS;
-use crate::error::ApiError;
+use crate::error::{ApiError, RequestError};
 use actix_web::http::StatusCode;
 use bytes::{Buf, Bytes};
 use prometheus::IntCounterVec;
@@ -39,23 +39,24 @@ pub struct Refusals {
 impl Refusals {
     /// `request_timeout` is how long a head may take (actix's `client_request_timeout`).
     pub fn new(request_timeout: Duration, requests: IntCounterVec) -> Self {
+        let refused = |status, message: &str| {
+            rest(ApiError::Http {
+                status,
+                message: message.to_owned(),
+            })
+        };
         Self {
-            malformed: rest(
+            malformed: refused(
                 StatusCode::BAD_REQUEST,
                 "the request is not valid HTTP/1.1: its request line or a header is malformed, \
                  or it has no Host header",
             ),
-            too_large: rest(
+            too_large: refused(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "the request's head is too large: at most 128 KiB and 96 header fields",
             ),
-            late: rest(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!(
-                    "the request's head was not received within {} s",
-                    request_timeout.as_secs_f64()
-                ),
-            ),
+            // The same error as a body that comes too late (`routes::conv`).
+            late: rest(RequestError::Timeout(request_timeout).into()),
             requests,
         }
     }
@@ -107,12 +108,9 @@ impl Refusals {
     }
 }
 
-/// An answer's headers after its status line and date, the blank line and its body.
-fn rest(status: StatusCode, message: &str) -> Bytes {
-    let error = ApiError::Http {
-        status,
-        message: message.to_owned(),
-    };
+/// `error`'s answer: its headers after its status line and date, the blank line and its
+/// body.
+fn rest(error: ApiError) -> Bytes {
     let body = error.openai_body().body_with(json!({})).to_string();
     let mut rest = format!(
         "content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
